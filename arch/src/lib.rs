@@ -1,0 +1,1 @@
+//! Per-architecture machinery for the trap and rewrite tiers.

@@ -1,0 +1,1 @@
+//! Host side and safe API of the in-process Linux kernel library.

@@ -1,0 +1,3 @@
+# rules for arch
+.PHONY: check-arch
+check-arch:

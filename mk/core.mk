@@ -1,0 +1,3 @@
+# rules for core
+.PHONY: check-core
+check-core:

@@ -1,0 +1,5 @@
+# rules for kbox
+.PHONY: kbox check-kbox
+kbox: deps lkl
+	KBOX_LKL_DIR=$(LKL_OUT) $(CARGO) build --release --target $(TARGET) --bin kbox
+check-kbox:

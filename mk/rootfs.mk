@@ -1,0 +1,4 @@
+# rules for rootfs
+.PHONY: rootfs check-rootfs
+rootfs:
+check-rootfs:
