@@ -1,1 +1,13 @@
-//! Per-architecture machinery for the trap and rewrite tiers.
+//! Per-architecture machinery for the trap and rewrite tiers: instruction decoders, the
+//! syscall-site scanner and classifier, patch planning and the trampolines patched code
+//! lands in.
+//!
+//! Decoders and planners for both architectures are pure byte analysis and build on every
+//! host, so both are tested on x86-64; only trampolines and code that runs patched bytes
+//! are built for their own architecture.
+#![no_std]
+
+extern crate alloc;
+
+#[path = "../x86_64/mod.rs"]
+pub mod x86_64;

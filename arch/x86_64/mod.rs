@@ -1,0 +1,4 @@
+//! x86-64: instruction decoding, syscall-site planning and trampolines.
+
+pub mod decode;
+pub mod sweep;
