@@ -9,5 +9,12 @@
 
 extern crate alloc;
 
+pub mod elf;
+
 #[path = "../x86_64/mod.rs"]
 pub mod x86_64;
+
+#[path = "../aarch64/mod.rs"]
+pub mod aarch64;
+
+pub mod site;

@@ -103,3 +103,55 @@ pub fn build_c(cc: &str, src: &str, args: &[&str]) -> PathBuf {
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
+
+/// The file's bytes in 8-byte aligned storage, as the ELF reader requires of its input.
+pub struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn load(path: &Path) -> Self {
+        let bytes = read(path);
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_le_bytes(b);
+        }
+        Self {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the words are initialised, u8 has no validity or alignment requirement and
+        // len never exceeds words.len() * 8.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Debian's arm64 busybox-static, fetched by scripts/fetch-deb.sh (make check-arch runs it
+/// and passes the directory in KBOX_ARM64_BUSYBOX_DIR).
+pub fn arm64_busybox() -> PathBuf {
+    let dir = std::env::var("KBOX_ARM64_BUSYBOX_DIR").unwrap_or_else(|_| {
+        let out = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/fetch-deb.sh"
+        ))
+        .args(["busybox-static", "arm64"])
+        .output()
+        .expect("run scripts/fetch-deb.sh");
+        assert!(
+            out.status.success(),
+            "fetch-deb.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 path")
+            .trim()
+            .to_string()
+    });
+    Path::new(&dir).join("bin/busybox")
+}
