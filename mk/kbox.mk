@@ -2,4 +2,5 @@
 .PHONY: kbox check-kbox
 kbox: deps lkl
 	KBOX_LKL_DIR=$(LKL_OUT) $(CARGO) build --release --target $(TARGET) --bin kbox
-check-kbox:
+check-kbox: deps lkl
+	KBOX_LKL_DIR=$(LKL_OUT) $(CARGO) test --target $(TARGET) --bin kbox --test cli
