@@ -29,10 +29,11 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// Decodes a raw `wait` status of the guest's first process.
+    /// Decodes a raw `wait` status of the guest's first process (as rustix's
+    /// `WaitStatus::as_raw` gives it).
     ///
     /// Returns `None` for statuses that do not end the process (stopped, continued).
-    pub const fn from_wait_status(status: i32) -> Option<Self> {
+    pub const fn from_wait_status(status: u32) -> Option<Self> {
         let [low_byte, code, ..] = status.to_le_bytes();
         let low = low_byte & 0x7f;
         if low == 0 {
@@ -80,12 +81,12 @@ mod tests {
     use super::*;
 
     /// Builds the wait status of a process that called `exit(code)`, as the kernel does.
-    const fn exited(code: i32) -> i32 {
+    const fn exited(code: u32) -> u32 {
         (code & 0xff) << 8
     }
 
     /// Builds the wait status of a process killed by `signal`, with or without a core dump.
-    const fn signaled(signal: i32, core: bool) -> i32 {
+    const fn signaled(signal: u32, core: bool) -> u32 {
         signal | if core { 0x80 } else { 0 }
     }
 
@@ -180,9 +181,9 @@ mod tests {
 
     /// Linux signal numbers used above (identical on x86_64 and aarch64).
     mod libc_like {
-        pub const SIGKILL: i32 = 9;
-        pub const SIGSEGV: i32 = 11;
-        pub const SIGTERM: i32 = 15;
-        pub const SIGTSTP: i32 = 20;
+        pub const SIGKILL: u32 = 9;
+        pub const SIGSEGV: u32 = 11;
+        pub const SIGTERM: u32 = 15;
+        pub const SIGTSTP: u32 = 20;
     }
 }
