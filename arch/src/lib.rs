@@ -17,4 +17,5 @@ pub mod x86_64;
 #[path = "../aarch64/mod.rs"]
 pub mod aarch64;
 
+pub mod entry;
 pub mod site;

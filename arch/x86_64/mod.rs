@@ -1,5 +1,8 @@
 //! x86-64: instruction decoding, syscall-site planning and trampolines.
 
 pub mod decode;
+pub mod plan;
 pub mod scan;
 pub mod sweep;
+#[cfg(target_arch = "x86_64")]
+pub mod tramp;

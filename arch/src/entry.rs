@@ -1,0 +1,116 @@
+//! What trampolines hand to kbox, and the registry that decides whether a trampoline entry
+//! is genuine. Shared by both architectures so the checks exist once.
+//!
+//! A guest can reach the common entry stub with any site id it likes (it only has to jump
+//! there). The registry binds each id to the one return address its trampoline's call
+//! pushes; an entry whose id or return address does not match is refused before any
+//! handler runs, and no trampoline contains a syscall instruction of its own.
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Capacity of the site registry.
+pub const MAX_SITES: usize = 1 << 15;
+/// Returned to the guest for a refused entry.
+pub const ENOSYS: i64 = -38;
+
+/// One intercepted syscall, decoded from the registers the site's ABI uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallRequest {
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub site: u32,
+}
+
+/// Where a site takes its number from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteKind {
+    /// The kernel ABI: rax on x86-64, x8 on AArch64.
+    Syscall,
+    /// A promoted cancellable-call site: number in x6, arguments in x0-x5 (AArch64).
+    Cancel,
+}
+
+/// The decision kbox makes for a request: the value the guest sees in rax/x0.
+pub type Handler = fn(&SyscallRequest) -> i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    UnknownSite,
+    WrongReturnAddress,
+    NoHandler,
+}
+
+static RETURN_ADDRS: [AtomicU64; MAX_SITES] = [const { AtomicU64::new(0) }; MAX_SITES];
+static KINDS: [AtomicU8; MAX_SITES] = [const { AtomicU8::new(0) }; MAX_SITES];
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static REJECTED: AtomicU64 = AtomicU64::new(0);
+static HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Records a trampoline whose call into kbox returns to `return_addr`; returns its site id.
+pub fn register_site(return_addr: u64, kind: SiteKind) -> Option<u32> {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let slot = usize::try_from(id).ok().filter(|&i| i < MAX_SITES)?;
+    KINDS[slot].store(kind as u8, Ordering::Relaxed);
+    // Published last: a concurrent lookup sees 0 (refused) until the kind is in place.
+    RETURN_ADDRS[slot].store(return_addr, Ordering::Release);
+    Some(id)
+}
+
+/// Installs the function every genuine request is passed to.
+pub fn set_handler(h: Handler) {
+    HANDLER.store(h as usize, Ordering::Release);
+}
+
+/// How many entries were refused so far.
+pub fn rejected_count() -> u64 {
+    REJECTED.load(Ordering::Relaxed)
+}
+
+/// Checks that `site` was registered with `return_addr` and returns its kind.
+pub fn validate(site: u64, return_addr: u64) -> Result<(u32, SiteKind), Rejected> {
+    let id = u32::try_from(site).map_err(|_| Rejected::UnknownSite)?;
+    let slot = usize::try_from(id)
+        .ok()
+        .filter(|&i| i < MAX_SITES)
+        .ok_or(Rejected::UnknownSite)?;
+    let expected = RETURN_ADDRS[slot].load(Ordering::Acquire);
+    if expected == 0 {
+        return Err(Rejected::UnknownSite);
+    }
+    if expected != return_addr {
+        return Err(Rejected::WrongReturnAddress);
+    }
+    let kind = if KINDS[slot].load(Ordering::Relaxed) == SiteKind::Cancel as u8 {
+        SiteKind::Cancel
+    } else {
+        SiteKind::Syscall
+    };
+    Ok((id, kind))
+}
+
+/// Validates an entry and runs the handler; `decode` builds the request for the site's kind.
+pub fn dispatch(
+    site: u64,
+    return_addr: u64,
+    decode: impl FnOnce(u32, SiteKind) -> SyscallRequest,
+) -> Result<i64, Rejected> {
+    let checked = validate(site, return_addr).and_then(|(id, kind)| {
+        let h = HANDLER.load(Ordering::Acquire);
+        if h == 0 {
+            Err(Rejected::NoHandler)
+        } else {
+            Ok((id, kind, h))
+        }
+    });
+    match checked {
+        Ok((id, kind, h)) => {
+            // SAFETY: HANDLER only ever holds 0 or a `Handler` stored by set_handler.
+            let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
+            Ok(handler(&decode(id, kind)))
+        }
+        Err(e) => {
+            REJECTED.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
