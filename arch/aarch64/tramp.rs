@@ -1,0 +1,166 @@
+//! The common entry every AArch64 trampoline calls, and the Rust side it hands off to.
+//!
+//! On entry x16 holds the site id and x30 the return address into the per-site trampoline
+//! (both saved by the trampoline and restored after). The stub saves x0-x30, NZCV, FPSR and
+//! FPCR on the guest stack (AArch64 Linux has no red zone), moves to a kbox stack, saves
+//! q0-q31 there and calls [`entry`]. It contains no `svc`: host calls happen in kbox's Rust
+//! code after the registry has accepted the site id and return address.
+
+use crate::entry::{self, SiteKind, SyscallRequest};
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+const STACKS: usize = 16;
+const STACK_SIZE: usize = 64 * 1024;
+
+static STACK_TOPS: [AtomicUsize; STACKS] = [const { AtomicUsize::new(0) }; STACKS];
+static STACKS_READY: AtomicBool = AtomicBool::new(false);
+
+/// Saved state, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Frame {
+    pub x: [u64; 31],
+    pub nzcv: u64,
+    pub fpsr: u64,
+    pub fpcr: u64,
+}
+
+global_asm!(
+    ".pushsection .text.kbox_aarch64_entry,\"ax\",@progbits",
+    ".globl kbox_aarch64_common_entry",
+    ".globl kbox_aarch64_common_entry_end",
+    ".p2align 4",
+    "kbox_aarch64_common_entry:",
+    "sub sp, sp, #272",
+    "stp x0, x1, [sp, #0]", "stp x2, x3, [sp, #16]", "stp x4, x5, [sp, #32]",
+    "stp x6, x7, [sp, #48]", "stp x8, x9, [sp, #64]", "stp x10, x11, [sp, #80]",
+    "stp x12, x13, [sp, #96]", "stp x14, x15, [sp, #112]", "stp x16, x17, [sp, #128]",
+    "stp x18, x19, [sp, #144]", "stp x20, x21, [sp, #160]", "stp x22, x23, [sp, #176]",
+    "stp x24, x25, [sp, #192]", "stp x26, x27, [sp, #208]", "stp x28, x29, [sp, #224]",
+    "mrs x9, nzcv",
+    "stp x30, x9, [sp, #240]",
+    "mrs x10, fpsr",
+    "mrs x11, fpcr",
+    "stp x10, x11, [sp, #256]",
+    "mov x19, sp",
+    "2:",
+    "adrp x20, {tops}",
+    "add x20, x20, :lo12:{tops}",
+    "mov x21, #{n}",
+    "3:",
+    // Take a stack: exclusively swap a non-zero slot with zero.
+    "ldaxr x9, [x20]",
+    "cbz x9, 5f",
+    "stlxr w10, xzr, [x20]",
+    "cbnz w10, 3b",
+    "b 4f",
+    "5:",
+    "clrex",
+    "add x20, x20, #8",
+    "subs x21, x21, #1",
+    "b.ne 3b",
+    "yield",
+    "b 2b",
+    "4:",
+    "mov x22, x9",
+    "sub x9, x9, #512",
+    "mov sp, x9",
+    "stp q0, q1, [sp, #0]", "stp q2, q3, [sp, #32]", "stp q4, q5, [sp, #64]",
+    "stp q6, q7, [sp, #96]", "stp q8, q9, [sp, #128]", "stp q10, q11, [sp, #160]",
+    "stp q12, q13, [sp, #192]", "stp q14, q15, [sp, #224]", "stp q16, q17, [sp, #256]",
+    "stp q18, q19, [sp, #288]", "stp q20, q21, [sp, #320]", "stp q22, q23, [sp, #352]",
+    "stp q24, q25, [sp, #384]", "stp q26, q27, [sp, #416]", "stp q28, q29, [sp, #448]",
+    "stp q30, q31, [sp, #480]",
+    "mov x0, x19",
+    "bl {entry}",
+    "ldp q0, q1, [sp, #0]", "ldp q2, q3, [sp, #32]", "ldp q4, q5, [sp, #64]",
+    "ldp q6, q7, [sp, #96]", "ldp q8, q9, [sp, #128]", "ldp q10, q11, [sp, #160]",
+    "ldp q12, q13, [sp, #192]", "ldp q14, q15, [sp, #224]", "ldp q16, q17, [sp, #256]",
+    "ldp q18, q19, [sp, #288]", "ldp q20, q21, [sp, #320]", "ldp q22, q23, [sp, #352]",
+    "ldp q24, q25, [sp, #384]", "ldp q26, q27, [sp, #416]", "ldp q28, q29, [sp, #448]",
+    "ldp q30, q31, [sp, #480]",
+    "stlr x22, [x20]",
+    "mov sp, x19",
+    "ldp x10, x11, [sp, #256]",
+    "msr fpsr, x10",
+    "msr fpcr, x11",
+    "ldp x30, x9, [sp, #240]",
+    "msr nzcv, x9",
+    "ldp x0, x1, [sp, #0]", "ldp x2, x3, [sp, #16]", "ldp x4, x5, [sp, #32]",
+    "ldp x6, x7, [sp, #48]", "ldp x8, x9, [sp, #64]", "ldp x10, x11, [sp, #80]",
+    "ldp x12, x13, [sp, #96]", "ldp x14, x15, [sp, #112]", "ldp x16, x17, [sp, #128]",
+    "ldp x18, x19, [sp, #144]", "ldp x20, x21, [sp, #160]", "ldp x22, x23, [sp, #176]",
+    "ldp x24, x25, [sp, #192]", "ldp x26, x27, [sp, #208]", "ldp x28, x29, [sp, #224]",
+    "add sp, sp, #272",
+    "ret",
+    "kbox_aarch64_common_entry_end:",
+    ".popsection",
+    tops = sym STACK_TOPS,
+    n = const STACKS,
+    entry = sym entry,
+);
+
+unsafe extern "C" {
+    fn kbox_aarch64_common_entry();
+    fn kbox_aarch64_common_entry_end();
+}
+
+extern "C" fn entry(frame: &mut Frame) {
+    let x = frame.x;
+    let result = entry::dispatch(x[16], x[30], |site, kind| SyscallRequest {
+        nr: if kind == SiteKind::Cancel { x[6] } else { x[8] },
+        args: [x[0], x[1], x[2], x[3], x[4], x[5]],
+        site,
+    });
+    frame.x[0] = result.unwrap_or(entry::ENOSYS).cast_unsigned();
+}
+
+/// Address trampolines call (the literal in each trampoline).
+pub fn common_entry() -> u64 {
+    kbox_aarch64_common_entry as *const () as u64
+}
+
+/// The stub's code bytes, for checking that it holds no `svc`.
+pub fn common_entry_code() -> &'static [u8] {
+    let start = kbox_aarch64_common_entry as *const () as usize;
+    let end = kbox_aarch64_common_entry_end as *const () as usize;
+    // SAFETY: both symbols delimit the stub in the same section of this binary's text, which
+    // is mapped readable for the life of the process.
+    unsafe { core::slice::from_raw_parts(start as *const u8, end - start) }
+}
+
+/// Allocates the kbox stacks once; must run before any trampoline is entered.
+pub fn init_stacks() {
+    if STACKS_READY.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    for top in &STACK_TOPS {
+        let stack: &'static mut [u128] = alloc::vec![0u128; STACK_SIZE / 16].leak();
+        top.store(stack.as_mut_ptr_range().end as usize, Ordering::Release);
+    }
+}
+
+/// Makes freshly written code visible to instruction fetch (the I- and D-caches are not
+/// coherent on AArch64): clean to the point of unification, then invalidate.
+pub fn sync_icache(code: &[u8]) {
+    let ctr: u64;
+    // SAFETY: CTR_EL0 is readable from EL0 on Linux and reading it has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    let dline = 4usize << ((ctr >> 16) & 0xF);
+    let iline = 4usize << (ctr & 0xF);
+    let start = code.as_ptr() as usize;
+    let end = start + code.len();
+    for line in (start & !(dline - 1)..end).step_by(dline) {
+        // SAFETY: cleaning a cache line of memory this process can read changes no data.
+        unsafe { core::arch::asm!("dc cvau, {}", in(reg) line, options(nostack)) };
+    }
+    // SAFETY: a barrier has no memory-safety preconditions.
+    unsafe { core::arch::asm!("dsb ish", options(nostack)) };
+    for line in (start & !(iline - 1)..end).step_by(iline) {
+        // SAFETY: invalidating instruction-cache lines only forces a refetch.
+        unsafe { core::arch::asm!("ic ivau, {}", in(reg) line, options(nostack)) };
+    }
+    // SAFETY: barriers have no memory-safety preconditions.
+    unsafe { core::arch::asm!("dsb ish", "isb", options(nostack)) };
+}

@@ -1,0 +1,204 @@
+//! Patched AArch64 code run in this process (under qemu-aarch64-static on an x86-64 host):
+//! svc sites and a promoted cancel call reach kbox's handler and resume with its result;
+//! forged entries are refused; no trampoline or stub holds an svc.
+#![cfg(target_arch = "aarch64")]
+
+use kbox_arch::aarch64::scan::scan_segment;
+use kbox_arch::aarch64::{cancel, plan, tramp};
+use kbox_arch::entry::{self, ENOSYS, SiteKind, SyscallRequest};
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const PAGE: usize = 4096;
+const GETPID: u64 = 172;
+const FAKE_NR: u64 = 1000;
+
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn handler(req: &SyscallRequest) -> i64 {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+    match req.nr {
+        GETPID => getpid(),
+        FAKE_NR => (req.args[0] * 3 + req.args[1]).cast_signed(),
+        _ => ENOSYS,
+    }
+}
+
+fn getpid() -> i64 {
+    i64::from(rustix::process::getpid().as_raw_nonzero().get())
+}
+
+/// Functions at 64-byte slots: f0 wrapper, f1 bare, f2 cancel caller (helper at slot 3),
+/// f4 seven-argument caller (callee at slot 5), f6 a site entered with a forged id.
+fn program() -> Vec<u32> {
+    let mut w = vec![0xD420_0000u32; 7 * 16]; // brk #0 filler
+    let mut put =
+        |slot: usize, words: &[u32]| w[slot * 16..slot * 16 + words.len()].copy_from_slice(words);
+    let svc = 0xD400_0001;
+    let ret = 0xD65F_03C0;
+    put(0, &[0xD280_1588, svc, ret]); // mov x8,#172; svc; ret
+    put(1, &[0xAA00_03E8, 0xAA01_03E0, 0xAA02_03E1, svc, ret]); // mov x8,x0; mov x0,x1; mov x1,x2
+    // stp x29,x30,[sp,#-16]!; mov x6,#172; bl slot3; ldp x29,x30,[sp],#16; ret
+    put(
+        2,
+        &[0xA9BF_7BFD, 0xD280_1586, 0x9400_0000 | 14, 0xA8C1_7BFD, ret],
+    );
+    // helper: four register moves, svc, then +1 so a non-promoted call is visible.
+    put(
+        3,
+        &[
+            0xAA06_03E8,
+            0xAA00_03E0,
+            0xAA01_03E1,
+            0xAA02_03E2,
+            svc,
+            0x9100_0400,
+            ret,
+        ],
+    );
+    // 7-argument call: mov x6,#7; bl slot5
+    put(
+        4,
+        &[0xA9BF_7BFD, 0xD280_00E6, 0x9400_0000 | 14, 0xA8C1_7BFD, ret],
+    );
+    put(5, &[0x8B06_0000, ret]); // add x0,x0,x6
+    put(6, &[0xD280_1588, svc, ret]);
+    w
+}
+
+struct Patched {
+    base: *mut u8,
+    tramp_used: usize,
+}
+
+impl Patched {
+    fn call(&self, slot: usize, a: u64, b: u64, c: u64) -> i64 {
+        // SAFETY: slot is a C-ABI function of program(), mapped executable; its patched
+        // sites branch to registered trampolines.
+        let f: extern "C" fn(u64, u64, u64) -> i64 =
+            unsafe { std::mem::transmute(self.base.add(slot * 64)) };
+        f(a, b, c)
+    }
+
+    fn trampolines(&self) -> &[u8] {
+        // SAFETY: tramp_used bytes of the second page were written and it stays mapped.
+        unsafe { std::slice::from_raw_parts(self.base.add(PAGE), self.tramp_used) }
+    }
+}
+
+/// Maps the program, patches every svc (slot 6's with `forged_id`) and every promotable
+/// cancel call.
+fn patch(forged_id: u32) -> Patched {
+    let words = program();
+    // SAFETY: a fresh private anonymous mapping.
+    let base = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            2 * PAGE,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+    }
+    .expect("mmap")
+    .cast::<u8>();
+    // SAFETY: two writable pages owned here.
+    let mem = unsafe { std::slice::from_raw_parts_mut(base, 2 * PAGE) };
+    for (i, w) in words.iter().enumerate() {
+        mem[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    let va = base as u64;
+    let code_len = words.len() * 4;
+    let mut sites = Vec::new();
+    scan_segment(&mem[..code_len], va, &mut sites);
+    let cancels = cancel::find(&mem[..code_len], va);
+    assert_eq!(
+        cancels.len(),
+        1,
+        "only the cancel caller, not the 7-argument call"
+    );
+    let mut todo: Vec<(u64, SiteKind)> =
+        sites.iter().map(|s| (s.vaddr, SiteKind::Syscall)).collect();
+    todo.extend(cancels.iter().map(|c| (c.bl_vaddr, SiteKind::Cancel)));
+
+    tramp::init_stacks();
+    entry::set_handler(handler);
+    let mut used = 0;
+    for (site, kind) in todo {
+        let at = va + (PAGE + used) as u64;
+        let probe = plan::trampoline(site, at, 0, tramp::common_entry()).expect("layout");
+        let id = if site == va + 6 * 64 + 4 {
+            forged_id
+        } else {
+            entry::register_site(probe.return_addr, kind).expect("registry room")
+        };
+        let t = plan::trampoline(site, at, id, tramp::common_entry()).expect("layout");
+        mem[PAGE + used..PAGE + used + t.bytes.len()].copy_from_slice(&t.bytes);
+        used += t.bytes.len();
+        let off = usize::try_from(site - va).expect("in page");
+        let word = plan::patch_word(site, at).expect("in range");
+        mem[off..off + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    tramp::sync_icache(mem);
+    // SAFETY: the two pages mapped above.
+    unsafe {
+        mprotect(
+            base.cast(),
+            2 * PAGE,
+            MprotectFlags::READ | MprotectFlags::EXEC,
+        )
+    }
+    .expect("mprotect");
+    Patched {
+        base,
+        tramp_used: used,
+    }
+}
+
+#[test]
+fn svc_sites_and_promoted_cancel_call_reach_the_handler() {
+    let _g = SERIAL.lock().expect("lock");
+    let p = patch(u32::MAX);
+    let before = HANDLED.load(Ordering::SeqCst);
+    assert_eq!(p.call(0, 0, 0, 0), getpid(), "wrapper svc");
+    assert_eq!(p.call(1, FAKE_NR, 5, 7), 22, "bare svc with arguments");
+    assert_eq!(
+        p.call(2, 0, 0, 0),
+        getpid(),
+        "promoted: resumes after the bl, helper skipped"
+    );
+    assert_eq!(p.call(4, 1, 0, 0), 8, "7-argument call untouched");
+    assert_eq!(HANDLED.load(Ordering::SeqCst) - before, 3);
+}
+
+#[test]
+fn forged_site_ids_are_rejected_before_the_handler() {
+    let _g = SERIAL.lock().expect("lock");
+    // Genuine sites are registered first, so id 0 belongs to another return address.
+    let _genuine = patch(u32::MAX);
+    for forged in [0, 30_000] {
+        let p = patch(forged);
+        let (handled, rejected) = (HANDLED.load(Ordering::SeqCst), entry::rejected_count());
+        assert_eq!(p.call(6, 0, 0, 0), ENOSYS, "id {forged}");
+        assert_eq!(HANDLED.load(Ordering::SeqCst), handled);
+        assert_eq!(entry::rejected_count() - rejected, 1);
+    }
+}
+
+#[test]
+fn trampolines_and_entry_stub_contain_no_svc() {
+    let _g = SERIAL.lock().expect("lock");
+    let p = patch(u32::MAX);
+    for (name, code) in [
+        ("trampolines", p.trampolines()),
+        ("entry stub", tramp::common_entry_code()),
+    ] {
+        assert!(code.len() > 16, "{name} is empty");
+        let svcs = code
+            .chunks_exact(4)
+            .filter(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) & 0xFFE0_001F == 0xD400_0001)
+            .count();
+        assert_eq!(svcs, 0, "{name}");
+    }
+}
