@@ -4,6 +4,7 @@
 #   make guest-tests         build/guest-$(ARCH)/<name> for every tests/guest/<name>.c
 #   make check-guest-native  run every guest test on the host (aarch64: under qemu)
 #   make check-rootfs        build the default image (cached) and check its tree
+#   make check-rootfs-debian build the Debian image (cached) and check it, running its programs
 # Images are rebuilt only when an input changes: the scripts, the guest programs, and what
 # make cannot see as a file (the .deb version apt would fetch, the size), captured by a key
 # file that scripts/rootfs/inputs-key.sh rewrites only when its content changes.
@@ -26,7 +27,7 @@ DEBIAN_SCRIPTS := $(TOP)/scripts/rootfs/build-debian.sh $(TOP)/scripts/rootfs/de
   $(TOP)/scripts/rootfs/inputs-key.sh
 
 .PHONY: rootfs rootfs-debian guest-tests check-rootfs check-guest-native check-rootfs-scripts \
-  rootfs-key-force
+  check-rootfs-debian rootfs-key-force
 
 rootfs: $(ROOTFS_IMG)
 rootfs-debian: $(DEBIAN_IMG)
@@ -61,3 +62,7 @@ check-rootfs-scripts: | deps
 
 check-rootfs: $(ROOTFS_IMG) check-guest-native check-rootfs-scripts
 	@$(TOP)/tests/rootfs/check-image.sh $(ARCH) $(ROOTFS_IMG) $(GUEST_BINS)
+
+# Not part of check-rootfs (debootstrap is slow and needs root); for the integration tests.
+check-rootfs-debian: $(DEBIAN_IMG)
+	@$(TOP)/tests/rootfs/check-debian-image.sh $(ARCH) $(DEBIAN_IMG)

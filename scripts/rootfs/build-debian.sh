@@ -74,11 +74,17 @@ else
   step "[1/4] debootstrap --foreign $suite $debarch minbase + $packages from $mirror"
   debootstrap --foreign "${dbs_opts[@]}" "$suite" "$target" "$mirror" >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "debootstrap --foreign failed (mirror unreachable? disk full? see above)"; }
+  # In a container debootstrap makes the target's /proc a symlink to /proc; proot's bind of
+  # the host /proc onto it would then loop. A plain directory is what the image wants anyway.
+  if [ -L "$target/proc" ]; then rm -f "$target/proc" && mkdir -m 0755 "$target/proc"; fi
   step "[1/4] second stage under proot -q qemu-$arch-static (slow: every program is emulated)"
   proot -q "qemu-$arch-static" -0 -r "$target" -b /proc -b /sys -b /dev -w / \
-    /debootstrap/debootstrap --second-stage >>"$log" 2>&1 \
+    env DEBOOTSTRAP_DIR=/debootstrap /debootstrap/debootstrap --second-stage >>"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "debootstrap second stage under qemu-$arch-static failed (see above)"; }
 fi
+for d in proc sys dev tmp; do
+  [ -d "$target/$d" ] && [ ! -L "$target/$d" ] || die "the bootstrapped tree's /$d is not a directory"
+done
 for p in /bin/bash /usr/bin/python3 /usr/bin/find /bin/grep /bin/sed /bin/tar /bin/gzip; do
   [ -e "$target$p" ] || [ -L "$target$p" ] || die "the bootstrapped tree lacks $p"
 done
