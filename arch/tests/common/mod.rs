@@ -79,8 +79,14 @@ pub fn scratch(tag: &str) -> PathBuf {
 
 /// Builds tests/data/`src` with `cc` and `args`; panics with the compiler's output on failure.
 pub fn build_c(cc: &str, src: &str, args: &[&str]) -> PathBuf {
+    // Tests run in parallel and may build the same source: one output file per call.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = scratch("cc");
-    let out = dir.join(src.trim_end_matches(".c").trim_end_matches(".S"));
+    let out = dir.join(format!(
+        "{}-{n}",
+        src.trim_end_matches(".c").trim_end_matches(".S")
+    ));
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(src);
