@@ -118,7 +118,7 @@ size=$((used + (used / 4 > 64 ? used / 4 : 64) + 32))
 
 step "[3/4] mke2fs -d: ${used} MiB, ${files} files into a ${size} MiB ext4 image"
 img=$work/image.ext4
-mke2fs -q -t ext4 -b 4096 -i 8192 -L kbox-debian -d "$target" -F "$img" "${size}M" \
+mke2fs -q -t ext4 -b 4096 -i 8192 -L kbox-debian -d "$target" -F "$img" "${size}M" >/dev/null \
   || die "mke2fs -d failed (disk full?)"
 
 step "[4/4] e2fsck -fn"

@@ -33,6 +33,9 @@ triple=$arch-linux-gnu
 kdev=$("$fetch" linux-libc-dev "$debarch" 2>/dev/null) \
   || die "cannot fetch linux-libc-dev:$debarch (run scripts/fetch-deb.sh linux-libc-dev $debarch to see why)"
 kinc=$(dirname "$out")/.kinclude-$arch
+mkdir -p "$(dirname "$out")"
+exec 8>"$kinc.lock"   # parallel compiles (make -j) share this directory
+flock 8
 if [ ! -e "$kinc/.from" ] || [ "$(cat "$kinc/.from")" != "$kdev $(cat "$kdev/.kbox-version")" ]; then
   rm -rf "$kinc" && mkdir -p "$kinc"
   for d in "$kdev"/usr/include/*/; do
@@ -42,9 +45,9 @@ if [ ! -e "$kinc/.from" ] || [ "$(cat "$kinc/.from")" != "$kdev $(cat "$kdev/.kb
   ln -s "$kdev/usr/include/$triple/asm" "$kinc/asm"
   echo "$kdev $(cat "$kdev/.kbox-version")" >"$kinc/.from"
 fi
+flock -u 8
 
 cflags=(-static -O2 -Wall -pthread)
-mkdir -p "$(dirname "$out")"
 tmp=$out.tmp
 trap 'rm -f "$tmp"' EXIT
 

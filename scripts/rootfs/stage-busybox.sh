@@ -91,5 +91,5 @@ done
 
 cd /
 # -E root_owner: the root directory is 0:0 too; everything else is 0:0 through fakeroot.
-mke2fs -q -t ext4 -b 4096 -L kbox-rootfs -E root_owner=0:0 -d "$root" -F "$img" "${size}M" \
+mke2fs -q -t ext4 -b 4096 -L kbox-rootfs -E root_owner=0:0 -d "$root" -F "$img" "${size}M" >/dev/null \
   || die "mke2fs -d $root $img failed (disk full?)"
