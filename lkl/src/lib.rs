@@ -1,1 +1,17 @@
-//! Host side and safe API of the in-process Linux kernel library.
+//! Host side and safe API of the in-process Linux kernel library (`liblkl.a`, built
+//! from our arch port in `lkl/kernel`). See docs/kernel-library.md.
+mod errno;
+mod ffi;
+mod host;
+mod iomem;
+mod kernel;
+pub mod sync;
+pub mod sys;
+
+pub use errno::Errno;
+pub use kernel::{BootConfig, BootError, Kernel, Task, TaskKind};
+
+/// Syscall numbers of the kernel library (the asm-generic table).
+pub mod sysno {
+    include!(concat!(env!("OUT_DIR"), "/sysno.rs"));
+}

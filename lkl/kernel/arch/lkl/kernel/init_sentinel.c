@@ -13,6 +13,7 @@
 #include <linux/fcntl.h>
 #include <linux/sched.h>
 #include <linux/personality.h>
+#include <linux/task_work.h>
 
 static struct inode *sentinel_inode;
 
@@ -45,6 +46,8 @@ static int __init sentinel_init(void)
 	sentinel_inode = file_inode(file);
 	ihold(sentinel_inode);
 	filp_close(file, NULL);
+	/* pid 1 defers the final fput to task work; exec needs the writer gone now. */
+	task_work_run();
 	register_binfmt(&sentinel_format);
 	return 0;
 }
