@@ -48,10 +48,11 @@ ln -s /proc/self/fd/0 dev/stdin
 ln -s /proc/self/fd/1 dev/stdout
 ln -s /proc/self/fd/2 dev/stderr
 
-# Minimal /etc. No shadow file: passwd carries the (empty) root password field.
+# Minimal /etc. No shadow file: the password fields in passwd are "*" (locked; busybox's user
+# lookup rejects an empty field, so `id` would print no name).
 cat >etc/passwd <<'EOF'
-root::0:0:root:/root:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+root:*:0:0:root:/root:/bin/sh
+nobody:*:65534:65534:nobody:/nonexistent:/bin/false
 EOF
 cat >etc/group <<'EOF'
 root:x:0:
