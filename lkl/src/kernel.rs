@@ -90,7 +90,8 @@ impl Kernel {
         }
         host::VERBOSE.store(config.verbose, Ordering::Relaxed);
         let quiet = if config.verbose { "" } else { "quiet " };
-        let cmdline = format!("mem={}M {quiet}{}", config.memory_mib, config.cmdline);
+        let devices = crate::iomem::boot_cmdline();
+        let cmdline = format!("mem={}M {quiet}{devices} {}", config.memory_mib, config.cmdline);
         let cmdline = CString::new(cmdline).map_err(|_| BootError::BadCmdline)?;
         // SAFETY: the host table is a static that lives for the process.
         let rc = unsafe { ffi::lkl_init(&host::lkl_host_ops) };
