@@ -11,6 +11,8 @@
 
 ROOTFS_SIZE_MIB ?= 64
 export ROOTFS_SIZE_MIB
+# Optional overrides for the Debian image (see scripts/rootfs/build-debian.sh); part of its key.
+export DEBIAN_PACKAGES DEBIAN_MIRROR DEBIAN_MAX_MIB
 ROOTFS_IMG := $(BUILD)/rootfs-$(ARCH).ext4
 DEBIAN_IMG := $(BUILD)/debian-$(ARCH).ext4
 ROOTFS_KEY := $(BUILD)/.rootfs-$(ARCH).key

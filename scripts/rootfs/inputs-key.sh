@@ -22,7 +22,7 @@ case $kind in
     ;;
   *) echo "inputs-key: unknown image kind '$kind'" >&2; exit 1 ;;
 esac
-for k in ROOTFS_SIZE_MIB DEBIAN_PACKAGES; do
+for k in ROOTFS_SIZE_MIB DEBIAN_PACKAGES DEBIAN_MAX_MIB; do
   [ -z "${!k:-}" ] || echo "$k=${!k}"
 done
 for f in "$@"; do
