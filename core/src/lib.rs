@@ -1,3 +1,12 @@
 //! kbox's core: plain data structures and decisions, no I/O, no heap, no unsafe.
 #![no_std]
 #![deny(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+mod errno;
+pub mod fd;
+pub mod sysno;
+
+pub use errno::Errno;
