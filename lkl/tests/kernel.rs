@@ -10,7 +10,8 @@ fn kernel() -> &'static Kernel {
     static KERNEL: OnceLock<Kernel> = OnceLock::new();
     KERNEL.get_or_init(|| {
         let verbose = std::env::var_os("KBOX_LKL_VERBOSE").is_some();
-        Kernel::boot(&BootConfig { verbose, ..BootConfig::default() }).expect("kernel boots")
+        let cmdline = std::env::var("KBOX_LKL_CMDLINE").unwrap_or_default();
+        Kernel::boot(&BootConfig { verbose, cmdline, ..BootConfig::default() }).expect("kernel boots")
     })
 }
 
