@@ -58,4 +58,9 @@ help:
 	@echo "make deps         install build/test dependencies (idempotent)"
 	@echo "make lkl          build the kernel library (cached in $(KBOX_CACHE))"
 	@echo "make rootfs       build the default guest image build/rootfs-$(ARCH).ext4"
+	@echo "make rootfs-debian  Debian bookworm image build/debian-$(ARCH).ext4 (root)"
+	@echo "make check-rootfs-debian  check that image; make check-guest-native  guest tests on the host"
 	@echo "make bench        benchmarks (not tests)"
+
+.PHONY: bench
+bench: bench-core bench-lkl

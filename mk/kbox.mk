@@ -4,3 +4,8 @@ kbox: deps lkl
 	KBOX_LKL_DIR=$(LKL_OUT) $(CARGO) build --release --target $(TARGET) --bin kbox
 check-kbox: deps lkl
 	KBOX_LKL_DIR=$(LKL_OUT) $(CARGO) test --target $(TARGET) --bin kbox --test cli
+
+# The README's first command: build everything and run the default image.
+.PHONY: run
+run: kbox rootfs
+	$(KBOX_BIN) -S $(BUILD)/rootfs-$(ARCH).ext4 -- /bin/sh -i

@@ -22,14 +22,19 @@ fn per_call_us(calls: u32, mut body: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let calls: u32 = std::env::var("KBOX_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let calls: u32 = std::env::var("KBOX_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let start = Instant::now();
     let kernel = Kernel::boot(&BootConfig::default()).expect("kernel boots");
     kernel.getpid().expect("first syscall");
     let boot_ms = start.elapsed().as_secs_f64() * 1e3;
 
     kernel.mkdir(c"/bench", 0o755).expect("mkdir");
-    let fd = kernel.open(c"/bench/file", sys::O_RDWR | sys::O_CREAT, 0o644).expect("create");
+    let fd = kernel
+        .open(c"/bench/file", sys::O_RDWR | sys::O_CREAT, 0o644)
+        .expect("create");
     kernel.close(fd).expect("close");
 
     let getpid = per_call_us(calls, || {

@@ -14,7 +14,8 @@ pub struct HostOps {
     pub mutex_free: unsafe extern "C" fn(*mut c_void),
     pub mutex_lock: unsafe extern "C" fn(*mut c_void),
     pub mutex_unlock: unsafe extern "C" fn(*mut c_void),
-    pub thread_create: unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void) -> c_int,
+    pub thread_create:
+        unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void) -> c_int,
     pub thread_exit: unsafe extern "C" fn(),
     pub thread_self: unsafe extern "C" fn() -> c_ulong,
     pub tls_alloc: unsafe extern "C" fn(Option<unsafe extern "C" fn(*mut c_void)>) -> *mut c_void,
@@ -25,7 +26,8 @@ pub struct HostOps {
     pub page_alloc: unsafe extern "C" fn(c_ulong) -> *mut c_void,
     pub time: unsafe extern "C" fn() -> c_ulonglong,
     pub realtime: unsafe extern "C" fn() -> c_ulonglong,
-    pub timer_alloc: unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void) -> *mut c_void,
+    pub timer_alloc:
+        unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void) -> *mut c_void,
     pub timer_set_oneshot: unsafe extern "C" fn(*mut c_void, c_ulonglong),
     pub timer_cancel: unsafe extern "C" fn(*mut c_void),
     pub iomem_access: unsafe extern "C" fn(c_ulong, *mut c_void, c_int, c_int) -> c_int,
@@ -39,7 +41,8 @@ unsafe extern "C" {
     pub fn lkl_task_create(parent: *mut c_void, flags: c_ulong, out: *mut *mut c_void) -> c_long;
     pub fn lkl_task_syscall(task: *mut c_void, no: c_long, params: *mut c_long) -> c_long;
     pub fn lkl_task_destroy(task: *mut c_void) -> c_long;
+    #[allow(dead_code, reason = "for host device models")]
     pub fn lkl_trigger_irq(irq: c_int);
+    #[allow(dead_code, reason = "for host device models")]
     pub fn lkl_get_free_irq(user: *const c_char) -> c_int;
 }
-

@@ -20,20 +20,26 @@ static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// The last lines the kernel printed (for errors such as a failed mount).
 pub fn log_tail(max_lines: usize) -> String {
-    let log = LOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let text = String::from_utf8_lossy(&log);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
 unsafe extern "C" fn print(text: *const c_char, len: c_int) {
-    let Ok(len) = usize::try_from(len) else { return };
+    let Ok(len) = usize::try_from(len) else {
+        return;
+    };
     // SAFETY: the kernel passes a buffer of `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
     if VERBOSE.load(Ordering::Relaxed) {
         let _ = rustix::io::write(rustix::stdio::stderr(), bytes);
     }
-    let mut log = LOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     log.extend_from_slice(bytes);
     if log.len() > 2 * LOG_KEEP {
         let cut = log.len() - LOG_KEEP;
@@ -98,7 +104,10 @@ extern "C" fn thread_trampoline(start: *mut c_void) -> *mut c_void {
     std::ptr::null_mut()
 }
 
-unsafe extern "C" fn thread_create(entry: unsafe extern "C" fn(*mut c_void), arg: *mut c_void) -> c_int {
+unsafe extern "C" fn thread_create(
+    entry: unsafe extern "C" fn(*mut c_void),
+    arg: *mut c_void,
+) -> c_int {
     let start = Box::into_raw(Box::new(ThreadStart { entry, arg }));
     // SAFETY: plain pthread calls on locals; on failure the start record is reclaimed.
     unsafe {
@@ -128,7 +137,9 @@ unsafe extern "C" fn thread_self() -> c_ulong {
     id as c_ulong
 }
 
-unsafe extern "C" fn tls_alloc(destructor: Option<unsafe extern "C" fn(*mut c_void)>) -> *mut c_void {
+unsafe extern "C" fn tls_alloc(
+    destructor: Option<unsafe extern "C" fn(*mut c_void)>,
+) -> *mut c_void {
     let key = Box::into_raw(Box::new(0 as libc::pthread_key_t));
     // SAFETY: `key` points to a live pthread_key_t.
     if unsafe { libc::pthread_key_create(key, destructor) } != 0 {
@@ -150,7 +161,9 @@ unsafe extern "C" fn tls_get(key: *mut c_void) -> *mut c_void {
 }
 
 unsafe extern "C" fn mem_alloc(size: c_ulong) -> *mut c_void {
-    let Ok(size) = usize::try_from(size) else { return std::ptr::null_mut() };
+    let Ok(size) = usize::try_from(size) else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: malloc has no preconditions.
     unsafe { libc::malloc(size) }
 }
@@ -161,7 +174,9 @@ unsafe extern "C" fn mem_free(ptr: *mut c_void) {
 }
 
 unsafe extern "C" fn page_alloc(size: c_ulong) -> *mut c_void {
-    let Ok(size) = usize::try_from(size) else { return std::ptr::null_mut() };
+    let Ok(size) = usize::try_from(size) else {
+        return std::ptr::null_mut();
+    };
     use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous};
     // SAFETY: a fresh private anonymous mapping aliases nothing.
     unsafe {
@@ -206,11 +221,17 @@ unsafe impl Sync for Timer {}
 
 impl Timer {
     fn run(&self) {
-        let mut deadline = self.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut deadline = self
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             match *deadline {
                 None => {
-                    deadline = self.changed.wait(deadline).unwrap_or_else(std::sync::PoisonError::into_inner);
+                    deadline = self
+                        .changed
+                        .wait(deadline)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
                 Some(at) => {
                     let now = clock_ns(rustix::time::ClockId::Monotonic);
@@ -227,17 +248,29 @@ impl Timer {
                     drop(deadline);
                     // SAFETY: the kernel's expiry function with its own cookie.
                     unsafe { (self.expire)(self.arg) };
-                    deadline = self.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    deadline = self
+                        .deadline
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             }
         }
     }
 }
 
-unsafe extern "C" fn timer_alloc(expire: unsafe extern "C" fn(*mut c_void), arg: *mut c_void) -> *mut c_void {
-    let timer: &'static Timer =
-        Box::leak(Box::new(Timer { deadline: Mutex::new(None), changed: Condvar::new(), expire, arg }));
-    let spawned = std::thread::Builder::new().name("lkl-timer".into()).spawn(move || timer.run());
+unsafe extern "C" fn timer_alloc(
+    expire: unsafe extern "C" fn(*mut c_void),
+    arg: *mut c_void,
+) -> *mut c_void {
+    let timer: &'static Timer = Box::leak(Box::new(Timer {
+        deadline: Mutex::new(None),
+        changed: Condvar::new(),
+        expire,
+        arg,
+    }));
+    let spawned = std::thread::Builder::new()
+        .name("lkl-timer".into())
+        .spawn(move || timer.run());
     if spawned.is_err() {
         return std::ptr::null_mut();
     }
@@ -248,18 +281,29 @@ unsafe extern "C" fn timer_set_oneshot(timer: *mut c_void, ns: c_ulonglong) {
     // SAFETY: `timer` came from timer_alloc and lives for the process.
     let timer = unsafe { &*timer.cast::<Timer>() };
     let at = clock_ns(rustix::time::ClockId::Monotonic).saturating_add(ns);
-    *timer.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    *timer
+        .deadline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
     timer.changed.notify_one();
 }
 
 unsafe extern "C" fn timer_cancel(timer: *mut c_void) {
     // SAFETY: `timer` came from timer_alloc and lives for the process.
     let timer = unsafe { &*timer.cast::<Timer>() };
-    *timer.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    *timer
+        .deadline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     timer.changed.notify_one();
 }
 
-unsafe extern "C" fn iomem_access(addr: c_ulong, value: *mut c_void, size: c_int, write: c_int) -> c_int {
+unsafe extern "C" fn iomem_access(
+    addr: c_ulong,
+    value: *mut c_void,
+    size: c_int,
+    write: c_int,
+) -> c_int {
     crate::iomem::access(addr, value, size, write != 0)
 }
 

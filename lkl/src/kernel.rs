@@ -23,7 +23,11 @@ pub struct BootConfig {
 
 impl Default for BootConfig {
     fn default() -> Self {
-        Self { memory_mib: 128, cmdline: String::new(), verbose: false }
+        Self {
+            memory_mib: 128,
+            cmdline: String::new(),
+            verbose: false,
+        }
     }
 }
 
@@ -75,10 +79,14 @@ pub struct Kernel {
     _private: (),
 }
 
-fn call(no: u32, args: [usize; 6], f: impl FnOnce(c_long, *mut c_long) -> c_long) -> Result<usize, Errno> {
+fn call(
+    no: u32,
+    args: [usize; 6],
+    f: impl FnOnce(c_long, *mut c_long) -> c_long,
+) -> Result<usize, Errno> {
     // Arguments are register-sized bit patterns; the kernel reinterprets them.
-    let mut params = args.map(|a| a as c_long);
-    Errno::result(i64::from(f(c_long::from(no), params.as_mut_ptr())))
+    let mut params = args.map(|a| c_long::from_ne_bytes(a.to_ne_bytes()));
+    Errno::result(f(c_long::from(no), params.as_mut_ptr()))
 }
 
 impl Kernel {
@@ -91,7 +99,10 @@ impl Kernel {
         host::VERBOSE.store(config.verbose, Ordering::Relaxed);
         let quiet = if config.verbose { "" } else { "quiet " };
         let devices = crate::iomem::boot_cmdline();
-        let cmdline = format!("mem={}M {quiet}{devices} {}", config.memory_mib, config.cmdline);
+        let cmdline = format!(
+            "mem={}M {quiet}{devices} {}",
+            config.memory_mib, config.cmdline
+        );
         let cmdline = CString::new(cmdline).map_err(|_| BootError::BadCmdline)?;
         // SAFETY: the host table is a static that lives for the process.
         let rc = unsafe { ffi::lkl_init(&host::lkl_host_ops) };
@@ -110,7 +121,9 @@ impl Kernel {
     /// thread's own task, created on first use; all such tasks share one FD table and cwd.
     pub fn syscall(&self, no: u32, args: [usize; 6]) -> Result<usize, Errno> {
         // SAFETY: the kernel is booted; `params` points to six longs.
-        call(no, args, |no, params| unsafe { ffi::lkl_syscall(no, params) })
+        call(no, args, |no, params| unsafe {
+            ffi::lkl_syscall(no, params)
+        })
     }
 
     /// Creates a task as a child of `parent` (the root task when `None`), with fork or
@@ -118,14 +131,18 @@ impl Kernel {
     pub fn create_task(&self, parent: Option<&Task>, kind: TaskKind) -> Result<Task, Errno> {
         let flags = match kind {
             TaskKind::Process => 0,
-            TaskKind::Thread => CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM,
+            TaskKind::Thread => {
+                CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+            }
         };
         let parent = parent.map_or(core::ptr::null_mut(), |t| t.raw.as_ptr());
         let mut out: *mut c_void = core::ptr::null_mut();
         // SAFETY: `parent` is null or a live task handle; `out` is a valid slot.
         let rc = unsafe { ffi::lkl_task_create(parent, flags, &mut out) };
-        Errno::result(i64::from(rc))?;
-        NonNull::new(out).map(|raw| Task { raw }).ok_or(Errno::ENOMEM)
+        Errno::result(rc)?;
+        NonNull::new(out)
+            .map(|raw| Task { raw })
+            .ok_or(Errno::ENOMEM)
     }
 
     /// Syncs every filesystem and powers the kernel off. Later syscalls fail with
@@ -133,7 +150,7 @@ impl Kernel {
     pub fn halt(&self) -> Result<(), Errno> {
         // SAFETY: no preconditions once booted.
         let rc = unsafe { ffi::lkl_sys_halt() };
-        Errno::result(i64::from(rc)).map(drop)
+        Errno::result(rc).map(drop)
     }
 
     /// The last lines the kernel printed.
@@ -158,7 +175,9 @@ unsafe impl Sync for Task {}
 impl Task {
     pub fn syscall(&self, no: u32, args: [usize; 6]) -> Result<usize, Errno> {
         // SAFETY: `raw` is a live task handle; `params` points to six longs.
-        call(no, args, |no, params| unsafe { ffi::lkl_task_syscall(self.raw.as_ptr(), no, params) })
+        call(no, args, |no, params| unsafe {
+            ffi::lkl_task_syscall(self.raw.as_ptr(), no, params)
+        })
     }
 }
 

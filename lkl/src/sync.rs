@@ -13,7 +13,10 @@ pub struct Semaphore {
 
 impl Semaphore {
     pub fn new(count: u32) -> Self {
-        Self { count: AtomicU32::new(count), sleepers: AtomicU32::new(0) }
+        Self {
+            count: AtomicU32::new(count),
+            sleepers: AtomicU32::new(0),
+        }
     }
 
     pub fn up(&self) {
@@ -56,7 +59,11 @@ pub struct RawLock {
 
 impl RawLock {
     pub fn lock(&self) {
-        if self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             return;
         }
         while self.state.swap(2, Ordering::Acquire) != 0 {
@@ -106,7 +113,10 @@ mod tests {
         }
         // SAFETY: `value` is only touched while `lock` is held.
         unsafe impl Sync for Shared {}
-        let shared = Arc::new(Shared { lock: RawLock::default(), value: 0.into() });
+        let shared = Arc::new(Shared {
+            lock: RawLock::default(),
+            value: 0.into(),
+        });
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let shared = Arc::clone(&shared);

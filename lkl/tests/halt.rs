@@ -5,7 +5,9 @@ use kbox_lkl::{BootConfig, Errno, Kernel};
 #[test]
 fn halt_returns_and_later_syscalls_fail_with_eshutdown() {
     let k = Kernel::boot(&BootConfig::default()).expect("boot");
-    let fd = k.open(c"/f", sys::O_RDWR | sys::O_CREAT, 0o600).expect("create");
+    let fd = k
+        .open(c"/f", sys::O_RDWR | sys::O_CREAT, 0o600)
+        .expect("create");
     k.write(fd, b"data").expect("write");
     let worker = std::thread::spawn(|| ());
     worker.join().expect("thread");

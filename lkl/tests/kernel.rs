@@ -1,7 +1,7 @@
 //! The kernel library booted in-process: syscalls on its own root (ramfs), host
 //! threads, tasks with fork semantics. One kernel per process, shared by these tests.
 use kbox_lkl::sys::{self, Syscalls};
-use kbox_lkl::{sysno, BootConfig, Errno, Kernel, TaskKind};
+use kbox_lkl::{BootConfig, Errno, Kernel, TaskKind, sysno};
 use std::ffi::CString;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -11,7 +11,12 @@ fn kernel() -> &'static Kernel {
     KERNEL.get_or_init(|| {
         let verbose = std::env::var_os("KBOX_LKL_VERBOSE").is_some();
         let cmdline = std::env::var("KBOX_LKL_CMDLINE").unwrap_or_default();
-        Kernel::boot(&BootConfig { verbose, cmdline, ..BootConfig::default() }).expect("kernel boots")
+        Kernel::boot(&BootConfig {
+            verbose,
+            cmdline,
+            ..BootConfig::default()
+        })
+        .expect("kernel boots")
     })
 }
 
@@ -31,10 +36,18 @@ fn field(bytes: &[u8; 65]) -> String {
 
 #[test]
 fn uname_reports_linux_6_12() {
-    let mut uts = Utsname { fields: [[0; 65]; 6] };
-    kernel().syscall(sysno::UNAME, [&raw mut uts as usize, 0, 0, 0, 0, 0]).expect("uname");
+    let mut uts = Utsname {
+        fields: [[0; 65]; 6],
+    };
+    kernel()
+        .syscall(sysno::UNAME, [&raw mut uts as usize, 0, 0, 0, 0, 0])
+        .expect("uname");
     assert_eq!(field(&uts.fields[0]), "Linux");
-    assert!(field(&uts.fields[2]).starts_with("6.12."), "release {}", field(&uts.fields[2]));
+    assert!(
+        field(&uts.fields[2]).starts_with("6.12."),
+        "release {}",
+        field(&uts.fields[2])
+    );
     assert_eq!(field(&uts.fields[1]), "kbox");
 }
 
@@ -47,14 +60,19 @@ fn getpid_names_a_process_other_than_init() {
 #[test]
 fn unknown_syscall_number_is_enosys() {
     assert_eq!(kernel().syscall(5000, [0; 6]), Err(Errno::ENOSYS));
-    assert_eq!(kernel().syscall(sysno::SYSCALLS + 1, [0; 6]), Err(Errno::ENOSYS));
+    assert_eq!(
+        kernel().syscall(sysno::SYSCALLS + 1, [0; 6]),
+        Err(Errno::ENOSYS)
+    );
 }
 
 #[test]
 fn files_round_trip_through_the_root_filesystem() {
     let k = kernel();
     k.mkdir(&c("/rt"), 0o755).expect("mkdir");
-    let fd = k.open(&c("/rt/a"), sys::O_RDWR | sys::O_CREAT | sys::O_EXCL, 0o644).expect("create");
+    let fd = k
+        .open(&c("/rt/a"), sys::O_RDWR | sys::O_CREAT | sys::O_EXCL, 0o644)
+        .expect("create");
     assert_eq!(k.write(fd, b"hello, kernel").expect("write"), 13);
     assert_eq!(k.lseek(fd, 7, 0).expect("lseek"), 7);
     let mut buf = [0u8; 32];
@@ -67,10 +85,22 @@ fn files_round_trip_through_the_root_filesystem() {
 
     k.rename(&c("/rt/a"), &c("/rt/b")).expect("rename");
     assert_eq!(k.stat(&c("/rt/a")).map(|_| ()), Err(Errno::ENOENT));
-    let dir = k.open(&c("/rt"), sys::O_RDONLY | sys::O_DIRECTORY, 0).expect("open dir");
+    let dir = k
+        .open(&c("/rt"), sys::O_RDONLY | sys::O_DIRECTORY, 0)
+        .expect("open dir");
     let mut dents = vec![0u8; 4096];
     let len = k
-        .syscall(sysno::GETDENTS64, [dir as usize, dents.as_mut_ptr() as usize, dents.len(), 0, 0, 0])
+        .syscall(
+            sysno::GETDENTS64,
+            [
+                usize::try_from(dir).expect("fd"),
+                dents.as_mut_ptr() as usize,
+                dents.len(),
+                0,
+                0,
+                0,
+            ],
+        )
         .expect("getdents64");
     let names = dirent_names(&dents[..len]);
     assert_eq!(names, vec![".", "..", "b"]);
@@ -103,7 +133,9 @@ fn proc_self_status_describes_the_calling_task() {
         Ok(()) | Err(Errno::EBUSY) => {}
         Err(e) => panic!("mount proc: {e}"),
     }
-    let fd = k.open(&c("/proc/self/status"), sys::O_RDONLY, 0).expect("open status");
+    let fd = k
+        .open(&c("/proc/self/status"), sys::O_RDONLY, 0)
+        .expect("open status");
     let mut buf = vec![0u8; 8192];
     let n = k.read(fd, &mut buf).expect("read status");
     k.close(fd).expect("close");
@@ -117,7 +149,8 @@ fn proc_self_status_describes_the_calling_task() {
 fn blocking_pipe_read_is_released_by_a_write_from_another_thread() {
     let k = kernel();
     let mut fds = [0i32; 2];
-    k.syscall(sysno::PIPE2, [fds.as_mut_ptr() as usize, 0, 0, 0, 0, 0]).expect("pipe2");
+    k.syscall(sysno::PIPE2, [fds.as_mut_ptr() as usize, 0, 0, 0, 0, 0])
+        .expect("pipe2");
     let [rd, wr] = fds;
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 16];
@@ -139,7 +172,9 @@ fn four_threads_run_ten_thousand_syscalls_each() {
             std::thread::spawn(move || {
                 let k = kernel();
                 let path = c(&format!("/par{i}"));
-                let fd = k.open(&path, sys::O_RDWR | sys::O_CREAT | sys::O_TRUNC, 0o600).expect("create");
+                let fd = k
+                    .open(&path, sys::O_RDWR | sys::O_CREAT | sys::O_TRUNC, 0o600)
+                    .expect("create");
                 let pid = k.getpid().expect("getpid");
                 for round in 0..2500u32 {
                     let word = round.to_le_bytes();
@@ -166,7 +201,17 @@ trait PwriteAt {
 
 impl PwriteAt for Kernel {
     fn pwrite_at(&self, fd: i32, buf: &[u8], offset: u64) -> Result<usize, Errno> {
-        self.syscall(sysno::PWRITE64, [fd as usize, buf.as_ptr() as usize, buf.len(), offset as usize, 0, 0])
+        self.syscall(
+            sysno::PWRITE64,
+            [
+                usize::try_from(fd).map_err(|_| Errno::EBADF)?,
+                buf.as_ptr() as usize,
+                buf.len(),
+                usize::try_from(offset).map_err(|_| Errno::EINVAL)?,
+                0,
+                0,
+            ],
+        )
     }
 }
 
@@ -175,7 +220,9 @@ fn forked_tasks_keep_their_own_cwd() {
     let k = kernel();
     k.mkdir(&c("/cwd-a"), 0o755).expect("mkdir");
     let parent = k.create_task(None, TaskKind::Process).expect("parent");
-    let child = k.create_task(Some(&parent), TaskKind::Process).expect("child");
+    let child = k
+        .create_task(Some(&parent), TaskKind::Process)
+        .expect("child");
     child.chdir(&c("/cwd-a")).expect("chdir");
     assert_eq!(child.getcwd().expect("getcwd"), b"/cwd-a");
     assert_eq!(parent.getcwd().expect("getcwd"), b"/");
@@ -186,8 +233,16 @@ fn forked_tasks_keep_their_own_cwd() {
 fn files_opened_before_fork_share_offsets_and_close_independently() {
     let k = kernel();
     let parent = k.create_task(None, TaskKind::Process).expect("parent");
-    let fd = parent.open(&c("/shared"), sys::O_RDWR | sys::O_CREAT | sys::O_TRUNC, 0o600).expect("open");
-    let child = k.create_task(Some(&parent), TaskKind::Process).expect("child");
+    let fd = parent
+        .open(
+            &c("/shared"),
+            sys::O_RDWR | sys::O_CREAT | sys::O_TRUNC,
+            0o600,
+        )
+        .expect("open");
+    let child = k
+        .create_task(Some(&parent), TaskKind::Process)
+        .expect("child");
     assert_eq!(child.write(fd, b"abc"), Ok(3));
     assert_eq!(parent.lseek(fd, 0, 1), Ok(3), "the offset is shared");
     child.close(fd).expect("child close");
@@ -200,21 +255,37 @@ fn files_opened_before_fork_share_offsets_and_close_independently() {
 fn credentials_changed_in_a_forked_task_stay_there() {
     let k = kernel();
     let parent = k.create_task(None, TaskKind::Process).expect("parent");
-    let child = k.create_task(Some(&parent), TaskKind::Process).expect("child");
-    child.syscall(sysno::SETUID, [1234, 0, 0, 0, 0, 0]).expect("setuid");
+    let child = k
+        .create_task(Some(&parent), TaskKind::Process)
+        .expect("child");
+    child
+        .syscall(sysno::SETUID, [1234, 0, 0, 0, 0, 0])
+        .expect("setuid");
     assert_eq!(child.syscall(sysno::GETUID, [0; 6]), Ok(1234));
     assert_eq!(parent.syscall(sysno::GETUID, [0; 6]), Ok(0));
-    child.syscall(sysno::UMASK, [0o077, 0, 0, 0, 0, 0]).expect("umask");
-    assert_eq!(parent.syscall(sysno::UMASK, [0o022, 0, 0, 0, 0, 0]), Ok(0o022));
-    assert_eq!(child.syscall(sysno::UMASK, [0o077, 0, 0, 0, 0, 0]), Ok(0o077));
+    child
+        .syscall(sysno::UMASK, [0o077, 0, 0, 0, 0, 0])
+        .expect("umask");
+    assert_eq!(
+        parent.syscall(sysno::UMASK, [0o022, 0, 0, 0, 0, 0]),
+        Ok(0o022)
+    );
+    assert_eq!(
+        child.syscall(sysno::UMASK, [0o077, 0, 0, 0, 0, 0]),
+        Ok(0o077)
+    );
 }
 
 #[test]
 fn thread_tasks_share_the_fd_table() {
     let k = kernel();
     let leader = k.create_task(None, TaskKind::Process).expect("leader");
-    let thread = k.create_task(Some(&leader), TaskKind::Thread).expect("thread");
-    let fd = thread.open(&c("/thr"), sys::O_RDWR | sys::O_CREAT, 0o600).expect("open");
+    let thread = k
+        .create_task(Some(&leader), TaskKind::Thread)
+        .expect("thread");
+    let fd = thread
+        .open(&c("/thr"), sys::O_RDWR | sys::O_CREAT, 0o600)
+        .expect("open");
     assert_eq!(leader.write(fd, b"x"), Ok(1));
     assert_eq!(leader.getpid(), thread.getpid(), "same thread group");
 }
@@ -223,12 +294,21 @@ fn thread_tasks_share_the_fd_table() {
 fn nanosleep_of_ten_milliseconds_sleeps_at_least_that() {
     let ts: [i64; 2] = [0, 10_000_000];
     let start = Instant::now();
-    kernel().syscall(sysno::NANOSLEEP, [ts.as_ptr() as usize, 0, 0, 0, 0, 0]).expect("nanosleep");
-    assert!(start.elapsed() >= Duration::from_millis(10), "{:?}", start.elapsed());
+    kernel()
+        .syscall(sysno::NANOSLEEP, [ts.as_ptr() as usize, 0, 0, 0, 0, 0])
+        .expect("nanosleep");
+    assert!(
+        start.elapsed() >= Duration::from_millis(10),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn second_boot_is_an_error() {
     let _ = kernel();
-    assert!(matches!(Kernel::boot(&BootConfig::default()), Err(kbox_lkl::BootError::AlreadyBooted)));
+    assert!(matches!(
+        Kernel::boot(&BootConfig::default()),
+        Err(kbox_lkl::BootError::AlreadyBooted)
+    ));
 }

@@ -28,6 +28,13 @@ static unsigned long __init ram_size_from_cmdline(void)
 	return size;
 }
 
+/* Already read by ram_size_from_cmdline(); claimed so it is not passed to init. */
+static int __init lkl_parse_mem(char *arg)
+{
+	return 0;
+}
+early_param("mem", lkl_parse_mem);
+
 void __init lkl_memory_setup(void)
 {
 	unsigned long size = PAGE_ALIGN(ram_size_from_cmdline());
