@@ -5,8 +5,10 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod bpf;
 mod errno;
 pub mod fd;
+pub mod path;
 pub mod sysno;
 
 pub use errno::Errno;

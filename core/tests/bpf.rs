@@ -1,0 +1,250 @@
+//! The filter builder's output run through a small classic-BPF interpreter that accepts
+//! only what the kernel's seccomp verifier would (forward jumps inside the program, a
+//! `ret` on every path), for random rule sets on both arches.
+
+use kbox_core::Errno;
+use kbox_core::bpf::{self, Action, AuditArch, BpfError, Rule, SockFilter};
+use kbox_core::sysno;
+use proptest::prelude::*;
+
+const KILL_PROCESS: u32 = 0x8000_0000;
+
+/// Runs `prog` on a `seccomp_data` with this arch and nr; returns the filter's verdict.
+fn run(prog: &[SockFilter], arch: u32, nr: u32) -> u32 {
+    let mut acc = 0u32;
+    let mut pc = 0usize;
+    loop {
+        let insn = prog
+            .get(pc)
+            .unwrap_or_else(|| panic!("fell off the program at {pc}"));
+        let next = pc + 1;
+        pc = match insn.code {
+            bpf::BPF_LD_W_ABS => {
+                acc = match insn.k {
+                    bpf::SECCOMP_DATA_NR => nr,
+                    bpf::SECCOMP_DATA_ARCH => arch,
+                    k => panic!("load from unexpected offset {k}"),
+                };
+                next
+            }
+            bpf::BPF_JMP_JA => next + insn.k as usize,
+            bpf::BPF_JMP_JEQ_K | bpf::BPF_JMP_JGE_K => {
+                let taken = if insn.code == bpf::BPF_JMP_JEQ_K {
+                    acc == insn.k
+                } else {
+                    acc >= insn.k
+                };
+                next + usize::from(if taken { insn.jt } else { insn.jf })
+            }
+            bpf::BPF_RET_K => return insn.k,
+            code => panic!("unexpected opcode {code:#x} at {pc}"),
+        };
+    }
+}
+
+fn compile(arch: AuditArch, rules: &[Rule], default: Action) -> Vec<SockFilter> {
+    let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let n = bpf::compile(arch, rules, default, &mut out).expect("compiles");
+    out.truncate(n);
+    out
+}
+
+fn errno(n: u16) -> Action {
+    Action::Errno(Errno::new(n).expect("valid errno"))
+}
+
+#[test]
+fn ret_values_match_linux_seccomp_h() {
+    use linux_raw_sys::ptrace as p;
+    assert_eq!(Action::Allow.ret_value(), p::SECCOMP_RET_ALLOW);
+    assert_eq!(Action::Notify.ret_value(), p::SECCOMP_RET_USER_NOTIF);
+    assert_eq!(Action::Log.ret_value(), p::SECCOMP_RET_LOG);
+    assert_eq!(Action::KillThread.ret_value(), p::SECCOMP_RET_KILL_THREAD);
+    assert_eq!(Action::KillProcess.ret_value(), p::SECCOMP_RET_KILL_PROCESS);
+    assert_eq!(Action::Trap(7).ret_value(), p::SECCOMP_RET_TRAP | 7);
+    assert_eq!(errno(1234).ret_value(), p::SECCOMP_RET_ERRNO | 1234);
+    assert_eq!(AuditArch::X86_64.value(), p::AUDIT_ARCH_X86_64);
+    assert_eq!(AuditArch::Aarch64.value(), p::AUDIT_ARCH_AARCH64);
+}
+
+#[test]
+fn arch_mismatch_kills() {
+    let prog = compile(
+        AuditArch::X86_64,
+        &[Rule {
+            nr: 39,
+            action: Action::Allow,
+        }],
+        Action::Allow,
+    );
+    assert_eq!(run(&prog, AuditArch::Aarch64.value(), 39), KILL_PROCESS);
+    assert_eq!(
+        run(&prog, AuditArch::X86_64.value(), 39),
+        Action::Allow.ret_value()
+    );
+}
+
+#[test]
+fn x32_numbers_on_x86_64_are_killed_even_when_default_allows() {
+    let prog = compile(AuditArch::X86_64, &[], Action::Allow);
+    assert_eq!(
+        run(&prog, AuditArch::X86_64.value(), bpf::X32_SYSCALL_BIT | 39),
+        KILL_PROCESS
+    );
+    let prog = compile(AuditArch::Aarch64, &[], Action::Allow);
+    assert_eq!(
+        run(&prog, AuditArch::Aarch64.value(), bpf::X32_SYSCALL_BIT | 39),
+        Action::Allow.ret_value()
+    );
+}
+
+#[test]
+fn every_syscall_of_both_arches_gets_its_rule() {
+    // Alternate actions so no two neighbours merge: the largest tree the tables allow.
+    let actions = [Action::Notify, Action::Allow, errno(1), Action::Trap(3)];
+    for (arch, numbers) in [
+        (
+            AuditArch::X86_64,
+            sysno::x86_64::TABLE
+                .iter()
+                .map(|s| s.nr)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            AuditArch::Aarch64,
+            sysno::aarch64::TABLE.iter().map(|s| s.nr).collect(),
+        ),
+    ] {
+        let rules: Vec<Rule> = numbers
+            .iter()
+            .enumerate()
+            .map(|(i, &nr)| Rule {
+                nr,
+                action: actions[i % 4],
+            })
+            .collect();
+        let prog = compile(arch, &rules, Action::KillProcess);
+        for r in &rules {
+            assert_eq!(
+                run(&prog, arch.value(), r.nr),
+                r.action.ret_value(),
+                "{arch:?} nr {}",
+                r.nr
+            );
+        }
+        assert_eq!(run(&prog, arch.value(), 1000), KILL_PROCESS);
+    }
+}
+
+#[test]
+fn large_left_subtrees_are_reached_through_ja() {
+    let rules: Vec<Rule> = (0..1000)
+        .map(|nr| Rule {
+            nr: nr * 3,
+            action: if nr % 2 == 0 { Action::Allow } else { errno(5) },
+        })
+        .collect();
+    let prog = compile(AuditArch::Aarch64, &rules, Action::Notify);
+    assert!(
+        prog.iter().any(|i| i.code == bpf::BPF_JMP_JA),
+        "tree too small to need ja"
+    );
+    for r in &rules {
+        assert_eq!(
+            run(&prog, AuditArch::Aarch64.value(), r.nr),
+            r.action.ret_value()
+        );
+        assert_eq!(
+            run(&prog, AuditArch::Aarch64.value(), r.nr + 1),
+            Action::Notify.ret_value()
+        );
+    }
+}
+
+#[test]
+fn duplicate_rules_are_refused() {
+    let rules = [
+        Rule {
+            nr: 5,
+            action: Action::Allow,
+        },
+        Rule {
+            nr: 5,
+            action: Action::Notify,
+        },
+    ];
+    let mut out = [SockFilter::default(); 64];
+    assert_eq!(
+        bpf::compile(AuditArch::X86_64, &rules, Action::Allow, &mut out),
+        Err(BpfError::DuplicateRule { nr: 5 })
+    );
+}
+
+#[test]
+fn output_too_small_is_a_typed_error() {
+    let rules: Vec<Rule> = (0..10)
+        .map(|nr| Rule {
+            nr: nr * 2,
+            action: Action::Notify,
+        })
+        .collect();
+    let mut out = [SockFilter::default(); 8];
+    let err = bpf::compile(AuditArch::Aarch64, &rules, Action::Allow, &mut out);
+    assert!(
+        matches!(err, Err(BpfError::ProgramTooLong { needed, capacity: 8 }) if needed > 8),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn too_many_rules_are_refused() {
+    let rules: Vec<Rule> = (0..=u32::try_from(bpf::MAX_RULES).expect("small"))
+        .map(|nr| Rule {
+            nr,
+            action: Action::Allow,
+        })
+        .collect();
+    let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+    assert_eq!(
+        bpf::compile(AuditArch::Aarch64, &rules, Action::Allow, &mut out),
+        Err(BpfError::TooManyRules {
+            given: bpf::MAX_RULES + 1
+        })
+    );
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        Just(Action::Allow),
+        Just(Action::Notify),
+        Just(Action::KillProcess),
+        Just(Action::KillThread),
+        Just(Action::Log),
+        (0..100u16).prop_map(Action::Trap),
+        (1..4096u16).prop_map(errno),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn compiled_filter_matches_rule_map(
+        rules in prop::collection::btree_map(0..700u32, action(), 0..400),
+        default in action(),
+        aarch64 in any::<bool>(),
+        probes in prop::collection::vec(any::<u32>(), 32),
+    ) {
+        let arch = if aarch64 { AuditArch::Aarch64 } else { AuditArch::X86_64 };
+        let list: Vec<Rule> = rules.iter().map(|(&nr, &action)| Rule { nr, action }).collect();
+        let prog = compile(arch, &list, default);
+        let expect = |nr: u32| {
+            if arch == AuditArch::X86_64 && nr >= bpf::X32_SYSCALL_BIT {
+                return KILL_PROCESS;
+            }
+            rules.get(&nr).copied().unwrap_or(default).ret_value()
+        };
+        let neighbours = rules.keys().flat_map(|&nr| [nr.saturating_sub(1), nr, nr + 1]);
+        for nr in neighbours.chain(probes).chain([0, u32::MAX]) {
+            prop_assert_eq!(run(&prog, arch.value(), nr), expect(nr), "nr {}", nr);
+        }
+    }
+}
