@@ -11,12 +11,18 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=KBOX_LKL_DIR");
     println!("cargo:rerun-if-env-changed=LKL_DIR");
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
     let dir = env::var_os("KBOX_LKL_DIR")
         .or_else(|| env::var_os("LKL_DIR"))
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("..").join("build").join(format!("lkl-{arch}")));
+        .unwrap_or_else(|| {
+            manifest
+                .join("..")
+                .join("build")
+                .join(format!("lkl-{arch}"))
+        });
 
     let lib = dir.join("liblkl.a");
     let header = dir.join("unistd_64.h");
@@ -45,7 +51,8 @@ fn main() {
             continue;
         };
         if let Ok(n) = value.parse::<u32>() {
-            writeln!(out, "pub const {}: u32 = {n};", name.to_uppercase()).expect("write to String");
+            writeln!(out, "pub const {}: u32 = {n};", name.to_uppercase())
+                .expect("write to String");
         }
     }
     let out_file = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sysno.rs");
