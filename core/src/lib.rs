@@ -9,6 +9,7 @@ pub mod bpf;
 mod errno;
 pub mod fd;
 pub mod path;
+pub mod shadow;
 pub mod sysno;
 
 pub use errno::Errno;
