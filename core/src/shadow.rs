@@ -192,10 +192,8 @@ impl<H: Copy, const N: usize> ShadowCache<H, N> {
     pub fn set_limit(&mut self, limit: ShadowLimit, mut on_evict: impl FnMut(H)) {
         self.limit = limit;
         for slot in &mut self.slots {
-            if slot.is_some_and(|s| !limit.admits(s.version.size)) {
-                if let Some(s) = slot.take() {
-                    on_evict(s.handle);
-                }
+            if let Some(s) = slot.take_if(|s| !limit.admits(s.version.size)) {
+                on_evict(s.handle);
             }
         }
     }
@@ -221,16 +219,11 @@ impl<H: Copy, const N: usize> ShadowCache<H, N> {
 
     /// The least recently used slot; only called when every slot is full.
     fn lru(&self) -> usize {
-        let mut best = 0;
-        let mut oldest = u64::MAX;
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some(s) = s {
-                if s.last_used < oldest {
-                    oldest = s.last_used;
-                    best = i;
-                }
-            }
-        }
-        best
+        let used = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.as_ref()?.last_used)));
+        used.min_by_key(|&(_, t)| t).map_or(0, |(i, _)| i)
     }
 }
