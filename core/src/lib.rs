@@ -5,6 +5,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod abi;
 pub mod bpf;
 mod errno;
 pub mod fd;
