@@ -167,9 +167,8 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 
 #[test]
 fn generic_stat_converts_field_by_field_to_x86_64_bytes() {
-    let x = GenericStat::from_bytes(&sample_generic())
-        .to_x86_64()
-        .to_bytes();
+    let x: X86Stat = GenericStat::from_bytes(&sample_generic()).to_x86_64();
+    let x = x.to_bytes();
     assert_eq!(x.len(), 144);
     assert_eq!(u64_at(&x, 0), 0x0801);
     assert_eq!(u64_at(&x, 8), 123_456_789_012);
