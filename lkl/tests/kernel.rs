@@ -125,14 +125,7 @@ fn dirent_names(mut buf: &[u8]) -> Vec<String> {
 #[test]
 fn proc_self_status_describes_the_calling_task() {
     let k = kernel();
-    match k.mkdir(&c("/proc"), 0o555) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => panic!("mkdir /proc: {e}"),
-    }
-    match k.mount(&c("proc"), &c("/proc"), &c("proc"), 0, None) {
-        Ok(()) | Err(Errno::EBUSY) => {}
-        Err(e) => panic!("mount proc: {e}"),
-    }
+    mount_proc(k);
     let fd = k
         .open(&c("/proc/self/status"), sys::O_RDONLY, 0)
         .expect("open status");
@@ -311,4 +304,47 @@ fn second_boot_is_an_error() {
         Kernel::boot(&BootConfig::default()),
         Err(kbox_lkl::BootError::AlreadyBooted)
     ));
+}
+
+fn mount_proc(k: &Kernel) {
+    match k.mkdir(&c("/proc"), 0o555) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => panic!("mkdir /proc: {e}"),
+    }
+    match k.mount(&c("proc"), &c("/proc"), &c("proc"), 0, None) {
+        Ok(()) | Err(Errno::EBUSY) => {}
+        Err(e) => panic!("mount proc: {e}"),
+    }
+}
+
+fn task_exists(k: &Kernel, pid: i32) -> bool {
+    match k.stat(&c(&format!("/proc/{pid}"))) {
+        Ok(_) => true,
+        Err(Errno::ENOENT) => false,
+        Err(e) => panic!("stat /proc/{pid}: {e}"),
+    }
+}
+
+#[test]
+fn a_caller_threads_task_ends_when_the_thread_exits() {
+    let k = kernel();
+    mount_proc(k);
+    let pids: Vec<i32> = (0..8)
+        .map(|_| std::thread::spawn(|| kernel().getpid().expect("getpid")))
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    for pid in pids {
+        assert!(!task_exists(k, pid), "task {pid} outlived its host thread");
+    }
+}
+
+#[test]
+fn dropping_a_task_ends_it() {
+    let k = kernel();
+    mount_proc(k);
+    let task = k.create_task(None, TaskKind::Process).expect("task");
+    let pid = task.getpid().expect("getpid");
+    assert!(task_exists(k, pid));
+    drop(task);
+    assert!(!task_exists(k, pid), "task {pid} still exists after drop");
 }

@@ -26,6 +26,7 @@ struct task_struct *lkl_root_task;
 bool lkl_halted;
 static struct lkl_tls_key *caller_key;
 static struct lkl_mutex *root_lock;
+static void caller_thread_exit(void *arg);
 
 int lkl_enter_as(struct lkl_hthread *self, struct task_struct *task)
 {
@@ -245,6 +246,20 @@ long lkl_task_destroy(struct task_struct *task)
 }
 
 /*
+ * A caller thread is exiting (its thread key's destructor): its own task ends with it,
+ * so host threads that come and go do not leave tasks behind.
+ */
+static void caller_thread_exit(void *arg)
+{
+	struct lkl_hthread *self = arg;
+
+	if (self->task && !READ_ONCE(lkl_halted))
+		run_as(self, self->task, do_task_exit, NULL);
+	lkl_ops->sem_free(self->sem);
+	lkl_ops->mem_free(self);
+}
+
+/*
  * pid 1, once its (sentinel) exec succeeded. It ignores SIGCHLD so every orphan and,
  * by inheritance, every host task is reaped without a wait, makes the root host task,
  * tells lkl_start_kernel() that the kernel is up, and sleeps for good.
@@ -260,7 +275,7 @@ void lkl_init_process(void)
 	for (fd = 0; fd < 3; fd++)
 		close_fd(fd);
 	kernel_sigaction(SIGCHLD, SIG_IGN);
-	caller_key = lkl_ops->tls_alloc(NULL);
+	caller_key = lkl_ops->tls_alloc(caller_thread_exit);
 	root_lock = lkl_ops->mutex_alloc();
 	if (do_clone(self, &req))
 		panic("lkl: cannot create the root host task");
