@@ -57,3 +57,5 @@ emit_plain /tmp/kbox-gen-aarch64.$$ "scripts/syscall.tbl, arm64 ABIs common 64 r
   echo "}"
 } >"$here/tests/sysno_vs_linux_raw_sys.rs"
 rm -f /tmp/kbox-gen-*.$$
+# Format as `cargo fmt` would, so regenerating leaves no diff.
+rustfmt --edition 2024 "$here/tests/sysno_vs_linux_raw_sys.rs" "$out/generic.rs" "$out/aarch64.rs" "$out/x86_64.rs"
