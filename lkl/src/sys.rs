@@ -17,31 +17,7 @@ pub const O_DIRECTORY: u32 = 0o200000;
 pub const O_CLOEXEC: u32 = 0o2000000;
 
 /// The kernel library's `struct stat` (the asm-generic layout, 128 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stat {
-    pub st_dev: u64,
-    pub st_ino: u64,
-    pub st_mode: u32,
-    pub st_nlink: u32,
-    pub st_uid: u32,
-    pub st_gid: u32,
-    pub st_rdev: u64,
-    pub pad1: u64,
-    pub st_size: i64,
-    pub st_blksize: i32,
-    pub pad2: i32,
-    pub st_blocks: i64,
-    pub st_atime: i64,
-    pub st_atime_nsec: u64,
-    pub st_mtime: i64,
-    pub st_mtime_nsec: u64,
-    pub st_ctime: i64,
-    pub st_ctime_nsec: u64,
-    pub unused: [u32; 2],
-}
-
-const _: () = assert!(core::mem::size_of::<Stat>() == 128);
+pub use kbox_core::abi::stat::GenericStat as Stat;
 
 /// Something that runs syscalls: the calling thread's task ([`Kernel`]) or a [`Task`].
 pub trait Syscalls {

@@ -118,6 +118,13 @@ void lkl_borrower_leave(struct lkl_hthread *self)
 {
 	self->want = NULL;
 	while (need_resched()) {
+		/*
+		 * A detached host task must not stay runnable behind this switch: with no
+		 * thread to run it, the scheduler could pick it while others wait for the
+		 * next interrupt. It sleeps; its caller wakes it on the next entry.
+		 */
+		if (current->thread.host_task && !current->thread.ht)
+			set_current_state(TASK_IDLE);
 		if (__builtin_setjmp(self->escape))
 			return;
 		schedule();
