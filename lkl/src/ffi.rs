@@ -45,4 +45,6 @@ unsafe extern "C" {
     pub fn lkl_trigger_irq(irq: c_int);
     #[allow(dead_code, reason = "for host device models")]
     pub fn lkl_get_free_irq(user: *const c_char) -> c_int;
+    #[allow(dead_code, reason = "for host device models")]
+    pub fn lkl_dma_to_host(phys: c_ulong) -> *mut c_void;
 }

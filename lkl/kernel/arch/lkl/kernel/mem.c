@@ -49,10 +49,10 @@ void __init lkl_memory_setup(void)
 
 	lkl_ram_start = (unsigned long)ram;
 	lkl_ram_end = lkl_ram_start + size;
-	memblock_add(lkl_ram_start, size);
+	memblock_add(LKL_PHYS_BASE, size);
 
-	min_low_pfn = lkl_ram_start >> PAGE_SHIFT;
-	max_low_pfn = lkl_ram_end >> PAGE_SHIFT;
+	min_low_pfn = PFN_DOWN(LKL_PHYS_BASE);
+	max_low_pfn = PFN_DOWN(LKL_PHYS_BASE + size);
 	max_pfn = max_low_pfn;
 	max_mapnr = max_low_pfn - min_low_pfn;
 	high_memory = (void *)lkl_ram_end;
@@ -63,6 +63,12 @@ void __init lkl_memory_setup(void)
 
 	max_zone_pfn[ZONE_NORMAL] = max_low_pfn;
 	free_area_init(max_zone_pfn);
+}
+
+/* For device models: the host address of a DMA ("physical") address. */
+void *lkl_dma_to_host(unsigned long phys)
+{
+	return __va(phys);
 }
 
 void __init mem_init(void)

@@ -11,9 +11,14 @@
 #ifndef __ASSEMBLY__
 
 /*
- * "Physical" addresses are host virtual addresses: the kernel's RAM is one host
- * allocation [lkl_ram_start, lkl_ram_end) and every translation is the identity.
+ * The kernel's RAM is one host allocation [lkl_ram_start, lkl_ram_end). Its "physical"
+ * addresses start at LKL_PHYS_BASE rather than at the host address: the page allocator
+ * walks every pfn below the first RAM pfn at boot, and host addresses (0x7f...) would
+ * make that walk two million steps long. Device models get DMA addresses in this space
+ * and turn them back into host pointers with lkl_dma_to_host().
  */
+#define LKL_PHYS_BASE	_AC(0x40000000, UL)
+
 extern unsigned long lkl_ram_start, lkl_ram_end;
 
 typedef struct { unsigned long pte; } pte_t;
@@ -29,16 +34,16 @@ typedef struct page *pgtable_t;
 #define __pgprot(x)	((pgprot_t) { (x) })
 
 #define PAGE_OFFSET		(lkl_ram_start)
-#define ARCH_PFN_OFFSET		(lkl_ram_start >> PAGE_SHIFT)
+#define ARCH_PFN_OFFSET		(LKL_PHYS_BASE >> PAGE_SHIFT)
 
-#define __pa(vaddr)		((unsigned long)(vaddr))
-#define __va(paddr)		((void *)((unsigned long)(paddr)))
+#define __pa(vaddr)		((unsigned long)(vaddr) - lkl_ram_start + LKL_PHYS_BASE)
+#define __va(paddr)		((void *)((unsigned long)(paddr) - LKL_PHYS_BASE + lkl_ram_start))
 #define virt_to_pfn(kaddr)	(__pa(kaddr) >> PAGE_SHIFT)
 #define pfn_to_virt(pfn)	__va((pfn) << PAGE_SHIFT)
 #define virt_to_page(kaddr)	pfn_to_page(virt_to_pfn(kaddr))
 #define page_to_virt(page)	pfn_to_virt(page_to_pfn(page))
 #define virt_addr_valid(kaddr)	\
-	(__pa(kaddr) >= lkl_ram_start && __pa(kaddr) < lkl_ram_end)
+	((unsigned long)(kaddr) >= lkl_ram_start && (unsigned long)(kaddr) < lkl_ram_end)
 
 #define clear_page(page)		__builtin_memset((page), 0, PAGE_SIZE)
 #define copy_page(to, from)		__builtin_memcpy((to), (from), PAGE_SIZE)
