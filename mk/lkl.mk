@@ -11,6 +11,8 @@ lkl: deps
 check-lkl: lkl
 ifeq ($(ARCH),$(HOST_ARCH))
 	$(LKL_ENV) $(CARGO) test -p kbox-lkl --target $(TARGET)
+	@# The benchmark is not a test, but it must keep working: run it once, tiny.
+	KBOX_BENCH_CALLS=100 $(LKL_ENV) $(CARGO) run -q -p kbox-lkl --target $(TARGET) --example bench_lkl >/dev/null
 else
 	$(LKL_ENV) $(CARGO) build -p kbox-lkl --tests --target $(TARGET)
 endif
