@@ -247,7 +247,10 @@ proptest! {
 
 /// A directory with a few names of different lengths, opened O_DIRECTORY.
 fn sample_dir() -> (std::path::PathBuf, std::fs::File, BTreeSet<Vec<u8>>) {
-    let dir = std::env::temp_dir().join(format!("kbox-core-dirent-{}", std::process::id()));
+    // Tests run in parallel threads of one process: each call needs its own directory.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kbox-core-dirent-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).expect("mkdir");
     let mut names = BTreeSet::from([b".".to_vec(), b"..".to_vec()]);
