@@ -33,6 +33,7 @@ include mk/core.mk
 include mk/arch.mk
 include mk/rootfs.mk
 include mk/kbox.mk
+include mk/bench.mk
 
 .PHONY: all check fmt-check clippy clean help
 
@@ -63,4 +64,4 @@ help:
 	@echo "make bench        benchmarks (not tests)"
 
 .PHONY: bench
-bench: bench-core bench-lkl
+bench: bench-core bench-lkl bench-guest
