@@ -304,7 +304,7 @@ unsafe extern "C" fn iomem_access(
     size: c_int,
     write: c_int,
 ) -> c_int {
-    crate::iomem::access(addr, value, size, write != 0)
+    crate::virtio_mmio::access(addr, value, size, write != 0)
 }
 
 /// The table handed to `lkl_init`; also exported under LKL's data-symbol name.

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static BOOTED: AtomicBool = AtomicBool::new(false);
 
+pub(crate) fn booted() -> bool {
+    BOOTED.load(Ordering::SeqCst)
+}
+
 #[derive(Clone, Debug)]
 pub struct BootConfig {
     /// The kernel's RAM (page cache, slab, ...), in MiB: `mem=` on its command line.
@@ -98,7 +102,7 @@ impl Kernel {
         }
         host::VERBOSE.store(config.verbose, Ordering::Relaxed);
         let quiet = if config.verbose { "" } else { "quiet " };
-        let devices = crate::iomem::boot_cmdline();
+        let devices = crate::virtio_mmio::boot_cmdline();
         let cmdline = format!(
             "mem={}M {quiet}{devices} {}",
             config.memory_mib, config.cmdline
@@ -148,6 +152,8 @@ impl Kernel {
     /// Syncs every filesystem and powers the kernel off. Later syscalls fail with
     /// `ESHUTDOWN`.
     pub fn halt(&self) -> Result<(), Errno> {
+        // Unmount first: a clean unmount leaves the images' journals empty.
+        self.unmount_disks()?;
         // SAFETY: no preconditions once booted.
         let rc = unsafe { ffi::lkl_sys_halt() };
         Errno::result(rc).map(drop)

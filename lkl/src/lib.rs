@@ -1,13 +1,15 @@
 //! Host side and safe API of the in-process Linux kernel library (`liblkl.a`, built
 //! from our arch port in `lkl/kernel`). See docs/kernel-library.md.
+pub mod block;
 mod errno;
 mod ffi;
 mod host;
-mod iomem;
 mod kernel;
 pub mod sync;
 pub mod sys;
+mod virtio_mmio;
 
+pub use block::{DiskError, DiskId, MountError, add_disk};
 pub use errno::Errno;
 pub use kernel::{BootConfig, BootError, Kernel, Task, TaskKind};
 

@@ -36,8 +36,8 @@ int lkl_get_free_irq(const char *user)
 	int irq;
 
 	for (irq = 0; irq < NR_IRQS; irq++)
-		if (!__atomic_fetch_or(&irqs_in_use, 1UL << irq, __ATOMIC_SEQ_CST) &
-		    (1UL << irq))
+		if (!(__atomic_fetch_or(&irqs_in_use, 1UL << irq, __ATOMIC_SEQ_CST) &
+		      (1UL << irq)))
 			return irq;
 	return -ENOSPC;
 }
