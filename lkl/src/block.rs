@@ -280,3 +280,69 @@ impl Kernel {
         Ok(())
     }
 }
+
+/// What the guest sees besides the image's own tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootMode {
+    /// The image's root only.
+    Raw,
+    /// Also proc, sysfs, devtmpfs (+ devpts) and tmpfs on /tmp and /run, all inside the
+    /// kernel library.
+    Recommended,
+}
+
+const RECOMMENDED_MOUNTS: [(&str, &str, &str); 6] = [
+    ("proc", "proc", "proc"),
+    ("sysfs", "sys", "sysfs"),
+    ("devtmpfs", "dev", "devtmpfs"),
+    ("devpts", "dev/pts", "devpts"),
+    ("tmpfs", "tmp", "tmpfs"),
+    ("tmpfs", "run", "tmpfs"),
+];
+
+impl Kernel {
+    /// Mounts `disk` as a guest root and returns a task chrooted into it, from which
+    /// guest processes' tasks are forked. Drop every such task before [`Kernel::halt`]
+    /// so the image unmounts cleanly.
+    pub fn image_root(
+        &self,
+        disk: DiskId,
+        fstype: &str,
+        mode: RootMode,
+        read_only: bool,
+    ) -> Result<crate::Task, MountError> {
+        let base = format!("/guest-root{}", disk.0);
+        self.mount_disk(disk, fstype, &base, read_only)?;
+        if mode == RootMode::Recommended {
+            for (source, dir, fstype) in RECOMMENDED_MOUNTS {
+                let target = format!("{base}/{dir}");
+                // An image without the directory gets one, unless it is read-only.
+                ensure_dir(self, &target)?;
+                self.mount(&cstr(source), &cstr(&target), &cstr(fstype), 0, None)
+                    .map_err(|errno| MountError::Mount {
+                        device: source.into(),
+                        fstype: fstype.into(),
+                        errno,
+                        log: String::new(),
+                    })?;
+                MOUNTED
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(cstr(&target));
+            }
+        }
+        let root = self
+            .create_task(None, crate::TaskKind::Process)
+            .map_err(|errno| MountError::Prepare {
+                what: "create the guest root task".into(),
+                errno,
+            })?;
+        root.chroot(&cstr(&base))
+            .and_then(|()| root.chdir(c"/"))
+            .map_err(|errno| MountError::Prepare {
+                what: format!("chroot {base}"),
+                errno,
+            })?;
+        Ok(root)
+    }
+}

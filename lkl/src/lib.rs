@@ -9,7 +9,7 @@ pub mod sync;
 pub mod sys;
 mod virtio_mmio;
 
-pub use block::{DiskError, DiskId, MountError, add_disk};
+pub use block::{DiskError, DiskId, MountError, RootMode, add_disk};
 pub use errno::Errno;
 pub use kernel::{BootConfig, BootError, Kernel, Task, TaskKind};
 
