@@ -27,6 +27,7 @@ const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 const MS_RDONLY: u64 = 1;
+const MAX_DISKS: usize = 26;
 
 struct BlockDevice {
     file: File,
@@ -132,6 +133,8 @@ pub enum DiskError {
     },
     NotAFile(PathBuf),
     NoInterrupt,
+    /// Disks are named vda..vdz.
+    TooMany,
 }
 
 impl fmt::Display for DiskError {
@@ -143,6 +146,7 @@ impl fmt::Display for DiskError {
             }
             Self::NotAFile(path) => write!(f, "image {} is not a regular file", path.display()),
             Self::NoInterrupt => f.write_str("no free interrupt line for another disk"),
+            Self::TooMany => write!(f, "at most {MAX_DISKS} disks (vda..vdz)"),
         }
     }
 }
@@ -165,6 +169,9 @@ pub fn add_disk(path: &Path, read_only: bool) -> Result<DiskId, DiskError> {
     })?;
     if !meta.is_file() {
         return Err(DiskError::NotAFile(path.to_path_buf()));
+    }
+    if virtio_mmio::count() >= MAX_DISKS {
+        return Err(DiskError::TooMany);
     }
     let config = (meta.len() / SECTOR).to_le_bytes();
     let dev = BlockDevice {
@@ -344,5 +351,113 @@ impl Kernel {
                 errno,
             })?;
         Ok(root)
+    }
+}
+
+/// LKL's `struct lkl_disk` as kbox's C API takes it: an open image and its mode.
+#[repr(C)]
+pub struct LklDisk {
+    pub fd: core::ffi::c_int,
+    pub read_only: core::ffi::c_int,
+}
+
+/// LKL's `lkl_dev_blk_ops`: what C callers can ask of a disk before adding it.
+#[repr(C)]
+pub struct LklDevBlkOps {
+    /// Capacity in bytes of the disk's image, or a negative errno.
+    pub get_capacity: extern "C" fn(disk: *const LklDisk, bytes: *mut u64) -> core::ffi::c_int,
+}
+
+extern "C" fn blk_get_capacity(disk: *const LklDisk, bytes: *mut u64) -> core::ffi::c_int {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the caller passes a valid disk description and result slot.
+    let (fd, out) = unsafe { ((*disk).fd, &mut *bytes) };
+    if fd < 0 {
+        return -Errno::EBADF.0;
+    }
+    // SAFETY: the descriptor stays open for the duration of this call (caller's contract).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    match rustix::fs::fstat(fd) {
+        Ok(st) => {
+            *out = u64::try_from(st.st_size).unwrap_or(0);
+            0
+        }
+        Err(e) => -e.raw_os_error(),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub static lkl_dev_blk_ops: LklDevBlkOps = LklDevBlkOps {
+    get_capacity: blk_get_capacity,
+};
+
+/// LKL's `lkl_disk_add`: registers the image open on `disk->fd` (duplicated, so the
+/// caller keeps its descriptor). Returns the disk id or a negative errno. Before boot.
+///
+/// # Safety
+/// `disk` is null or points to a valid `LklDisk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lkl_disk_add(disk: *const LklDisk) -> core::ffi::c_int {
+    if disk.is_null() {
+        return -Errno::EINVAL.0;
+    }
+    // SAFETY: checked non-null; the caller passes a valid description.
+    let (fd, read_only) = unsafe { ((*disk).fd, (*disk).read_only != 0) };
+    let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    match add_disk(&path, read_only) {
+        Ok(DiskId(id)) => core::ffi::c_int::try_from(id).unwrap_or(-Errno::ENOSPC.0),
+        Err(DiskError::AfterBoot) => -Errno::EBUSY.0,
+        Err(DiskError::Open { error, .. }) => -error.raw_os_error().unwrap_or(Errno::EIO.0),
+        Err(DiskError::NotAFile(_)) => -Errno::EINVAL.0,
+        Err(DiskError::NoInterrupt | DiskError::TooMany) => -Errno::ENOSPC.0,
+    }
+}
+
+/// LKL's `lkl_mount_dev`: mounts disk `disk_id` (whole disk: `part` must be 0) at
+/// `/mnt/vdX` and writes that path to `mnt_str`. Returns 0 or a negative errno.
+///
+/// # Safety
+/// `fs_type` is a C string; `mnt_str` has room for `mnt_str_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lkl_mount_dev(
+    disk_id: core::ffi::c_uint,
+    part: core::ffi::c_uint,
+    fs_type: *const core::ffi::c_char,
+    flags: core::ffi::c_int,
+    _opts: *const core::ffi::c_char,
+    mnt_str: *mut core::ffi::c_char,
+    mnt_str_len: core::ffi::c_uint,
+) -> core::ffi::c_long {
+    if part != 0 || fs_type.is_null() || mnt_str.is_null() || !kernel::booted() {
+        return (-Errno::EINVAL.0).into();
+    }
+    // SAFETY: checked non-null; the caller's contract makes it a C string.
+    let Ok(fstype) = unsafe { std::ffi::CStr::from_ptr(fs_type) }.to_str() else {
+        return (-Errno::EINVAL.0).into();
+    };
+    let Ok(index) = usize::try_from(disk_id) else {
+        return (-Errno::EINVAL.0).into();
+    };
+    let letter = char::from(b'a' + u8::try_from(index % 26).unwrap_or(0));
+    let target = format!("/mnt/vd{letter}");
+    let Ok(room) = usize::try_from(mnt_str_len) else {
+        return (-Errno::EINVAL.0).into();
+    };
+    if target.len() >= room {
+        return (-Errno::ERANGE.0).into();
+    }
+    let read_only = flags & 1 != 0;
+    match Kernel::token().mount_disk(DiskId(index), fstype, &target, read_only) {
+        Ok(()) => {
+            // SAFETY: `room` bytes are writable and the path plus NUL fits.
+            unsafe {
+                core::ptr::copy_nonoverlapping(target.as_ptr(), mnt_str.cast::<u8>(), target.len());
+                *mnt_str.add(target.len()) = 0;
+            }
+            0
+        }
+        Err(MountError::Prepare { errno, .. } | MountError::Mount { errno, .. }) => {
+            (-errno.0).into()
+        }
     }
 }

@@ -31,6 +31,10 @@ pub struct HostOps {
     pub timer_set_oneshot: unsafe extern "C" fn(*mut c_void, c_ulonglong),
     pub timer_cancel: unsafe extern "C" fn(*mut c_void),
     pub iomem_access: unsafe extern "C" fn(c_ulong, *mut c_void, c_int, c_int) -> c_int,
+    pub memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, c_ulong) -> *mut c_void,
+    pub memset: unsafe extern "C" fn(*mut c_void, c_int, c_ulong) -> *mut c_void,
+    pub memmove: unsafe extern "C" fn(*mut c_void, *const c_void, c_ulong) -> *mut c_void,
+    pub devices_cmdline: unsafe extern "C" fn() -> *const c_char,
 }
 
 unsafe extern "C" {

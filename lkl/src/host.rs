@@ -307,6 +307,37 @@ unsafe extern "C" fn iomem_access(
     crate::virtio_mmio::access(addr, value, size, write != 0)
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "64-bit hosts only: c_ulong is usize"
+)]
+unsafe extern "C" fn mem_copy(dest: *mut c_void, src: *const c_void, n: c_ulong) -> *mut c_void {
+    // SAFETY: the kernel's memcpy contract: valid, non-overlapping ranges of n bytes.
+    unsafe { libc::memcpy(dest, src, n as usize) }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "64-bit hosts only: c_ulong is usize"
+)]
+unsafe extern "C" fn mem_set(dest: *mut c_void, byte: c_int, n: c_ulong) -> *mut c_void {
+    // SAFETY: the kernel's memset contract: a valid range of n bytes.
+    unsafe { libc::memset(dest, byte, n as usize) }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "64-bit hosts only: c_ulong is usize"
+)]
+unsafe extern "C" fn mem_move(dest: *mut c_void, src: *const c_void, n: c_ulong) -> *mut c_void {
+    // SAFETY: the kernel's memmove contract: valid ranges of n bytes.
+    unsafe { libc::memmove(dest, src, n as usize) }
+}
+
+unsafe extern "C" fn devices_cmdline() -> *const c_char {
+    crate::virtio_mmio::freeze_cmdline().as_ptr()
+}
+
 /// The table handed to `lkl_init`; also exported under LKL's data-symbol name.
 #[unsafe(no_mangle)]
 pub static lkl_host_ops: HostOps = HostOps {
@@ -335,4 +366,8 @@ pub static lkl_host_ops: HostOps = HostOps {
     timer_set_oneshot,
     timer_cancel,
     iomem_access,
+    memcpy: mem_copy,
+    memset: mem_set,
+    memmove: mem_move,
+    devices_cmdline,
 };

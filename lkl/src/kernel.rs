@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static BOOTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether a kernel has booted (by this API or by `lkl_start_kernel` directly).
 pub(crate) fn booted() -> bool {
-    BOOTED.load(Ordering::SeqCst)
+    BOOTED.load(Ordering::SeqCst) || crate::virtio_mmio::frozen()
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +95,11 @@ fn call(
 }
 
 impl Kernel {
+    /// A handle for C entry points that run after boot (they have no `Kernel` to pass).
+    pub(crate) fn token() -> Kernel {
+        Kernel { _private: () }
+    }
+
     /// Boots the kernel in this process. Fails with [`BootError::AlreadyBooted`] the
     /// second time.
     pub fn boot(config: &BootConfig) -> Result<Kernel, BootError> {
@@ -102,11 +108,8 @@ impl Kernel {
         }
         host::VERBOSE.store(config.verbose, Ordering::Relaxed);
         let quiet = if config.verbose { "" } else { "quiet " };
-        let devices = crate::virtio_mmio::boot_cmdline();
-        let cmdline = format!(
-            "mem={}M {quiet}{devices} {}",
-            config.memory_mib, config.cmdline
-        );
+        // Device words are appended by lkl_start_kernel (devices_cmdline host op).
+        let cmdline = format!("mem={}M {quiet}{}", config.memory_mib, config.cmdline);
         let cmdline = CString::new(cmdline).map_err(|_| BootError::BadCmdline)?;
         // SAFETY: the host table is a static that lives for the process.
         let rc = unsafe { ffi::lkl_init(&host::lkl_host_ops) };
@@ -152,11 +155,14 @@ impl Kernel {
     /// Syncs every filesystem and powers the kernel off. Later syscalls fail with
     /// `ESHUTDOWN`.
     pub fn halt(&self) -> Result<(), Errno> {
-        // Unmount first: a clean unmount leaves the images' journals empty.
-        self.unmount_disks()?;
+        // Unmount first: a clean unmount leaves the images' journals empty. A mount that
+        // is still busy must not stop the power-off (sync still flushes it); its error
+        // is reported after.
+        let unmounted = self.unmount_disks();
         // SAFETY: no preconditions once booted.
         let rc = unsafe { ffi::lkl_sys_halt() };
-        Errno::result(rc).map(drop)
+        Errno::result(rc)?;
+        unmounted
     }
 
     /// The last lines the kernel printed.

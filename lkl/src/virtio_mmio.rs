@@ -86,20 +86,37 @@ pub fn register(dev: Box<dyn Device>) -> Result<usize, RegisterError> {
     Ok(devices.len() - 1)
 }
 
-/// `virtio_mmio.device=` words for every registered device.
-pub fn boot_cmdline() -> String {
-    let devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
-    devices
-        .iter()
-        .enumerate()
-        .map(|(i, slot)| {
-            format!(
-                "virtio_mmio.device=4K@{:#x}:{} ",
-                WINDOW_BASE + WINDOW_SIZE * i as u64,
-                slot.irq
-            )
-        })
-        .collect()
+/// How many devices are registered.
+pub fn count() -> usize {
+    DEVICES.lock().unwrap_or_else(PoisonError::into_inner).len()
+}
+
+static CMDLINE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// Whether the kernel has read the device list (it boots with it; no hotplug).
+pub fn frozen() -> bool {
+    CMDLINE.get().is_some()
+}
+
+/// `virtio_mmio.device=` words for every registered device, read once by the booting
+/// kernel; from then on the list is fixed.
+pub fn freeze_cmdline() -> &'static std::ffi::CStr {
+    CMDLINE.get_or_init(|| {
+        let devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
+        let words: String = devices
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                format!(
+                    "virtio_mmio.device=4K@{:#x}:{} ",
+                    WINDOW_BASE + WINDOW_SIZE * i as u64,
+                    slot.irq
+                )
+            })
+            .collect();
+        // Built from numbers only: no NUL byte.
+        std::ffi::CString::new(words).unwrap_or_default()
+    })
 }
 
 /// The kernel's MMIO access: `value` points to `size` bytes to fill (read) or take (write).

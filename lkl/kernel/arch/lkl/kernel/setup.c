@@ -55,6 +55,9 @@ int lkl_start_kernel(const char *fmt, ...)
 	va_start(ap, fmt);
 	len = vsnprintf(boot_command_line, COMMAND_LINE_SIZE, fmt ? fmt : "", ap);
 	va_end(ap);
+	if (len < COMMAND_LINE_SIZE && lkl_ops->devices_cmdline)
+		len += snprintf(boot_command_line + len, COMMAND_LINE_SIZE - len, " %s",
+				lkl_ops->devices_cmdline());
 	if (len >= COMMAND_LINE_SIZE)
 		return -E2BIG;
 

@@ -55,6 +55,17 @@ struct lkl_host_operations {
 
 	/* MMIO on device models: the kernel's readl/writel on an ioremap'd cookie. */
 	int (*iomem_access)(unsigned long addr, void *val, int size, int write);
+
+	/* The host libc's tuned copies (see asm/string.h). */
+	void *(*memcpy)(void *dest, const void *src, unsigned long n);
+	void *(*memset)(void *s, int c, unsigned long n);
+	void *(*memmove)(void *dest, const void *src, unsigned long n);
+
+	/*
+	 * Kernel command-line words describing the host's devices (virtio_mmio.device=),
+	 * appended by lkl_start_kernel(). Reading them freezes the host's device list.
+	 */
+	const char *(*devices_cmdline)(void);
 };
 
 extern struct lkl_host_operations *lkl_ops;
