@@ -27,6 +27,9 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "getppid")) /* answered with a value: argv[2] */
         return syscall(SYS_getppid) == atol(argv[2]) ? 0 : 1;
 
+    if (!strcmp(mode, "getppid-enosys")) /* left unanswered by the supervisor */
+        return syscall(SYS_getppid) == -1 && errno == ENOSYS ? 0 : 1;
+
     if (!strcmp(mode, "uname-eperm")) { /* answered with EPERM */
         struct utsname u;
         return syscall(SYS_uname, &u) == -1 && errno == EPERM ? 0 : 1;

@@ -117,6 +117,13 @@ fn value_answer_is_what_the_guest_gets() {
 }
 
 #[test]
+fn dropped_notification_answers_enosys() {
+    // The guest's getppid fails with ENOSYS instead of blocking forever.
+    let status = run(&["getppid-enosys"], &[nr::GETPPID], |p, _| drop(p));
+    assert_eq!(status, ExitStatus::Exited(0));
+}
+
+#[test]
 fn errno_answer_fails_the_guest_call() {
     let status = run(&["uname-eperm"], &[nr::UNAME], |p, _| {
         p.respond_errno(Errno::EPERM).expect("send");
