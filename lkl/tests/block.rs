@@ -1,28 +1,13 @@
 //! Disks end to end: ext4 images built by mke2fs from a known tree, served by the
 //! virtio block device, read back, written, unmounted at halt, then checked by e2fsck
 //! and debugfs on the host. One kernel per process, so one sequential scenario.
+mod common;
+
+use common::{assert_fsck_clean, c, debugfs_cat, fresh_dir, mke2fs, pattern, read_all};
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, DiskError, Errno, Kernel, MountError, add_disk};
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
-}
-
-/// Deterministic bytes that differ per file, so a misplaced block shows.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
 
 const FILES: [(&str, u32, usize); 4] = [
     ("small.txt", 1, 13),
@@ -38,32 +23,8 @@ fn make_image(dir: &Path, name: &str) -> PathBuf {
         std::fs::write(tree.join(path), pattern(seed, len)).expect("write tree file");
     }
     let image = dir.join(format!("{name}.ext4"));
-    let status = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-        .arg(&tree)
-        .arg(&image)
-        .arg("32M")
-        .status()
-        .expect("run mke2fs");
-    assert!(status.success(), "mke2fs failed");
+    mke2fs("ext4", &tree, &image, "32M");
     image
-}
-
-fn read_all(k: &Kernel, path: &str) -> Vec<u8> {
-    let fd = k
-        .open(&c(path), sys::O_RDONLY, 0)
-        .unwrap_or_else(|e| panic!("open {path}: {e}"));
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = k.read(fd, &mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    k.close(fd).expect("close");
-    out
 }
 
 fn write_file(k: &Kernel, path: &str, data: &[u8]) {
@@ -77,9 +38,7 @@ fn write_file(k: &Kernel, path: &str, data: &[u8]) {
 
 #[test]
 fn ext4_images_round_trip_and_stay_clean() {
-    let dir = std::env::temp_dir().join(format!("kbox-block-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let dir = fresh_dir("block");
     let main = make_image(&dir, "main");
     let second = make_image(&dir, "second");
     let junk = dir.join("junk.img");
@@ -158,24 +117,8 @@ fn ext4_images_round_trip_and_stay_clean() {
     k.halt().expect("halt unmounts and syncs");
 
     // The host sees a clean filesystem with the data.
-    let fsck = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&main)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let cat = |path: &str| {
-        let out = Command::new("debugfs")
-            .args(["-R", &format!("cat {path}")])
-            .arg(&main)
-            .output()
-            .expect("debugfs");
-        out.stdout
-    };
+    assert_fsck_clean(&main);
+    let cat = |path: &str| debugfs_cat(&main, path);
     assert_eq!(cat("/made/f2"), pattern(102, 2 * 97 + 1));
     assert!(cat("/made/f1").is_empty(), "f1 was unlinked");
     assert_eq!(cat("/made/r3"), pattern(103, 3 * 97 + 1));
@@ -190,15 +133,6 @@ fn ext4_images_round_trip_and_stay_clean() {
         !listing.contains(" f6 ") && !listing.contains(" f0 "),
         "unlinked/renamed names remain: {listing}"
     );
-    let fsck2 = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&second)
-        .output()
-        .expect("e2fsck second");
-    assert!(
-        fsck2.status.success(),
-        "read-only image changed: {}",
-        String::from_utf8_lossy(&fsck2.stdout)
-    );
+    assert_fsck_clean(&second);
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

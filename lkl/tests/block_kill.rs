@@ -1,9 +1,11 @@
 //! A SIGKILL in the middle of writing: the image must be repairable by journal replay
 //! (`e2fsck -fy`), and every file fsync'd before the kill must be intact. The test runs
 //! itself again as the writer (a child process with its own kernel) and kills it.
+mod common;
+
+use common::{c, debugfs_cat, pattern};
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, Kernel, add_disk};
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,27 +13,12 @@ use std::process::{Command, Stdio};
 const CHILD_ENV: &str = "KBOX_KILL_TEST_IMAGE";
 const SYNCED_BEFORE_KILL: usize = 25;
 
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    let mut x = u32::try_from(seed)
-        .expect("seed")
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(7);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[1]
-        })
-        .collect()
+fn seed(i: usize) -> u32 {
+    u32::try_from(i).expect("small index")
 }
 
 fn file_len(i: usize) -> usize {
     10_000 + i * 1_111
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
 }
 
 /// The writer: fsync'd files are announced on stdout; unsynced ones are written in between.
@@ -52,7 +39,7 @@ fn writer(image: &Path) -> ! {
                 0o644,
             )
             .expect("create");
-        assert_eq!(k.write(fd, &pattern(i, file_len(i))), Ok(file_len(i)));
+        assert_eq!(k.write(fd, &pattern(seed(i), file_len(i))), Ok(file_len(i)));
         k.fsync(fd).expect("fsync file");
         k.fsync(dir).expect("fsync dir");
         k.close(fd).expect("close");
@@ -65,7 +52,7 @@ fn writer(image: &Path) -> ! {
                 0o644,
             )
             .expect("create");
-        assert_eq!(k.write(fd, &pattern(1000 + i, 50_000)), Ok(50_000));
+        assert_eq!(k.write(fd, &pattern(seed(1000 + i), 50_000)), Ok(50_000));
         k.close(fd).expect("close");
     }
     unreachable!("the loop only ends with the kill")
@@ -141,14 +128,9 @@ fn sigkill_mid_write_keeps_every_fsynced_file() {
         String::from_utf8_lossy(&check.stdout)
     );
     for i in 0..synced {
-        let out = Command::new("debugfs")
-            .args(["-R", &format!("cat /kill/f{i}")])
-            .arg(&image)
-            .output()
-            .expect("debugfs");
         assert_eq!(
-            out.stdout,
-            pattern(i, file_len(i)),
+            debugfs_cat(&image, &format!("/kill/f{i}")),
+            pattern(seed(i), file_len(i)),
             "fsync'd file f{i} damaged or lost"
         );
     }

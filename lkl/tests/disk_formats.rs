@@ -2,45 +2,19 @@
 //! that reaches the image through sync(2) while the kernel keeps running, and images
 //! whose metadata is corrupt (a clear mount error carrying the kernel's words, no
 //! panic). One kernel per process, so one sequential scenario over four disks.
+mod common;
+
+use common::{c, debugfs_cat, pattern, read_all, run};
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, Errno, Kernel, MountError, add_disk, sysno};
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
-}
-
-/// Deterministic bytes per seed (xorshift), so a misplaced block shows.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[1]
-        })
-        .collect()
-}
 
 const TREE: [(&str, u32, usize); 3] = [
     ("a.txt", 1, 10),
     ("d/b.bin", 2, 123_457),
     ("d/e/c.bin", 3, 1 << 20),
 ];
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().expect("host tool runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn make_image(dir: &Path, fstype: &str) -> PathBuf {
     let tree = dir.join(format!("{fstype}-tree"));
@@ -57,34 +31,12 @@ fn make_image(dir: &Path, fstype: &str) -> PathBuf {
     image
 }
 
-fn read_all(k: &Kernel, path: &str) -> Vec<u8> {
-    let fd = k.open(&c(path), sys::O_RDONLY, 0).expect(path);
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = k.read(fd, &mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    k.close(fd).expect("close");
-    out
-}
-
 fn write_new(k: &Kernel, path: &str, data: &[u8]) {
     let fd = k
         .open(&c(path), sys::O_WRONLY | sys::O_CREAT | sys::O_EXCL, 0o644)
         .expect(path);
     assert_eq!(k.write(fd, data).expect("write"), data.len());
     k.close(fd).expect("close");
-}
-
-fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
-    run(Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(image))
-    .stdout
 }
 
 #[test]

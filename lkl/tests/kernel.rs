@@ -1,8 +1,10 @@
 //! The kernel library booted in-process: syscalls on its own root (ramfs), host
 //! threads, tasks with fork semantics. One kernel per process, shared by these tests.
+mod common;
+
+use common::{c, mount_proc};
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, Errno, Kernel, TaskKind, sysno};
-use std::ffi::CString;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,10 +20,6 @@ fn kernel() -> &'static Kernel {
         })
         .expect("kernel boots")
     })
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL in test path")
 }
 
 #[repr(C)]
@@ -304,17 +302,6 @@ fn second_boot_is_an_error() {
         Kernel::boot(&BootConfig::default()),
         Err(kbox_lkl::BootError::AlreadyBooted)
     ));
-}
-
-fn mount_proc(k: &Kernel) {
-    match k.mkdir(&c("/proc"), 0o555) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => panic!("mkdir /proc: {e}"),
-    }
-    match k.mount(&c("proc"), &c("/proc"), &c("proc"), 0, None) {
-        Ok(()) | Err(Errno::EBUSY) => {}
-        Err(e) => panic!("mount proc: {e}"),
-    }
 }
 
 fn task_exists(k: &Kernel, pid: i32) -> bool {

@@ -1,6 +1,9 @@
 //! Concurrency stress for the scheduling model: task churn from many host threads at
 //! once, and blocking pipe ping-pong between tasks on different threads, while the
 //! timer interrupt keeps arriving. Every result is checked.
+mod common;
+
+use common::mount_proc;
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, Errno, Kernel, Task, TaskKind, sysno};
 use std::ffi::CString;
@@ -112,15 +115,4 @@ fn a_task_entered_by_two_threads_at_once_is_busy_not_broken() {
     assert_eq!(reader.join().expect("reader"), Ok(1));
     assert_eq!(task.getpid(), Ok(pid), "the task is usable again");
     k.close(fd).expect("close");
-}
-
-fn mount_proc(k: &Kernel) {
-    match k.mkdir(c"/proc", 0o555) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => panic!("mkdir /proc: {e}"),
-    }
-    match k.mount(c"proc", c"/proc", c"proc", 0, None) {
-        Ok(()) | Err(Errno::EBUSY) => {}
-        Err(e) => panic!("mount proc: {e}"),
-    }
 }
