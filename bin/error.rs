@@ -301,7 +301,8 @@ impl fmt::Display for Error {
             Self::RuntimeNotBuilt => write!(
                 f,
                 "the arguments and the image are valid, but running a guest is not built yet: \
-                 the in-process kernel and the syscall dispatcher are still being written"
+                 the in-process kernel boots and mounts images, but the syscall dispatcher \
+                 that connects a guest to it is still being written"
             ),
         }
     }
