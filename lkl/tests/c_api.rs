@@ -1,8 +1,10 @@
 //! The C API with LKL's names, used the way a C program uses it: no Rust wrappers.
+mod common;
+
+use common::{assert_fsck_clean, fresh_dir, mke2fs};
 use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use kbox_lkl::block::{LklDevBlkOps, LklDisk};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 
 unsafe extern "C" {
     static lkl_host_ops: c_void;
@@ -26,18 +28,11 @@ unsafe extern "C" {
 
 #[test]
 fn a_c_program_mounts_an_image_and_reads_a_file() {
-    let dir = std::env::temp_dir().join(format!("kbox-capi-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tree")).expect("tmp");
+    let dir = fresh_dir("capi");
+    std::fs::create_dir_all(dir.join("tree")).expect("tree");
     std::fs::write(dir.join("tree/greeting"), "hello from ext4").expect("file");
     let image = dir.join("c.ext4");
-    let ok = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-d"])
-        .arg(dir.join("tree"))
-        .arg(&image)
-        .arg("8M")
-        .status();
-    assert!(ok.expect("mke2fs").success());
+    mke2fs("ext4", &dir.join("tree"), &image, "8M");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -104,15 +99,6 @@ fn a_c_program_mounts_an_image_and_reads_a_file() {
         );
         assert_eq!(lkl_sys_halt(), 0);
     }
-    let fsck = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&image)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean(&image);
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -1,24 +1,19 @@
 //! An image as the guest's root: the recommended mounts come from the kernel library,
 //! `..` cannot climb out, and after halt the image is clean.
+mod common;
+
+use common::{assert_fsck_clean, fresh_dir, mke2fs};
 use kbox_lkl::sys::{self, Syscalls};
 use kbox_lkl::{BootConfig, Errno, Kernel, RootMode, add_disk};
 use std::process::Command;
 
 #[test]
 fn recommended_root_is_the_image_plus_kernel_filesystems() {
-    let dir = std::env::temp_dir().join(format!("kbox-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("root");
     std::fs::create_dir_all(dir.join("tree/etc")).expect("tree");
     std::fs::write(dir.join("tree/etc/hostname"), "from-the-image\n").expect("hostname");
     let image = dir.join("root.ext4");
-    let made = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-        .arg(dir.join("tree"))
-        .arg(&image)
-        .arg("16M")
-        .status()
-        .expect("mke2fs");
-    assert!(made.success());
+    mke2fs("ext4", &dir.join("tree"), &image, "16M");
 
     let disk = add_disk(&image, false).expect("add disk");
     let k = Kernel::boot(&BootConfig::default()).expect("boot");
@@ -69,16 +64,7 @@ fn recommended_root_is_the_image_plus_kernel_filesystems() {
     drop(guest);
     drop(root);
     k.halt().expect("halt unmounts everything");
-    let fsck = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&image)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean(&image);
     let out = Command::new("debugfs")
         .args(["-R", "stat /tmp/scratch"])
         .arg(&image)
