@@ -58,7 +58,10 @@ fi
 # One source tree serves both arches (out-of-tree object dirs); builds of it are serialised.
 exec 9>"$cache/.lkl-build.lock"
 flock 9
-rsync -a --delete "$here/kernel/arch/lkl/" "$src/arch/lkl/"
+# Replace the arch tree wholesale (files removed from ours must vanish there too); cp -p keeps
+# mtimes so unchanged files do not trigger rebuilds.
+rm -rf "$src/arch/lkl"
+cp -Rp "$here/kernel/arch/lkl" "$src/arch/lkl"
 
 obj=$cache/obj-$arch
 mkdir -p "$obj"
