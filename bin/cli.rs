@@ -109,10 +109,6 @@ pub enum FsType {
 
 impl FsType {
     /// The name the kernel knows the filesystem by.
-    #[expect(
-        dead_code,
-        reason = "the runtime passes it to mount(2); not wired in yet"
-    )]
     pub const fn name(self) -> &'static str {
         match self {
             Self::Ext2 => "ext2",

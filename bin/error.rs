@@ -287,8 +287,8 @@ pub enum Error {
     Bind(BindError),
     /// `--help` or `--version` could not be written to stdout.
     WriteStdout(io::Error),
-    /// Everything checked out, but the part of kbox that runs the guest is not built yet.
-    RuntimeNotBuilt,
+    /// Starting or running the guest failed.
+    Runtime(crate::runtime::RuntimeError),
 }
 
 impl fmt::Display for Error {
@@ -298,12 +298,7 @@ impl fmt::Display for Error {
             Self::Image(e) => e.fmt(f),
             Self::Bind(e) => e.fmt(f),
             Self::WriteStdout(e) => write!(f, "cannot write to stdout: {e}"),
-            Self::RuntimeNotBuilt => write!(
-                f,
-                "the arguments and the image are valid, but running a guest is not built yet: \
-                 the in-process kernel boots and mounts images, but the syscall dispatcher \
-                 that connects a guest to it is still being written"
-            ),
+            Self::Runtime(e) => e.fmt(f),
         }
     }
 }
@@ -315,7 +310,8 @@ impl Error {
             Self::Usage(e) => e.hint(),
             Self::Image(e) => e.hint(),
             Self::Bind(e) => e.hint(),
-            Self::WriteStdout(_) | Self::RuntimeNotBuilt => None,
+            Self::Runtime(e) => e.hint(),
+            Self::WriteStdout(_) => None,
         }
     }
 }

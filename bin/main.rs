@@ -2,10 +2,10 @@
 //! Linux kernel. This file only parses the command line, reports errors and exits.
 
 mod cli;
+mod dispatch;
 mod error;
 mod exit;
-// The seccomp transport is built and tested ahead of the dispatcher that will drive it.
-#[allow(dead_code)] // reason: no caller until the dispatcher lands (issue 6)
+mod runtime;
 mod seccomp;
 
 use std::io::{self, Write};
@@ -40,8 +40,7 @@ fn run(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Exit, Error> {
     if let Some(warning) = access.warning(&config.image) {
         let _ = writeln!(io::stderr().lock(), "kbox: {warning}");
     }
-    // The runtime (kernel library, dispatcher) replaces this line once it is wired in.
-    Err(Error::RuntimeNotBuilt)
+    runtime::run(&config).map_err(Error::Runtime)
 }
 
 fn print_stdout(text: &str) -> Result<(), Error> {

@@ -108,6 +108,8 @@ pub struct Command {
     _envp: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     envp_ptrs: Vec<*const c_char>,
+    /// Host working directory of the child (set before the filter, so not intercepted).
+    cwd: Option<CString>,
 }
 
 impl Command {
@@ -142,7 +144,14 @@ impl Command {
             envp_ptrs: ptrs(&envp),
             _argv: argv,
             _envp: envp,
+            cwd: None,
         })
+    }
+
+    /// Runs the child in host directory `dir`.
+    pub fn current_dir(&mut self, dir: &std::path::Path) -> Result<(), SpawnError> {
+        self.cwd = Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul)?);
+        Ok(())
     }
 }
 
@@ -302,6 +311,12 @@ fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
         h.state.store(HANDOFF_FAILED, Ordering::Release);
         sys::exit_now(code)
     };
+    sys::unblock_all_signals();
+    if let Some(dir) = &cmd.cwd
+        && let Err(e) = rustix::process::chdir(dir.as_c_str())
+    {
+        fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error(), EXIT_SETUP_FAILED)
+    }
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))

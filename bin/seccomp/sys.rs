@@ -236,6 +236,17 @@ pub unsafe fn execve(path: &CStr, argv: *const *const c_char, envp: *const *cons
 
 /// `_exit(code)`: ends the process without atexit handlers or stdio flushes (which would
 /// run the parent's copies in a forked child).
+/// Unblocks every signal (the supervisor blocks the ones it forwards; the guest must not
+/// inherit that). Async-signal-safe.
+pub fn unblock_all_signals() {
+    // SAFETY: an empty, initialised set; sigprocmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, core::ptr::null_mut());
+    }
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(code) }

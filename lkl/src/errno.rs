@@ -36,6 +36,7 @@ errnos! {
     EIO = 5, "Input/output error";
     ENXIO = 6, "No such device or address";
     E2BIG = 7, "Argument list too long";
+    ENOEXEC = 8, "Exec format error";
     EBADF = 9, "Bad file descriptor";
     ECHILD = 10, "No child processes";
     EAGAIN = 11, "Resource temporarily unavailable";
@@ -64,6 +65,8 @@ errnos! {
     ENOTEMPTY = 39, "Directory not empty";
     ELOOP = 40, "Too many levels of symbolic links";
     ENODATA = 61, "No data available";
+    ELIBBAD = 80, "Accessing a corrupted shared library";
+    EAFNOSUPPORT = 97, "Address family not supported by protocol";
     EUCLEAN = 117, "Structure needs cleaning";
     ESHUTDOWN = 108, "Cannot send after transport endpoint shutdown";
     ETIMEDOUT = 110, "Connection timed out";

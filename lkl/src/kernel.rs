@@ -185,6 +185,12 @@ unsafe impl Send for Task {}
 unsafe impl Sync for Task {}
 
 impl Task {
+    /// A child of this task with fork or thread semantics (a task only exists once the
+    /// kernel has booted, so no [`Kernel`] handle is needed).
+    pub fn fork(&self, kind: TaskKind) -> Result<Task, Errno> {
+        Kernel::token().create_task(Some(self), kind)
+    }
+
     pub fn syscall(&self, no: u32, args: [usize; 6]) -> Result<usize, Errno> {
         // SAFETY: `raw` is a live task handle; `params` points to six longs.
         call(no, args, |no, params| unsafe {

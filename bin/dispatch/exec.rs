@@ -1,0 +1,463 @@
+//! exec, fork and exit of guest processes.
+//!
+//! The host kernel must load the guest's program, but only from a host path, and a seccomp
+//! supervisor cannot change the path register. So kbox keeps, in a private host directory
+//! that is every guest process's host working directory, copies of the image's programs under
+//! their guest path made relative ("/bin/ls" becomes "bin/ls"), and overwrites the guest's
+//! path string in place with that relative name, which is never longer. Dynamic programs get
+//! their PT_INTERP rewritten to the interpreter's relative name in the same directory; `#!`
+//! scripts get a copy whose first line names the interpreter's copy. See docs/dispatch.md.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
+use kbox_core::sysno::generic as g;
+use kbox_lkl::{Errno, Task};
+
+use super::files::AT_FDCWD;
+use super::{Engine, Guest, Reply, hostio, lkl, ptr};
+
+const O_CLOEXEC: u64 = 0o2000000;
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const X_OK: u64 = 1;
+const CLONE_VM: u64 = 0x100;
+const CLONE_THREAD: u64 = 0x10000;
+const PT_INTERP: u32 = 3;
+/// Nested `#!` interpreters followed, as Linux's binfmt_script does (BINPRM_MAX_RECURSION).
+const MAX_SCRIPT_DEPTH: usize = 4;
+const SHEBANG_MAX: usize = 256;
+
+/// kbox's private host directory: `root/` holds the exec copies under relative guest paths
+/// (it is the guest processes' host cwd), `store/` the copies by file version, `empty/` the
+/// directory placeholder.
+pub struct ExecDir {
+    base: PathBuf,
+    root: PathBuf,
+    store: PathBuf,
+    empty: PathBuf,
+    /// Relative name in `root` to the store key linked there.
+    linked: HashMap<Vec<u8>, String>,
+    generated: u32,
+}
+
+impl ExecDir {
+    pub fn create() -> std::io::Result<ExecDir> {
+        let base = pick_base()?;
+        let dir = |name: &str| -> std::io::Result<PathBuf> {
+            let p = base.join(name);
+            fs::create_dir_all(&p)?;
+            Ok(p)
+        };
+        Ok(ExecDir {
+            root: dir("root")?,
+            store: dir("store")?,
+            empty: dir("empty")?,
+            base,
+            linked: HashMap::new(),
+            generated: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn empty_dir(&self) -> &Path {
+        &self.empty
+    }
+
+    /// Makes `root/<name>` the file `content` (stored once per `key`).
+    fn link(&mut self, name: &[u8], key: &str, content: &dyn Fn() -> Result<Vec<u8>, Errno>) -> Result<(), Errno> {
+        if self.linked.get(name).is_some_and(|k| k == key) {
+            return Ok(());
+        }
+        let stored = self.store.join(key);
+        if !stored.exists() {
+            let tmp = self.store.join(format!("{key}.tmp"));
+            fs::write(&tmp, content()?).map_err(|_| Errno::EIO)?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|_| Errno::EIO)?;
+            fs::rename(&tmp, &stored).map_err(|_| Errno::EIO)?;
+        }
+        let at = self.root.join(std::ffi::OsStr::from_bytes(name));
+        if let Some(parent) = at.parent() {
+            fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
+        }
+        let _ = fs::remove_file(&at);
+        fs::hard_link(&stored, &at).map_err(|_| Errno::EIO)?;
+        self.linked.insert(name.to_vec(), key.to_string());
+        Ok(())
+    }
+
+    /// A short generated name for paths that cannot be used relative to `root`.
+    fn generate(&mut self) -> Vec<u8> {
+        self.generated += 1;
+        format!("_{}", self.generated).into_bytes()
+    }
+}
+
+impl ExecDir {
+    /// Prepares the host copy of the ELF program `path` and returns its relative name.
+    fn prepare_elf(&mut self, task: &Task, img: &Image, name: &[u8], head: &[u8]) -> Result<(), Errno> {
+        let whole = img.read_all(task)?;
+        let interp = interp_range(&whole)?;
+        let Some((off, len)) = interp else {
+            return self.link(name, &img.key(""), &|| Ok(whole.clone()));
+        };
+        let _ = head;
+        let ipath = &whole[off..off + len];
+        let ipath = ipath.split(|&b| b == 0).next().unwrap_or(b"");
+        let iname = relative_name(ipath).ok_or(Errno::ENOEXEC)?;
+        let icstr = CString::new(ipath).map_err(|_| Errno::ENOEXEC)?;
+        let iimg = Image::open(task, AT_FDCWD, &icstr).map_err(|e| if e == Errno::EACCES { e } else { Errno::ENOENT })?;
+        let ibytes = iimg.read_all(task);
+        let ikey = iimg.key("");
+        iimg.close(task);
+        let ibytes = ibytes?;
+        if interp_range(&ibytes)?.is_some() {
+            return Err(Errno::ELIBBAD);
+        }
+        self.link(&iname, &ikey, &|| Ok(ibytes.clone()))?;
+        let mut patched = whole;
+        let slot = &mut patched[off..off + len];
+        slot.fill(0);
+        slot[..iname.len().min(len - 1)].copy_from_slice(&iname[..iname.len().min(len - 1)]);
+        self.link(name, &img.key("-i"), &|| Ok(patched.clone()))
+    }
+
+    fn prepare_script(&mut self, task: &Task, img: &Image, name: &[u8], head: &[u8], depth: usize) -> Result<(), Errno> {
+        if depth >= MAX_SCRIPT_DEPTH {
+            return Err(Errno::ELOOP);
+        }
+        let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+        let line = &head[2..line_end];
+        let line = line.trim_ascii();
+        let (interp, arg) = match line.iter().position(|b| b.is_ascii_whitespace()) {
+            Some(i) => (&line[..i], Some(line[i..].trim_ascii())),
+            None => (line, None),
+        };
+        if interp.is_empty() {
+            return Err(Errno::ENOEXEC);
+        }
+        let iname = relative_name(interp).ok_or(Errno::ENOEXEC)?;
+        let icstr = CString::new(interp).map_err(|_| Errno::ENOEXEC)?;
+        let iimg = Image::open(task, AT_FDCWD, &icstr)?;
+        let mut ihead = [0u8; SHEBANG_MAX];
+        let n = lkl(task, g::PREAD64, [iimg.kfd as u64, ptr(ihead.as_mut_ptr()), SHEBANG_MAX as u64, 0, 0, 0]);
+        let ihead = &ihead[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
+        let r = if ihead.starts_with(b"\x7fELF") {
+            self.prepare_elf(task, &iimg, &iname, ihead)
+        } else if ihead.starts_with(b"#!") {
+            self.prepare_script(task, &iimg, &iname, ihead, depth + 1)
+        } else {
+            Err(Errno::ENOEXEC)
+        };
+        iimg.close(task);
+        r?;
+        let whole = img.read_all(task)?;
+        let rest = &whole[line_end.min(whole.len())..];
+        let mut copy = b"#!".to_vec();
+        copy.extend_from_slice(self.path().join(std::ffi::OsStr::from_bytes(&iname)).as_os_str().as_bytes());
+        if let Some(a) = arg.filter(|a| !a.is_empty()) {
+            copy.push(b' ');
+            copy.extend_from_slice(a);
+        }
+        copy.extend_from_slice(rest);
+        if copy.len() > SHEBANG_MAX && copy[..SHEBANG_MAX].iter().all(|&b| b != b'\n') {
+            return Err(Errno::ENOEXEC);
+        }
+        let key = img.key(&format!("-s{}", iname.len()));
+        self.link(name, &key, &|| Ok(copy.clone()))
+    }
+
+}
+
+impl Drop for ExecDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A directory on a filesystem that allows exec, private to this kbox.
+fn pick_base() -> std::io::Result<PathBuf> {
+    let mut candidates = vec![std::env::temp_dir()];
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/kbox"));
+    }
+    let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+    for c in candidates {
+        if fs::create_dir_all(&c).is_err() {
+            continue;
+        }
+        let noexec = rustix::fs::statvfs(&c)
+            .map(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC))
+            .unwrap_or(true);
+        if noexec {
+            continue;
+        }
+        let dir = c.join(format!("kbox-run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+                return Ok(dir);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A file opened in the kernel library for exec: its FD, stat and first bytes.
+struct Image {
+    kfd: i32,
+    st: GenericStat,
+}
+
+impl Image {
+    fn open(task: &Task, dirfd: u64, path: &CStr) -> Result<Image, Errno> {
+        let kfd = lkl(task, g::OPENAT, [dirfd, ptr(path.as_ptr()), O_CLOEXEC, 0, 0, 0])?;
+        let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
+        let img = Image {
+            kfd,
+            st: GenericStat::default(),
+        };
+        let mut buf = [0u8; GENERIC_STAT_SIZE];
+        lkl(task, g::FSTAT, [kfd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])?;
+        let st = GenericStat::from_bytes(&buf);
+        if st.st_mode & S_IFMT != S_IFREG {
+            let _ = lkl(task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+            return Err(Errno::EACCES);
+        }
+        lkl(task, g::FACCESSAT, [dirfd, ptr(path.as_ptr()), X_OK, 0, 0, 0]).inspect_err(|_| {
+            let _ = lkl(task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+        })?;
+        Ok(Image { st, ..img })
+    }
+
+    fn key(&self, tag: &str) -> String {
+        format!(
+            "{}-{}-{}.{}-{}{tag}",
+            self.st.st_dev, self.st.st_ino, self.st.st_mtime, self.st.st_mtime_nsec, self.st.st_size
+        )
+    }
+
+    fn read_all(&self, task: &Task) -> Result<Vec<u8>, Errno> {
+        let size = usize::try_from(self.st.st_size).map_err(|_| Errno::EFBIG)?;
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            let n = lkl(
+                task,
+                g::PREAD64,
+                [self.kfd as u64, ptr(buf[done..].as_mut_ptr()), (size - done) as u64, done as u64, 0, 0],
+            )?;
+            if n <= 0 {
+                buf.truncate(done);
+                break;
+            }
+            done += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(buf)
+    }
+
+    fn close(self, task: &Task) {
+        let _ = lkl(task, g::CLOSE, [self.kfd as u64, 0, 0, 0, 0, 0]);
+    }
+}
+
+/// The relative name a guest path gets under the exec root, if usable as is.
+fn relative_name(path: &[u8]) -> Option<Vec<u8>> {
+    let rel: &[u8] = {
+        let mut p = path;
+        while let Some(rest) = p.strip_prefix(b"/") {
+            p = rest;
+        }
+        p
+    };
+    let ok = !rel.is_empty()
+        && rel.split(|&b| b == b'/').all(|c| c != b"..")
+        && !rel.ends_with(b"/");
+    ok.then(|| rel.to_vec())
+}
+
+/// The PT_INTERP string's file range in an ELF64 little-endian image, if it has one.
+fn interp_range(elf: &[u8]) -> Result<Option<(usize, usize)>, Errno> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| elf.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |o: usize| elf.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    // ELFCLASS64, little-endian: what the host arches run.
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err(Errno::ENOEXEC);
+    }
+    let phoff = usize::try_from(u64_at(0x20).ok_or(Errno::ENOEXEC)?).map_err(|_| Errno::ENOEXEC)?;
+    let phentsize = usize::from(u16_at(0x36).ok_or(Errno::ENOEXEC)?);
+    let phnum = usize::from(u16_at(0x38).ok_or(Errno::ENOEXEC)?);
+    if phentsize < 56 {
+        return Err(Errno::ENOEXEC);
+    }
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize).ok_or(Errno::ENOEXEC)?).ok_or(Errno::ENOEXEC)?;
+        if u32_at(ph) == Some(PT_INTERP) {
+            let off = usize::try_from(u64_at(ph + 8).ok_or(Errno::ENOEXEC)?).map_err(|_| Errno::ENOEXEC)?;
+            let len = usize::try_from(u64_at(ph + 0x20).ok_or(Errno::ENOEXEC)?).map_err(|_| Errno::ENOEXEC)?;
+            if off.checked_add(len).is_none_or(|end| end > elf.len()) || len < 2 {
+                return Err(Errno::ENOEXEC);
+            }
+            return Ok(Some((off, len)));
+        }
+    }
+    Ok(None)
+}
+
+/// A deferred write to guest memory, done once the tier has answered (see `after_reply`).
+pub struct Restore {
+    parent: u32,
+    child: u32,
+    addr: u64,
+    bytes: Vec<u8>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)] // reason: execveat's five arguments plus context
+    pub(super) fn execve(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        dirfd: u64,
+        path_addr: u64,
+        _argv: u64,
+        _envp: u64,
+        _flags: u64,
+    ) -> Reply {
+        match self.exec_prepare(guest, pid, dirfd, path_addr) {
+            Ok(()) => Reply::Continue,
+            Err(e) => Reply::Fail(e),
+        }
+    }
+
+    fn exec_prepare(&mut self, guest: &dyn Guest, pid: u32, dirfd: u64, path_addr: u64) -> Result<(), Errno> {
+        let mut path = guest.read_path(path_addr)?;
+        if path.as_bytes().is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        if matches!(path.as_bytes(), b"/proc/self/exe" | b"/proc/thread-self/exe") && !p.exe.as_bytes().is_empty() {
+            path = p.exe.clone();
+        }
+        let dirfd = self.dirfd(pid, dirfd, path.as_bytes())?;
+        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
+        let exec = &mut self.exec;
+        let original_len = path.as_bytes().len();
+        let name = match relative_name(path.as_bytes()) {
+            Some(n) => n,
+            None => exec.generate(),
+        };
+        if name.len() > original_len {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let img = Image::open(task, dirfd, &path)?;
+        let mut head = [0u8; SHEBANG_MAX];
+        let n = lkl(task, g::PREAD64, [img.kfd as u64, ptr(head.as_mut_ptr()), SHEBANG_MAX as u64, 0, 0, 0]);
+        let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
+        let mut alias = None;
+        let prepared = if head.starts_with(b"\x7fELF") {
+            exec.prepare_elf(task, &img, &name, head)
+        } else if head.starts_with(b"#!") {
+            alias = Some(name.clone());
+            exec.prepare_script(task, &img, &name, head, 0)
+        } else {
+            Err(Errno::ENOEXEC)
+        };
+        img.close(task);
+        prepared?;
+        let guest_path = absolute(task, &path)?;
+        // The relative name replaces the guest's path string for the host's execve.
+        let tid = guest.tid();
+        let mut original = vec![0u8; name.len() + 1];
+        hostio::force_read(tid, path_addr, &mut original)?;
+        let mut with_nul = name.clone();
+        with_nul.push(0);
+        hostio::force_write(tid, path_addr, &with_nul)?;
+        self.close_on_exec(pid);
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        if let Some(parent) = p.vm_parent.take() {
+            // The path lives in memory the parent shares until the exec is done: put the
+            // parent's bytes back then.
+            self.restore = Some(Restore { parent, child: pid, addr: path_addr, bytes: original });
+        }
+        p.aliases.clear();
+        if let Some(a) = alias {
+            p.aliases.push((CString::new(a).map_err(|_| Errno::EINVAL)?, guest_path.clone()));
+        }
+        p.exe = guest_path;
+        Ok(())
+    }
+
+    /// The kernel side of close-on-exec: served FDs the host will close at this exec.
+    fn close_on_exec(&mut self, pid: u32) {
+        let Some(p) = self.procs.get(pid) else { return };
+        let doomed: Vec<i32> = p
+            .fds
+            .iter()
+            .map(|(g, _)| g.as_raw())
+            .filter(|&fd| hostio::is_cloexec(pid, fd).unwrap_or(false))
+            .collect();
+        for fd in doomed {
+            self.close(pid, fd as u64);
+        }
+    }
+
+    /// Work that must wait until the guest has been answered.
+    pub fn after_reply(&mut self) {
+        let Some(r) = self.restore.take() else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while hostio::same_vm(r.parent, r.child) == Some(true) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let _ = hostio::force_write(r.parent, r.addr, &r.bytes);
+    }
+
+    pub(super) fn clone(&mut self, pid: u32, flags: u64) -> Reply {
+        if flags & CLONE_THREAD == 0 {
+            if let Err(e) = self.procs.fork(pid, flags & CLONE_VM != 0) {
+                return Reply::Fail(e);
+            }
+        }
+        Reply::Continue
+    }
+
+    pub(super) fn clone3(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let mut flags = [0u8; 8];
+        if let Err(e) = guest.read(args[0], &mut flags) {
+            return Reply::Fail(e);
+        }
+        self.clone(pid, u64::from_le_bytes(flags))
+    }
+
+    pub(super) fn exit_group(&mut self, pid: u32) -> Reply {
+        self.procs.exit(pid, &mut self.shadows);
+        Reply::Continue
+    }
+}
+
+/// `path` made absolute against the task's cwd (for /proc/self/exe).
+fn absolute(task: &Task, path: &CStr) -> Result<CString, Errno> {
+    if path.to_bytes().first() == Some(&b'/') {
+        return Ok(path.to_owned());
+    }
+    let mut buf = [0u8; 4096];
+    let n = lkl(task, g::GETCWD, [ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0, 0])?;
+    let cwd = &buf[..usize::try_from(n).unwrap_or(1).saturating_sub(1)];
+    let mut out = cwd.to_vec();
+    if out.last() != Some(&b'/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path.to_bytes());
+    CString::new(out).map_err(|_| Errno::EINVAL)
+}

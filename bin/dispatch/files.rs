@@ -1,0 +1,499 @@
+//! Opening files and everything that follows a guest FD: close, dup, fcntl, stat, directory
+//! reads, fchdir, fsync.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+
+use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
+use kbox_core::fd::{FdKind, GuestFd};
+use kbox_core::sysno::generic as g;
+use kbox_lkl::{Errno, Task};
+use rustix::fs::OFlags;
+
+use super::shadow::{self, Writable};
+use super::{Engine, Guest, Reply, fd_arg, hostio, lkl, procs, ptr};
+
+pub const AT_FDCWD: u64 = 0u64.wrapping_sub(100);
+const AT_EMPTY_PATH: u64 = 0x1000;
+const O_ACCMODE: u64 = 0o3;
+const O_WRONLY: u64 = 0o1;
+const O_RDWR: u64 = 0o2;
+const O_APPEND: u64 = 0o2000;
+const O_NONBLOCK: u64 = 0o4000;
+const O_CLOEXEC: u64 = 0o2000000;
+const O_PATH: u64 = 0o10000000;
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o40000;
+const S_IFCHR: u32 = 0o20000;
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+const CLOSE_RANGE_CLOEXEC: u64 = 4;
+const STATX_SIZE: usize = 256;
+/// Largest directory read handed to the kernel library at once.
+const DIRENT_CHUNK: usize = 64 << 10;
+
+/// The guest's open flags in asm-generic encoding (aarch64 numbers four of them differently).
+fn generic_oflags(flags: u64) -> u64 {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let low = u32::try_from(flags & 0xffff_ffff).unwrap_or(0);
+        u64::from(kbox_core::abi::oflags::aarch64_to_generic(low))
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    flags
+}
+
+/// Host files standing in for character devices: the terminal and the memory devices are
+/// the host's (same behaviour, and the terminal must be the real one).
+fn host_device(rdev: u64) -> Option<String> {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    Some(match (major, minor) {
+        (1, 3) => "/dev/null".into(),
+        (1, 5) => "/dev/zero".into(),
+        (1, 7) => "/dev/full".into(),
+        (1, 8) => "/dev/random".into(),
+        (1, 9) => "/dev/urandom".into(),
+        (5, 0) => "/dev/tty".into(),
+        (5, 2) => "/dev/ptmx".into(),
+        (136, n) => format!("/dev/pts/{n}"),
+        _ => return None,
+    })
+}
+
+fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
+    let mut buf = [0u8; GENERIC_STAT_SIZE];
+    lkl(task, g::FSTAT, [kfd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])?;
+    Ok(GenericStat::from_bytes(&buf))
+}
+
+/// Writes a kernel-library `struct stat` to the guest in the host arch's layout.
+fn put_stat(guest: &dyn Guest, addr: u64, raw: &[u8; GENERIC_STAT_SIZE]) -> Result<(), Errno> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let st = GenericStat::from_bytes(raw);
+        guest.write(addr, &st.to_x86_64().to_bytes())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    guest.write(addr, raw)
+}
+
+impl Engine {
+    /// The dirfd to pass to the kernel library for a `*at` call of process `pid`.
+    pub(super) fn dirfd(&self, pid: u32, raw: u64, path: &[u8]) -> Result<u64, Errno> {
+        let fd = fd_arg(raw);
+        if raw == AT_FDCWD || fd == -100 || path.first() == Some(&b'/') {
+            return Ok(AT_FDCWD);
+        }
+        match self.served(pid, fd) {
+            Some(_) => Ok(u64::try_from(fd).unwrap_or(0)),
+            // A host-only FD (pipe, terminal) is not a directory; a closed one is EBADF.
+            None if fd >= 0 && self.host_fd_open(pid, fd) => Err(Errno::ENOTDIR),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    /// The kind of guest FD `fd` of `pid` if the kernel library serves it.
+    pub(super) fn served(&self, pid: u32, fd: i32) -> Option<FdKind> {
+        let p = self.procs.get(pid)?;
+        let g = GuestFd::from_raw(fd).ok()?;
+        p.fds.get(g).map(|e| e.kind)
+    }
+
+    fn host_fd_open(&self, pid: u32, fd: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists()
+    }
+
+    pub(super) fn open(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Result<i64, Errno> {
+        let path = guest.read_path(args[1])?;
+        let flags = generic_oflags(args[2]);
+        let cloexec = flags & O_CLOEXEC != 0;
+        if let Some(fd) = self.open_host_view(guest, &path, flags)? {
+            return Ok(fd);
+        }
+        let dirfd = self.dirfd(pid, args[0], path.as_bytes())?;
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        // The kernel library's description never appends: write-back writes at offsets.
+        let kflags = flags & !O_APPEND;
+        let kfd = lkl(&p.task, g::OPENAT, [dirfd, ptr(path.as_ptr()), kflags, args[3], 0, 0])?;
+        let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
+        match self.install(guest, pid, kfd, flags, cloexec) {
+            Ok(fd) => Ok(i64::from(fd)),
+            Err(e) => {
+                if let Some(p) = self.procs.get(pid) {
+                    let _ = lkl(&p.task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Per-process memory views must describe the real process, so these few /proc/self
+    /// files are the host's.
+    fn open_host_view(
+        &self,
+        guest: &dyn Guest,
+        path: &std::ffi::CStr,
+        flags: u64,
+    ) -> Result<Option<i64>, Errno> {
+        let p = path.to_bytes();
+        let tail = p
+            .strip_prefix(b"/proc/self/")
+            .or_else(|| p.strip_prefix(b"/proc/thread-self/"));
+        let Some(tail) = tail else { return Ok(None) };
+        if !matches!(tail, b"maps" | b"smaps" | b"mem" | b"auxv" | b"pagemap" | b"stat" | b"statm")
+        {
+            return Ok(None);
+        }
+        let host = format!("/proc/{}/{}", guest.tid(), String::from_utf8_lossy(tail));
+        let acc = match flags & O_ACCMODE {
+            O_WRONLY => OFlags::WRONLY,
+            O_RDWR => OFlags::RDWR,
+            _ => OFlags::RDONLY,
+        };
+        let fd = hostio::open_host(&host, acc)?;
+        let n = guest.install_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
+        Ok(Some(i64::from(n)))
+    }
+
+    /// Gives the guest a host FD for kernel FD `kfd` and makes the numbers agree.
+    fn install(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        kfd: i32,
+        flags: u64,
+        cloexec: bool,
+    ) -> Result<i32, Errno> {
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let st = lkl_stat(&p.task, kfd)?;
+        let acc = flags & O_ACCMODE;
+        let mut writable = None;
+        let (host, kind): (OwnedFd, FdKind) = match st.st_mode & S_IFMT {
+            _ if flags & O_PATH != 0 => (self.placeholder()?, FdKind::Kernel),
+            S_IFDIR => (self.placeholder()?, FdKind::Kernel),
+            S_IFREG if acc == 0 => {
+                (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow)
+            }
+            S_IFREG => {
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                if !self.shadows.admits(size) {
+                    return Err(Errno::EFBIG);
+                }
+                let memfd = shadow::fill(&p.task, kfd, size)?;
+                let mut oflags = if acc == O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
+                if flags & O_APPEND != 0 {
+                    oflags |= OFlags::APPEND;
+                }
+                let guest_side = hostio::reopen(memfd.as_fd(), oflags)?;
+                writable = Some(Rc::new(Writable::new(memfd, false)?));
+                (guest_side, FdKind::WritebackShadow)
+            }
+            S_IFCHR => {
+                let dev = host_device(st.st_rdev).ok_or(Errno::ENXIO)?;
+                let mut oflags = match acc {
+                    O_WRONLY => OFlags::WRONLY,
+                    O_RDWR => OFlags::RDWR,
+                    _ => OFlags::RDONLY,
+                };
+                if flags & O_NONBLOCK != 0 {
+                    oflags |= OFlags::NONBLOCK;
+                }
+                (hostio::open_host(&dev, oflags)?, FdKind::Host)
+            }
+            _ => return Err(Errno::ENXIO),
+        };
+        let n = guest.install_fd(host.as_fd(), None, cloexec)?;
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        if n != kfd {
+            lkl(&p.task, g::DUP3, [kfd as u64, n as u64, 0, 0, 0, 0])?;
+            let _ = lkl(&p.task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+        }
+        let (gfd, entry) = procs::entry(n, kind, cloexec)?;
+        p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
+        if let Some(w) = writable {
+            p.writable.insert(n, w);
+        }
+        Ok(n)
+    }
+
+    /// A host directory with nothing in it: what a guest directory FD holds on the host
+    /// (reads fail with EISDIR natively; everything else is served by the kernel library).
+    fn placeholder(&self) -> Result<OwnedFd, Errno> {
+        hostio::open_host(
+            &self.exec.empty_dir().to_string_lossy(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+        )
+    }
+
+    /// Drops guest FD `fd` of `pid` from the kernel side (writing a shadow back first).
+    fn forget(&mut self, pid: u32, fd: i32) {
+        let Some(p) = self.procs.get_mut(pid) else { return };
+        let Ok(gfd) = GuestFd::from_raw(fd) else { return };
+        if p.fds.get(gfd).is_none() {
+            return;
+        }
+        if let Some(w) = p.writable.remove(&fd) {
+            let _ = w.write_back(&p.task, fd);
+        }
+        let _ = lkl(&p.task, g::CLOSE, [fd as u64, 0, 0, 0, 0, 0]);
+        let _ = p.fds.remove(gfd);
+    }
+
+    pub(super) fn close(&mut self, pid: u32, raw: u64) -> Reply {
+        self.forget(pid, fd_arg(raw));
+        Reply::Continue
+    }
+
+    pub(super) fn close_range(&mut self, pid: u32, args: [u64; 6]) -> Reply {
+        let Some(p) = self.procs.get_mut(pid) else { return Reply::Continue };
+        let open: Vec<i32> = p
+            .fds
+            .iter()
+            .map(|(g, _)| g.as_raw())
+            .filter(|&fd| {
+                let fd = u64::try_from(fd).unwrap_or(0);
+                fd >= args[0] && fd <= args[1]
+            })
+            .collect();
+        for fd in open {
+            if args[2] & CLOSE_RANGE_CLOEXEC != 0 {
+                if let (Some(p), Ok(g)) = (self.procs.get_mut(pid), GuestFd::from_raw(fd)) {
+                    let _ = p.fds.set_cloexec(g, true);
+                }
+            } else {
+                self.forget(pid, fd);
+            }
+        }
+        Reply::Continue
+    }
+
+    /// dup/dup2/dup3/F_DUPFD of a served FD: the host file and the kernel FD are duplicated
+    /// to the same number.
+    pub(super) fn dup(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        raw: u64,
+        at: Option<i32>,
+        cloexec: bool,
+    ) -> Result<i64, Errno> {
+        let fd = fd_arg(raw);
+        let Some(kind) = self.served(pid, fd) else {
+            return Err(Errno::ENOENT); // caller maps to Continue
+        };
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let pidfd = p.pidfd.as_ref().ok_or(Errno::ESRCH)?;
+        let host = hostio::guest_file(pidfd.as_fd(), fd)?;
+        if let Some(at) = at {
+            self.forget(pid, at);
+        }
+        let n = guest.install_fd(host.as_fd(), at, cloexec)?;
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        lkl(&p.task, g::DUP3, [fd as u64, n as u64, 0, 0, 0, 0])?;
+        let (gfd, entry) = procs::entry(n, kind, cloexec)?;
+        p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
+        if let Some(w) = p.writable.get(&fd).cloned() {
+            p.writable.insert(n, w);
+        }
+        Ok(i64::from(n))
+    }
+
+    pub(super) fn dup3(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        args: [u64; 6],
+        conv: super::Conv,
+    ) -> Reply {
+        let (old, new) = (fd_arg(args[0]), fd_arg(args[1]));
+        if old == new {
+            return Reply::Continue; // dup2: EBADF or old; dup3: EINVAL — the host knows.
+        }
+        if new < 0 {
+            return Reply::Fail(Errno::EBADF);
+        }
+        let cloexec = conv != super::Conv::Dup2 && args[2] & O_CLOEXEC != 0;
+        if self.served(pid, old).is_some() {
+            return self.dup(guest, pid, args[0], Some(new), cloexec).into();
+        }
+        // The host duplicates a host-only FD; a served FD at `new` is replaced by it. A
+        // closed `old` leaves `new` alone, so check before forgetting it.
+        if self.served(pid, new).is_some() {
+            if !self.host_fd_open(pid, old) {
+                return Reply::Fail(Errno::EBADF);
+            }
+            self.forget(pid, new);
+        }
+        Reply::Continue
+    }
+
+    pub(super) fn fcntl(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let cmd = args[1] & 0xffff_ffff;
+        if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && self.served(pid, fd_arg(args[0])).is_some()
+        {
+            let Ok(min) = i32::try_from(args[2] & 0xffff_ffff) else {
+                return Reply::Fail(Errno::EINVAL);
+            };
+            let at = match self.lowest_free_from(pid, min) {
+                Ok(at) => at,
+                Err(e) => return Reply::Fail(e),
+            };
+            return self
+                .dup(guest, pid, args[0], Some(at), cmd == F_DUPFD_CLOEXEC)
+                .into();
+        }
+        Reply::Continue
+    }
+
+    /// The lowest FD number at or above `min` that process `pid` has free on the host.
+    fn lowest_free_from(&self, pid: u32, min: i32) -> Result<i32, Errno> {
+        if min < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut used: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map_err(|_| Errno::ESRCH)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        used.sort_unstable();
+        let mut n = min;
+        for u in used {
+            if u == n {
+                n += 1;
+            } else if u > n {
+                break;
+            }
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        if u64::try_from(n).unwrap_or(u64::MAX) >= limit {
+            return Err(Errno::EMFILE);
+        }
+        Ok(n)
+    }
+
+    pub(super) fn fstat(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let fd = fd_arg(args[0]);
+        match self.served(pid, fd) {
+            Some(FdKind::Host) | None => Reply::Continue,
+            Some(_) => self.stat_into(guest, pid, fd, args[1]),
+        }
+    }
+
+    fn stat_into(&self, guest: &dyn Guest, pid: u32, fd: i32, addr: u64) -> Reply {
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let mut buf = [0u8; GENERIC_STAT_SIZE];
+        let r = lkl(&p.task, g::FSTAT, [fd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])
+            .and_then(|_| put_stat(guest, addr, &buf))
+            .map(|()| 0);
+        r.into()
+    }
+
+    pub(super) fn fstatat(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let empty_ok = args[3] & AT_EMPTY_PATH != 0;
+        let path = if args[1] == 0 && empty_ok {
+            std::ffi::CString::default()
+        } else {
+            match guest.read_path(args[1]) {
+                Ok(p) => p,
+                Err(e) => return Reply::Fail(e),
+            }
+        };
+        if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
+            return self.fstat(guest, pid, [args[0], args[2], 0, 0, 0, 0]);
+        }
+        let dirfd = match self.dirfd(pid, args[0], path.as_bytes()) {
+            Ok(d) => d,
+            Err(e) => return Reply::Fail(e),
+        };
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let mut buf = [0u8; GENERIC_STAT_SIZE];
+        let r = lkl(
+            &p.task,
+            g::NEWFSTATAT,
+            [dirfd, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), args[3], 0, 0],
+        )
+        .and_then(|_| put_stat(guest, args[2], &buf))
+        .map(|()| 0);
+        r.into()
+    }
+
+    pub(super) fn statx(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let empty_ok = args[2] & AT_EMPTY_PATH != 0;
+        let path = if args[1] == 0 && empty_ok {
+            std::ffi::CString::default()
+        } else {
+            match guest.read_path(args[1]) {
+                Ok(p) => p,
+                Err(e) => return Reply::Fail(e),
+            }
+        };
+        let fd = fd_arg(args[0]);
+        let dirfd = if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
+            match self.served(pid, fd) {
+                Some(FdKind::Host) | None => return Reply::Continue,
+                Some(_) => args[0],
+            }
+        } else {
+            match self.dirfd(pid, args[0], path.as_bytes()) {
+                Ok(d) => d,
+                Err(e) => return Reply::Fail(e),
+            }
+        };
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let mut buf = [0u8; STATX_SIZE];
+        let r = lkl(
+            &p.task,
+            g::STATX,
+            [dirfd, ptr(path.as_ptr()), args[2], args[3], ptr(buf.as_mut_ptr()), 0],
+        )
+        .and_then(|_| guest.write(args[4], &buf))
+        .map(|()| 0);
+        r.into()
+    }
+
+    pub(super) fn getdents(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let fd = fd_arg(args[0]);
+        if self.served(pid, fd).is_none() {
+            return Reply::Continue;
+        }
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let len = usize::try_from(args[2] & 0xffff_ffff).unwrap_or(0).min(DIRENT_CHUNK);
+        let mut buf = vec![0u8; len];
+        let r = lkl(
+            &p.task,
+            g::GETDENTS64,
+            [fd as u64, ptr(buf.as_mut_ptr()), len as u64, 0, 0, 0],
+        )
+        .and_then(|n| {
+            let n = usize::try_from(n).unwrap_or(0).min(len);
+            guest.write(args[1], &buf[..n]).map(|()| i64::try_from(n).unwrap_or(0))
+        });
+        r.into()
+    }
+
+    pub(super) fn fchdir(&mut self, pid: u32, raw: u64) -> Reply {
+        let fd = fd_arg(raw);
+        match (self.served(pid, fd), self.procs.get(pid)) {
+            (Some(_), Some(p)) => lkl(&p.task, g::FCHDIR, [fd as u64, 0, 0, 0, 0, 0]).into(),
+            _ if fd >= 0 && self.host_fd_open(pid, fd) => Reply::Fail(Errno::ENOTDIR),
+            _ => Reply::Fail(Errno::EBADF),
+        }
+    }
+
+    pub(super) fn fsync(&mut self, pid: u32, nr: u32, raw: u64) -> Reply {
+        let fd = fd_arg(raw);
+        if self.served(pid, fd).is_none() {
+            return Reply::Continue;
+        }
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        if let Some(w) = p.writable.get(&fd)
+            && let Err(e) = w.write_back(&p.task, fd)
+        {
+            return Reply::Fail(e);
+        }
+        lkl(&p.task, nr, [fd as u64, 0, 0, 0, 0, 0]).into()
+    }
+}

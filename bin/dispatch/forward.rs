@@ -1,0 +1,259 @@
+//! Calls the kernel library serves as they are, once their pointer arguments are copied in and
+//! out of the guest: described by shape, one table for all of them.
+
+use std::ffi::CString;
+
+use kbox_core::sysno::generic as g;
+use kbox_lkl::Errno;
+
+use super::files::AT_FDCWD;
+use super::{Engine, Guest, Reply, fd_arg, lkl, ptr};
+
+/// What one argument is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum A {
+    /// Passed as is.
+    Int,
+    /// A `*at` directory FD (checked against the served FDs; the path is the next Path).
+    Dir,
+    /// A guest FD the kernel library must serve; a host-only one sends the call to the host.
+    Fd,
+    /// A NUL-terminated guest string.
+    Path,
+    /// A guest string or NULL.
+    PathOrNull,
+    /// Guest bytes in, length in argument `.0`.
+    In(u8),
+    /// Guest bytes in, a fixed length, or NULL.
+    InFixed(usize),
+    /// Guest bytes out, capacity in argument `.0`; the result is the length written.
+    OutLen(u8),
+    /// Guest bytes out, a fixed length, written on success.
+    OutFixed(usize),
+    /// `count` entries of `size` bytes out, count in argument `.0` (getgroups).
+    OutArray(u8, usize),
+    /// `count` entries of `size` bytes in (setgroups).
+    InArray(u8, usize),
+}
+
+use A::*;
+
+/// Largest buffer copied in or out for one call.
+const MAX_BUF: usize = 1 << 20;
+
+pub fn shape(nr: u32) -> Option<&'static [A]> {
+    Some(match nr {
+        g::FACCESSAT => &[Dir, Path, Int],
+        g::FACCESSAT2 => &[Dir, Path, Int, Int],
+        g::MKDIRAT => &[Dir, Path, Int],
+        g::MKNODAT => &[Dir, Path, Int, Int],
+        g::UNLINKAT => &[Dir, Path, Int],
+        g::SYMLINKAT => &[Path, Dir, Path],
+        g::LINKAT => &[Dir, Path, Dir, Path, Int],
+        g::RENAMEAT => &[Dir, Path, Dir, Path],
+        g::RENAMEAT2 => &[Dir, Path, Dir, Path, Int],
+        g::FCHMODAT => &[Dir, Path, Int],
+        g::FCHMODAT2 => &[Dir, Path, Int, Int],
+        g::FCHOWNAT => &[Dir, Path, Int, Int, Int],
+        g::UTIMENSAT => &[Dir, PathOrNull, InFixed(32), Int],
+        g::TRUNCATE => &[Path, Int],
+        g::CHDIR => &[Path],
+        g::CHROOT => &[Path],
+        g::STATFS => &[Path, OutFixed(120)],
+        g::FSTATFS => &[Fd, OutFixed(120)],
+        g::GETXATTR | g::LGETXATTR => &[Path, Path, OutLen(3), Int],
+        g::FGETXATTR => &[Fd, Path, OutLen(3), Int],
+        g::SETXATTR | g::LSETXATTR => &[Path, Path, In(3), Int, Int],
+        g::FSETXATTR => &[Fd, Path, In(3), Int, Int],
+        g::LISTXATTR | g::LLISTXATTR => &[Path, OutLen(2), Int],
+        g::FLISTXATTR => &[Fd, OutLen(2), Int],
+        g::REMOVEXATTR | g::LREMOVEXATTR => &[Path, Path],
+        g::FREMOVEXATTR => &[Fd, Path],
+        g::GETCWD => &[OutLen(1), Int],
+        g::MOUNT => &[PathOrNull, Path, PathOrNull, Int, PathOrNull],
+        g::UMOUNT2 => &[Path, Int],
+        g::FCHMOD => &[Fd, Int],
+        g::FCHOWN => &[Fd, Int, Int],
+        g::SYNC => &[],
+        g::SYNCFS => &[Fd],
+        g::UMASK => &[Int],
+        g::SETHOSTNAME | g::SETDOMAINNAME => &[In(1), Int],
+        g::SYSINFO => &[OutFixed(112)],
+        g::GETUID | g::GETEUID | g::GETGID | g::GETEGID => &[],
+        g::SETUID | g::SETGID | g::SETFSUID | g::SETFSGID => &[Int],
+        g::SETREUID | g::SETREGID => &[Int, Int],
+        g::SETRESUID | g::SETRESGID => &[Int, Int, Int],
+        g::GETRESUID | g::GETRESGID => &[OutFixed(4), OutFixed(4), OutFixed(4)],
+        g::GETGROUPS => &[Int, OutArray(0, 4)],
+        g::SETGROUPS => &[Int, InArray(0, 4)],
+        _ => return None,
+    })
+}
+
+impl Engine {
+    pub(super) fn forward(&mut self, guest: &dyn Guest, pid: u32, nr: u32, args: [u64; 6]) -> Reply {
+        let Some(shape) = shape(nr) else { return Reply::Fail(Errno::ENOSYS) };
+        match self.forward_shaped(guest, pid, nr, shape, args) {
+            Ok(Some(v)) => Reply::Value(v),
+            Ok(None) => Reply::Continue,
+            Err(e) => Reply::Fail(e),
+        }
+    }
+
+    fn forward_shaped(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        nr: u32,
+        shape: &[A],
+        args: [u64; 6],
+    ) -> Result<Option<i64>, Errno> {
+        let mut strings: Vec<CString> = Vec::new();
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        let mut out: Vec<(usize, u64, bool)> = Vec::new(); // (buf index, guest addr, by result)
+        let mut kargs = args;
+        // Paths first: a Dir's check needs the path after it.
+        let mut paths: [Option<usize>; 6] = [None; 6];
+        for (i, a) in shape.iter().enumerate() {
+            if matches!(a, Path) || (matches!(a, PathOrNull) && args[i] != 0) {
+                strings.push(guest.read_path(args[i])?);
+                paths[i] = Some(strings.len() - 1);
+            }
+        }
+        for (i, a) in shape.iter().enumerate() {
+            match *a {
+                Int => {}
+                Path | PathOrNull => {
+                    kargs[i] = paths[i].map_or(0, |s| ptr(strings[s].as_ptr()));
+                }
+                Dir => {
+                    let next = paths.get(i + 1).copied().flatten();
+                    let path = next.map_or(&b""[..], |s| strings[s].as_bytes());
+                    kargs[i] = self.dirfd(pid, args[i], path)?;
+                }
+                Fd => {
+                    if self.served(pid, fd_arg(args[i])).is_none() {
+                        return Ok(None);
+                    }
+                }
+                In(n) => {
+                    let len = len_arg(args[usize::from(n)])?;
+                    let mut b = vec![0u8; len];
+                    guest.read(args[i], &mut b)?;
+                    kargs[i] = ptr(b.as_mut_ptr());
+                    bufs.push(b);
+                }
+                InFixed(len) => {
+                    if args[i] != 0 {
+                        let mut b = vec![0u8; len];
+                        guest.read(args[i], &mut b)?;
+                        kargs[i] = ptr(b.as_mut_ptr());
+                        bufs.push(b);
+                    }
+                }
+                InArray(n, size) => {
+                    let len = len_arg(args[usize::from(n)])?.saturating_mul(size);
+                    let mut b = vec![0u8; len.min(MAX_BUF)];
+                    guest.read(args[i], &mut b)?;
+                    kargs[i] = ptr(b.as_mut_ptr());
+                    bufs.push(b);
+                }
+                OutLen(n) => {
+                    let len = cap_arg(args[usize::from(n)]);
+                    let mut b = vec![0u8; len];
+                    kargs[i] = if args[i] == 0 { 0 } else { ptr(b.as_mut_ptr()) };
+                    out.push((bufs.len(), args[i], true));
+                    bufs.push(b);
+                }
+                OutFixed(len) => {
+                    let mut b = vec![0u8; len];
+                    kargs[i] = ptr(b.as_mut_ptr());
+                    out.push((bufs.len(), args[i], false));
+                    bufs.push(b);
+                }
+                OutArray(n, size) => {
+                    let len = cap_arg(args[usize::from(n)]).saturating_mul(size).min(MAX_BUF);
+                    let mut b = vec![0u8; len];
+                    kargs[i] = ptr(b.as_mut_ptr());
+                    out.push((bufs.len(), args[i], false));
+                    bufs.push(b);
+                }
+            }
+        }
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let ret = lkl(&p.task, nr, kargs)?;
+        for (b, addr, by_result) in out {
+            if addr == 0 {
+                continue;
+            }
+            let buf = &bufs[b];
+            let n = if by_result {
+                usize::try_from(ret).unwrap_or(0).min(buf.len())
+            } else if nr == g::GETGROUPS {
+                (usize::try_from(ret).unwrap_or(0) * 4).min(buf.len())
+            } else {
+                buf.len()
+            };
+            guest.write(addr, &buf[..n])?;
+        }
+        Ok(Some(ret))
+    }
+
+    pub(super) fn readlinkat(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let path = match guest.read_path(args[1]) {
+            Ok(p) => p,
+            Err(e) => return Reply::Fail(e),
+        };
+        // /proc/self/exe is the guest path of the running program (the kernel library's
+        // task runs no program of its own).
+        if matches!(path.as_bytes(), b"/proc/self/exe" | b"/proc/thread-self/exe")
+            && let Some(p) = self.procs.get(pid)
+            && !p.exe.as_bytes().is_empty()
+        {
+            let exe = p.exe.as_bytes();
+            let n = exe.len().min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
+            return match guest.write(args[2], &exe[..n]) {
+                Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
+                Err(e) => Reply::Fail(e),
+            };
+        }
+        let _ = AT_FDCWD;
+        self.forward_shaped(guest, pid, g::READLINKAT, &[Dir, Path, OutLen(3), Int], args)
+            .map(|v| v.unwrap_or(0))
+            .into()
+    }
+
+    /// uname from the kernel library (its hostname, which the guest may set), with the
+    /// machine field of the host the guest's binaries actually run on.
+    pub(super) fn uname(&mut self, guest: &dyn Guest, pid: u32, addr: u64) -> Reply {
+        const FIELD: usize = 65;
+        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let mut buf = [0u8; FIELD * 6];
+        if let Err(e) = lkl(&p.task, g::UNAME, [ptr(buf.as_mut_ptr()), 0, 0, 0, 0, 0]) {
+            return Reply::Fail(e);
+        }
+        let host = rustix::system::uname();
+        let machine = host.machine().to_bytes();
+        let slot = &mut buf[FIELD * 4..FIELD * 5];
+        slot.fill(0);
+        let n = machine.len().min(FIELD - 1);
+        slot[..n].copy_from_slice(&machine[..n]);
+        match guest.write(addr, &buf) {
+            Ok(()) => Reply::Value(0),
+            Err(e) => Reply::Fail(e),
+        }
+    }
+}
+
+/// An output capacity, capped: the kernel library writes no more than that anyway.
+fn cap_arg(v: u64) -> usize {
+    usize::try_from(v & 0xffff_ffff).unwrap_or(MAX_BUF).min(MAX_BUF)
+}
+
+fn len_arg(v: u64) -> Result<usize, Errno> {
+    let n = usize::try_from(v & 0xffff_ffff_ffff).map_err(|_| Errno::EINVAL)?;
+    if n > MAX_BUF {
+        return Err(Errno::E2BIG);
+    }
+    Ok(n)
+}

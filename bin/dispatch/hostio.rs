@@ -1,0 +1,185 @@
+//! Host-side file plumbing the engine needs: memfds, mappings, reopening an FD with another
+//! access mode, and peeking at a guest process through /proc. All the engine's `unsafe` is
+//! here.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use kbox_lkl::Errno;
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+
+pub fn errno(e: rustix::io::Errno) -> Errno {
+    Errno(e.raw_os_error())
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// An empty memfd of `size` bytes that can be sealed later.
+pub fn memfd(size: u64) -> Result<OwnedFd, Errno> {
+    let fd = rustix::fs::memfd_create(
+        c"kbox-shadow",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(errno)?;
+    rustix::fs::ftruncate(&fd, size).map_err(errno)?;
+    Ok(fd)
+}
+
+/// Forbids every further change to a memfd's contents and size.
+pub fn seal(fd: &OwnedFd) -> Result<(), Errno> {
+    rustix::fs::fcntl_add_seals(
+        fd,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )
+    .map_err(errno)
+}
+
+/// A new open file description of the file `fd` refers to, with its own access mode and
+/// offset (through /proc/self/fd, as Linux allows for memfds and regular files).
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(path.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
+}
+
+/// A shared mapping of `len` bytes of `fd`, unmapped on drop.
+pub struct Mapping {
+    addr: *mut core::ffi::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> Result<Mapping, Errno> {
+        if len == 0 {
+            return Ok(Mapping {
+                addr: core::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a fresh mapping chosen by the kernel; nothing else refers to that range.
+        let addr = unsafe {
+            rustix::mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)
+        }
+        .map_err(errno)?;
+        Ok(Mapping { addr, len })
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr as usize as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the range `new` mapped, once.
+            let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
+        }
+    }
+}
+
+/// Appends `data` to a memfd (used when the size is not known ahead, e.g. /proc files).
+pub fn append(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
+    let mut f = File::from(fd.try_clone().map_err(|e| io_errno(&e))?);
+    f.seek(SeekFrom::End(0)).map_err(|e| io_errno(&e))?;
+    f.write_all(data).map_err(|e| io_errno(&e))
+}
+
+/// The host file of guest process `pidfd`'s FD `fd` (pidfd_getfd).
+pub fn guest_file(pidfd: BorrowedFd<'_>, fd: i32) -> Result<OwnedFd, Errno> {
+    rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(errno)
+}
+
+/// Writes `data` into guest process `pid`'s memory through /proc/PID/mem, which (unlike
+/// process_vm_writev) also writes read-only private pages, as a debugger does.
+pub fn force_write(pid: u32, addr: u64, data: &[u8]) -> Result<(), Errno> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(|e| io_errno(&e))?;
+    f.seek(SeekFrom::Start(addr)).map_err(|e| io_errno(&e))?;
+    f.write_all(data).map_err(|_| Errno::EFAULT)
+}
+
+/// Reads guest memory through /proc/PID/mem (for restoring what `force_write` changed).
+pub fn force_read(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    let mut f = File::open(format!("/proc/{pid}/mem")).map_err(|e| io_errno(&e))?;
+    f.seek(SeekFrom::Start(addr)).map_err(|e| io_errno(&e))?;
+    f.read_exact(buf).map_err(|_| Errno::EFAULT)
+}
+
+/// `Tgid` and `PPid` of host thread `tid`.
+pub fn thread_ids(tid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    Some((field("Tgid:")?, field("PPid:")?))
+}
+
+/// Whether guest FD `fd` of process `pid` is close-on-exec right now (its fdinfo flags).
+pub fn is_cloexec(pid: u32, fd: i32) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
+    Some(flags & 0o2000000 != 0)
+}
+
+/// Whether two processes share one address space (kcmp KCMP_VM); None when unknown (one has
+/// exited, or kcmp is unavailable).
+pub fn same_vm(a: u32, b: u32) -> Option<bool> {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp takes only integers and touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(a),
+            libc::c_long::from(b),
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    (r >= 0).then_some(r == 0)
+}
+
+/// Whether the process behind `pidfd` has exited.
+pub fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
+}
+
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Opens a host path for a guest (devices kbox passes through), close-on-exec in kbox.
+pub fn open_host(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()).map_err(errno)
+}
+
+pub fn as_cstring(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+pub fn raw(fd: &impl AsFd) -> i32 {
+    fd.as_fd().as_raw_fd()
+}

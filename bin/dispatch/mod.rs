@@ -1,0 +1,251 @@
+//! The tier-neutral dispatch engine: given one intercepted syscall of one guest thread, decide
+//! whether the kernel library serves it, the host runs it, or it fails, and do the work.
+//! A tier (seccomp notifications today; SIGSYS trap and rewriting later) supplies a [`Guest`]
+//! to reach the calling thread's memory and FD table, and turns the [`Reply`] into its own
+//! answer.
+//!
+//! The central invariant (docs/dispatch.md): every guest FD the kernel library serves has the
+//! same number in the guest process's kernel task as in the guest's host FD table, where a
+//! host placeholder (a shadow memfd, or an empty directory for directories) holds the number.
+//! The host therefore allocates numbers (lowest free, RLIMIT_NOFILE, EMFILE) and runs reads,
+//! writes and mmaps on shadows natively; the kernel task mirrors the table for every call
+//! that needs the real file.
+
+mod exec;
+mod files;
+mod forward;
+mod hostio;
+pub mod policy;
+mod procs;
+mod shadow;
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+
+use kbox_core::sysno::generic as g;
+use kbox_lkl::{Errno, Task};
+
+pub use procs::Procs;
+
+/// What the tier does with the call once the engine is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The call returns this value.
+    Value(i64),
+    /// The call fails with this errno.
+    Fail(Errno),
+    /// The host runs the call as the guest made it.
+    Continue,
+}
+
+impl From<Result<i64, Errno>> for Reply {
+    fn from(r: Result<i64, Errno>) -> Self {
+        match r {
+            Ok(v) => Reply::Value(v),
+            Err(e) => Reply::Fail(e),
+        }
+    }
+}
+
+/// The calling guest thread, as a tier reaches it.
+pub trait Guest {
+    /// Host thread id of the caller.
+    fn tid(&self) -> u32;
+    /// Copies guest memory at `addr` into `buf`; EFAULT when any of it is unmapped.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Copies `buf` to guest memory at `addr`; EFAULT when any of it is unmapped.
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno>;
+    /// A NUL-terminated string of at most PATH_MAX bytes (ENAMETOOLONG past that).
+    fn read_path(&self, addr: u64) -> Result<CString, Errno>;
+    /// Puts a duplicate of `fd` in the guest's FD table at the lowest free number, or at
+    /// `at` (replacing what is there, as dup2 does); returns the number.
+    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool)
+    -> Result<i32, Errno>;
+}
+
+/// Settings the engine needs from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub verbose: bool,
+    pub shadow_limit: u64,
+}
+
+/// The engine: per-process kernel tasks, shadows, exec copies.
+pub struct Engine {
+    procs: Procs,
+    shadows: shadow::Shadows,
+    exec: exec::ExecDir,
+    settings: Settings,
+    /// Guest memory to put back once the current call is answered (exec.rs).
+    restore: Option<exec::Restore>,
+}
+
+impl Engine {
+    /// `root` is the task every first guest process is forked from (chrooted into the image).
+    pub fn new(root: Task, settings: Settings) -> Result<Engine, std::io::Error> {
+        Ok(Engine {
+            procs: Procs::new(root),
+            shadows: shadow::Shadows::new(settings.shadow_limit),
+            exec: exec::ExecDir::create()?,
+            settings,
+            restore: None,
+        })
+    }
+
+    /// The host directory the guest's processes run in (exec copies live there).
+    pub fn host_cwd(&self) -> &std::path::Path {
+        self.exec.path()
+    }
+
+    /// Host pids of the guest processes the engine knows.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.pids()
+    }
+
+    /// Serves one syscall `nr` (host arch numbering) with `args`.
+    pub fn handle(&mut self, guest: &dyn Guest, nr: u32, args: [u64; 6]) -> Reply {
+        let reply = match lower(nr, args) {
+            Some((gnr, gargs, conv)) => self.dispatch(guest, nr, gnr, gargs, conv),
+            None => Reply::Fail(Errno::ENOSYS),
+        };
+        if self.settings.verbose {
+            self.trace(guest.tid(), nr, args, reply);
+        }
+        reply
+    }
+
+    /// Forgets every process and flushes what they had open for writing, before halt.
+    pub fn shutdown(&mut self) {
+        self.procs.clear(&mut self.shadows);
+    }
+
+    fn trace(&self, tid: u32, nr: u32, args: [u64; 6], reply: Reply) {
+        let name = syscall_name(nr).unwrap_or("?");
+        let outcome = match reply {
+            Reply::Value(v) => format!("= {v}"),
+            Reply::Fail(e) => {
+                let note = if e == Errno::ENOSYS { " (not handled by kbox)" } else { "" };
+                format!("= -{} {}{note}", e.0, e.describe().map_or("", |d| d.0))
+            }
+            Reply::Continue => "-> host".to_string(),
+        };
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "kbox: [{tid}] {name}({:#x}, {:#x}, {:#x}) {outcome}",
+            args[0],
+            args[1],
+            args[2]
+        );
+    }
+
+    fn dispatch(
+        &mut self,
+        guest: &dyn Guest,
+        host_nr: u32,
+        nr: u32,
+        args: [u64; 6],
+        conv: Conv,
+    ) -> Reply {
+        let tid = guest.tid();
+        let Some(pid) = self.procs.attach(tid, &mut self.shadows) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        match nr {
+            g::OPENAT => self.open(guest, pid, args).into(),
+            g::OPENAT2 => Reply::Fail(Errno::ENOSYS),
+            g::CLOSE => self.close(pid, args[0]),
+            g::CLOSE_RANGE => self.close_range(pid, args),
+            g::DUP if self.served(pid, fd_arg(args[0])).is_some() => {
+                self.dup(guest, pid, args[0], None, false).into()
+            }
+            g::DUP => Reply::Continue,
+            g::DUP3 => self.dup3(guest, pid, args, conv),
+            g::FCNTL => self.fcntl(guest, pid, args),
+            g::FSTAT => self.fstat(guest, pid, args),
+            g::NEWFSTATAT => self.fstatat(guest, pid, args),
+            g::STATX => self.statx(guest, pid, args),
+            g::GETDENTS64 => self.getdents(guest, pid, args),
+            g::FCHDIR => self.fchdir(pid, args[0]),
+            g::FSYNC | g::FDATASYNC => self.fsync(pid, nr, args[0]),
+            g::EXECVE => self.execve(guest, pid, files::AT_FDCWD, args[0], args[1], args[2], 0),
+            g::EXECVEAT => self.execve(guest, pid, args[0], args[1], args[2], args[3], args[4]),
+            g::CLONE => self.clone(pid, args[0]),
+            g::CLONE3 => self.clone3(guest, pid, args),
+            g::EXIT_GROUP => self.exit_group(pid),
+            g::READLINKAT => self.readlinkat(guest, pid, args),
+            g::UNAME => self.uname(guest, pid, args[0]),
+            g::SYNC => {
+                self.procs.flush_all(&mut self.shadows);
+                self.forward(guest, pid, nr, args)
+            }
+            g::SOCKET => {
+                // Sockets are not served yet (docs/dispatch.md); the host must not get them
+                // either, since binding a unix socket is a path operation on the host.
+                Reply::Fail(Errno::EAFNOSUPPORT)
+            }
+            _ if forward::shape(nr).is_some() => self.forward(guest, pid, nr, args),
+            _ => {
+                let _ = host_nr;
+                Reply::Fail(Errno::ENOSYS)
+            }
+        }
+    }
+}
+
+/// An x86_64 call that needs more than renumbering on the way to asm-generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conv {
+    None,
+    /// dup2: same-number dup2 succeeds where dup3 fails.
+    Dup2,
+}
+
+/// The asm-generic number and arguments of host call `nr`.
+#[cfg(target_arch = "x86_64")]
+fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
+    use kbox_core::sysno::{Conversion, Lowering, lower_x86_64};
+    match lower_x86_64(nr)? {
+        Lowering::Same(g) => Some((g, args, Conv::None)),
+        Lowering::Rewrite(rw) => Some((rw.nr, rw.apply(args), Conv::None)),
+        Lowering::Convert {
+            nr: g,
+            conversion: Conversion::Dup2SameFd,
+        } => Some((g, [args[0], args[1], 0, 0, 0, 0], Conv::Dup2)),
+        Lowering::Convert { .. } | Lowering::HostOnly | Lowering::Obsolete => None,
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
+    Some((nr, args, Conv::None))
+}
+
+fn syscall_name(nr: u32) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    return kbox_core::sysno::x86_64::name(nr);
+    #[cfg(target_arch = "aarch64")]
+    return kbox_core::sysno::aarch64::name(nr);
+}
+
+/// Register-sized argument as the kernel library's `long`.
+fn arg(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// A guest FD argument (the low 32 bits, as the kernel reads an `int`).
+fn fd_arg(v: u64) -> i32 {
+    i32::from_ne_bytes(u32::try_from(v & 0xffff_ffff).unwrap_or(0).to_ne_bytes())
+}
+
+/// Runs a kernel-library call on `task` with guest-style u64 arguments.
+fn lkl(task: &Task, nr: u32, args: [u64; 6]) -> Result<i64, Errno> {
+    task.syscall(nr, args.map(arg))
+        .map(|v| i64::from_ne_bytes(u64::try_from(v).unwrap_or(0).to_ne_bytes()))
+}
+
+/// A pointer to our own memory as a kernel-library argument (no MMU: its user pointers are
+/// ours).
+fn ptr<T>(p: *const T) -> u64 {
+    p as usize as u64
+}

@@ -1,0 +1,390 @@
+//! Runs a guest under the seccomp tier: boot the kernel library, mount the image, spawn the
+//! command with the filter, answer its notifications until it exits, then unmount cleanly.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use kbox_core::bpf::Action;
+use kbox_core::sysno::generic as g;
+use kbox_lkl::{BootConfig, Errno, Kernel, RootMode, Task};
+
+use crate::cli::{Config, Identity, Mounts};
+use crate::dispatch::{self, Engine, Guest, Reply};
+use crate::exit::Exit;
+use crate::seccomp::child::{self, Command, ExitStatus, SpawnError};
+use crate::seccomp::filter::Program;
+use crate::seccomp::guest_mem::{self, MemError, PATH_MAX};
+use crate::seccomp::notify::{FdTarget, NotifyError, NotifyFd, Pending};
+
+/// The guest's RLIMIT_NOFILE (and the kernel library's): FD numbers up to this work.
+const GUEST_NOFILE: u64 = 65536;
+/// Signals sent to kbox that it passes on to the guest.
+const FORWARDED: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A step of starting or running the guest that failed.
+#[derive(Debug)]
+pub enum RuntimeError {
+    Disk(kbox_lkl::DiskError),
+    Boot(kbox_lkl::BootError),
+    Mount(kbox_lkl::MountError),
+    /// Preparing the guest's world in the kernel library (identity, working directory).
+    Setup { what: String, errno: Errno },
+    ExecDir(std::io::Error),
+    Filter(kbox_core::bpf::BpfError),
+    Spawn(SpawnError),
+    Notify(NotifyError),
+    /// A feature the command line accepts but this build does not serve yet.
+    NotYet(&'static str),
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Disk(e) => write!(f, "cannot attach the image: {e}"),
+            Self::Boot(e) => write!(f, "cannot boot the kernel library: {e}"),
+            Self::Mount(e) => write!(f, "cannot mount the image: {e}"),
+            Self::Setup { what, errno } => write!(f, "cannot {what}: {errno}"),
+            Self::ExecDir(e) => write!(f, "cannot create kbox's private exec directory: {e}"),
+            Self::Filter(e) => write!(f, "cannot build the seccomp filter: {e:?}"),
+            Self::Spawn(e) => write!(f, "cannot start the guest: {e}"),
+            Self::Notify(e) => write!(f, "lost contact with the guest: {e}"),
+            Self::NotYet(what) => write!(f, "{what} is not available yet"),
+        }
+    }
+}
+
+impl RuntimeError {
+    pub const fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Mount(_) => Some("check the image with `e2fsck -fn IMAGE`"),
+            Self::ExecDir(_) => Some("kbox needs a writable, exec-allowed TMPDIR or ~/.cache"),
+            _ => None,
+        }
+    }
+}
+
+/// The seccomp tier's view of one notified thread.
+struct SeccompGuest<'a, 'fd> {
+    pending: &'a Pending<'fd>,
+}
+
+fn mem_errno(e: MemError) -> Errno {
+    match e {
+        MemError::Fault => Errno::EFAULT,
+        MemError::NameTooLong => Errno::ENAMETOOLONG,
+        other => Errno(i32::from(other.errno().get())),
+    }
+}
+
+impl Guest for SeccompGuest<'_, '_> {
+    fn tid(&self) -> u32 {
+        self.pending.notification().pid
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        guest_mem::read_checked(self.pending, addr, buf).map_err(mem_errno)
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        guest_mem::write(self.tid(), addr, buf).map_err(mem_errno)
+    }
+
+    fn read_path(&self, addr: u64) -> Result<CString, Errno> {
+        guest_mem::read_cstr_checked(self.pending, addr, PATH_MAX).map_err(mem_errno)
+    }
+
+    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool) -> Result<i32, Errno> {
+        let target = match at {
+            Some(n) => FdTarget::At(u32::try_from(n).map_err(|_| Errno::EBADF)?),
+            None => FdTarget::Lowest,
+        };
+        self.pending.add_fd(fd, target, cloexec).map_err(|e| match e {
+            NotifyError::AddFd(errno) => Errno(i32::from(errno.get())),
+            NotifyError::Gone => Errno::ESRCH,
+            _ => Errno::EIO,
+        })
+    }
+}
+
+/// Runs the guest of `config`; returns how kbox should exit.
+pub fn run(config: &Config) -> Result<Exit, RuntimeError> {
+    raise_nofile();
+    block_forwarded_signals();
+    let read_only = false;
+    let disk = kbox_lkl::add_disk(&config.image, read_only).map_err(RuntimeError::Disk)?;
+    let (memory_mib, cmdline) = split_memory(&config.kernel_cmdline);
+    let kernel = Kernel::boot(&BootConfig {
+        memory_mib,
+        cmdline,
+        verbose: config.verbose,
+    })
+    .map_err(RuntimeError::Boot)?;
+    let result = run_booted(&kernel, disk, config);
+    // Whatever happened, the image is unmounted cleanly (halt unmounts first).
+    let halted = kernel.halt();
+    let exit = result?;
+    if let Err(errno) = halted {
+        return Err(RuntimeError::Setup {
+            what: "unmount the image".into(),
+            errno,
+        });
+    }
+    Ok(exit)
+}
+
+fn run_booted(kernel: &Kernel, disk: kbox_lkl::DiskId, config: &Config) -> Result<Exit, RuntimeError> {
+    if !config.binds.is_empty() {
+        return Err(RuntimeError::NotYet("-b (bind a host path into the guest)"));
+    }
+    let mode = match config.mounts {
+        Mounts::ImageOnly => RootMode::Raw,
+        Mounts::System => RootMode::Recommended,
+    };
+    let root = kernel
+        .image_root(disk, config.fstype.name(), mode, false)
+        .map_err(RuntimeError::Mount)?;
+    prepare_root(&root, config)?;
+    let command = match resolve_command(&root, &config.command[0]) {
+        Ok(c) => c,
+        Err(exit) => {
+            let what = if exit == Exit::NotFound { "not found in the image" } else { "not executable" };
+            eprintln!("kbox: {}: {what}", config.command[0].to_string_lossy());
+            return Ok(exit);
+        }
+    };
+    let settings = dispatch::Settings {
+        verbose: config.verbose,
+        shadow_limit: config.shadow_limit,
+    };
+    let mut engine = Engine::new(root, settings).map_err(RuntimeError::ExecDir)?;
+    let env = guest_env(config);
+    let mut cmd = Command::new(OsStr::from_bytes(command.as_bytes()), &config.command, &env)
+        .map_err(RuntimeError::Spawn)?;
+    cmd.current_dir(engine.host_cwd()).map_err(RuntimeError::Spawn)?;
+    let prog = Program::compile(&dispatch::policy::rules(), Action::Notify).map_err(RuntimeError::Filter)?;
+    let (mut guest, notify) = child::spawn(&cmd, &prog).map_err(RuntimeError::Spawn)?;
+    let _ = notify.set_sync_wakeup();
+    start_forwarder(guest.pid().as_raw_nonzero().get());
+    let served = serve(&mut engine, &notify, guest.pidfd());
+    let status = guest.wait();
+    // Guest processes still running (daemons, orphans) end with the first one.
+    for pid in engine.pids() {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    engine.shutdown();
+    drop(engine);
+    served?;
+    match status {
+        Ok(ExitStatus::Exited(code)) => Ok(Exit::Guest(u8::try_from(code & 0xff).unwrap_or(0))),
+        Ok(ExitStatus::Signaled(sig)) => Ok(Exit::GuestSignal(u8::try_from(sig & 0x7f).unwrap_or(0))),
+        Err(SpawnError::Exec(errno)) => Ok(Exit::from_exec_error(rustix::io::Errno::from_raw_os_error(i32::from(errno.get())))),
+        Err(e) => Err(RuntimeError::Spawn(e)),
+    }
+}
+
+/// Answers notifications until the first guest process exits.
+fn serve(engine: &mut Engine, notify: &NotifyFd, child: BorrowedFd<'_>) -> Result<(), RuntimeError> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    loop {
+        let note_fd = notify.as_fd();
+        let mut fds = [PollFd::new(&note_fd, PollFlags::IN), PollFd::new(&child, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(RuntimeError::Notify(NotifyError::Poll(e.into()))),
+        }
+        let (note, exited) = (fds[0].revents(), fds[1].revents());
+        if note.contains(PollFlags::IN) {
+            let Some(pending) = notify.recv().map_err(RuntimeError::Notify)? else { return Ok(()) };
+            answer(engine, pending);
+        } else if exited.contains(PollFlags::IN) || note.contains(PollFlags::HUP) {
+            return Ok(());
+        }
+    }
+}
+
+fn answer(engine: &mut Engine, pending: Pending<'_>) {
+    let n = *pending.notification();
+    let nr = u32::try_from(n.nr).unwrap_or(u32::MAX);
+    let reply = engine.handle(&SeccompGuest { pending: &pending }, nr, n.args);
+    // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
+    let _ = match reply {
+        Reply::Value(v) => pending.respond_value(v),
+        Reply::Fail(e) => pending.respond_errno(core_errno(e)),
+        Reply::Continue => pending.respond_continue(),
+    };
+    engine.after_reply();
+}
+
+fn core_errno(e: Errno) -> kbox_core::Errno {
+    u16::try_from(e.0)
+        .ok()
+        .and_then(kbox_core::Errno::new)
+        .unwrap_or(kbox_core::Errno::EINVAL)
+}
+
+/// Identity, resource limits and working directory of the task every guest forks from.
+fn prepare_root(root: &Task, config: &Config) -> Result<(), RuntimeError> {
+    let setup = |what: &str, r: Result<usize, Errno>| {
+        r.map(|_| ()).map_err(|errno| RuntimeError::Setup { what: what.into(), errno })
+    };
+    let lim = [GUEST_NOFILE, GUEST_NOFILE];
+    setup(
+        "raise the kernel library's RLIMIT_NOFILE",
+        root.syscall(g::PRLIMIT64, [0, 7, lim.as_ptr() as usize, 0, 0, 0]),
+    )?;
+    let (uid, gid) = match config.identity {
+        Identity::Root => (0, 0),
+        Identity::Ids { uid, gid } => (uid, gid),
+        Identity::Caller => (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
+    };
+    if (uid, gid) != (0, 0) {
+        setup("drop supplementary groups", root.syscall(g::SETGROUPS, [0, 0, 0, 0, 0, 0]))?;
+        let (u, gg) = (uid as usize, gid as usize);
+        setup("set the guest's gid", root.syscall(g::SETRESGID, [gg, gg, gg, 0, 0, 0]))?;
+        setup("set the guest's uid", root.syscall(g::SETRESUID, [u, u, u, 0, 0, 0]))?;
+    }
+    let dir = CString::new(config.workdir.as_os_str().as_bytes()).map_err(|_| RuntimeError::Setup {
+        what: "use the working directory".into(),
+        errno: Errno::EINVAL,
+    })?;
+    root.syscall(g::CHDIR, [dir.as_ptr() as usize, 0, 0, 0, 0, 0])
+        .map_err(|errno| RuntimeError::Setup {
+            what: format!("enter working directory {}", config.workdir.display()),
+            errno,
+        })?;
+    Ok(())
+}
+
+/// The command's path in the image: as given when it has a `/`, else found on PATH.
+fn resolve_command(root: &Task, cmd: &OsStr) -> Result<CString, Exit> {
+    let bytes = cmd.as_bytes();
+    let candidates: Vec<Vec<u8>> = if bytes.contains(&b'/') {
+        vec![bytes.to_vec()]
+    } else {
+        DEFAULT_PATH
+            .split(':')
+            .map(|d| [d.as_bytes(), b"/", bytes].concat())
+            .collect()
+    };
+    let mut found_not_exec = false;
+    for c in candidates {
+        let Ok(path) = CString::new(c) else { return Err(Exit::NotFound) };
+        let access = |mode: usize| {
+            root.syscall(g::FACCESSAT, [(-100i64) as usize, path.as_ptr() as usize, mode, 0, 0, 0])
+        };
+        match access(1) {
+            Ok(_) => return Ok(path),
+            Err(Errno::EACCES) if access(0).is_ok() => found_not_exec = true,
+            Err(_) => {}
+        }
+    }
+    Err(if found_not_exec { Exit::NotExecutable } else { Exit::NotFound })
+}
+
+/// The guest's environment: a clean one, as container runtimes give.
+fn guest_env(config: &Config) -> Vec<OsString> {
+    let home = match config.identity {
+        Identity::Root => "/root",
+        _ if rustix::process::getuid().is_root() && matches!(config.identity, Identity::Caller) => "/root",
+        _ => "/",
+    };
+    let mut env = vec![OsString::from(format!("PATH={DEFAULT_PATH}")), OsString::from(format!("HOME={home}"))];
+    for key in ["TERM", "LANG", "LC_ALL", "COLUMNS", "LINES"] {
+        if let Some(v) = std::env::var_os(key) {
+            let mut kv = OsString::from(format!("{key}="));
+            kv.push(v);
+            env.push(kv);
+        }
+    }
+    env
+}
+
+/// `-k` text without its `mem=`, and the memory it asked for (MiB).
+fn split_memory(cmdline: &str) -> (u32, String) {
+    let mut mib = 256;
+    let mut rest = Vec::new();
+    for word in cmdline.split_whitespace() {
+        if let Some(v) = word.strip_prefix("mem=") {
+            let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+            if let Ok(n) = num.parse::<u64>() {
+                let bytes = match unit {
+                    "G" | "g" => n << 30,
+                    "K" | "k" => n << 10,
+                    "" => n,
+                    _ => n << 20,
+                };
+                mib = u32::try_from(bytes >> 20).unwrap_or(u32::MAX).max(16);
+            }
+        } else {
+            rest.push(word);
+        }
+    }
+    (mib, rest.join(" "))
+}
+
+fn raise_nofile() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    let want = GUEST_NOFILE.min(hard);
+    if cur.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: cur.maximum });
+    }
+}
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&raw mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the forwarded signals in every kbox thread (threads inherit the mask), so only the
+/// forwarder thread's sigwaitinfo sees them.
+fn block_forwarded_signals() {
+    let set = forwarded_set();
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, core::ptr::null_mut()) };
+}
+
+/// Passes signals sent to kbox on to the guest. Signals the terminal sends (Ctrl-C) reach
+/// the guest directly, as it shares kbox's process group, so those are not sent twice.
+fn start_forwarder(guest: i32) {
+    let _ = std::thread::Builder::new().name("kbox-signals".into()).spawn(move || {
+        let set = forwarded_set();
+        loop {
+            // SAFETY: `info` is written by sigwaitinfo; `set` is initialised.
+            let (sig, code) = unsafe {
+                let mut info: libc::siginfo_t = core::mem::zeroed();
+                let sig = libc::sigwaitinfo(&raw const set, &raw mut info);
+                (sig, info.si_code)
+            };
+            if sig < 0 {
+                continue;
+            }
+            if code == libc::SI_KERNEL {
+                continue;
+            }
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(guest, sig) };
+        }
+    });
+}
