@@ -454,8 +454,8 @@ mod tests {
 
     #[test]
     fn report_when_no_hint_is_message_alone() {
-        let e = Error::RuntimeNotBuilt;
-        assert!(!Report(&e).to_string().contains("Hint"));
+        let e = Error::Runtime(crate::runtime::RuntimeError::NotYet("-b"));
+        assert_eq!(Report(&e).to_string(), "kbox: -b is not available yet");
     }
 
     #[test]

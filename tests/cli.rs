@@ -40,7 +40,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A regular file standing in for an image (the checks kbox makes so far do not read it).
+/// A regular file of zeros standing in for an image: it passes the host checks but holds no
+/// filesystem.
 fn image_file(dir: &Path) -> PathBuf {
     let path = dir.join("rootfs.ext4");
     if let Err(e) = fs::write(&path, [0u8; 4096]) {
@@ -194,10 +195,11 @@ fn bind_when_host_missing_names_host_path() {
 }
 
 #[test]
-fn valid_arguments_when_runtime_missing_say_so_and_exit_125() {
-    // Replace this test when the runtime is wired in: the guest will run instead.
-    let dir = scratch("valid");
+fn corrupt_image_when_given_is_one_line_mount_error() {
+    // A file of zeros is no ext4 filesystem: the kernel library refuses to mount it.
+    let dir = scratch("corrupt");
     let image = image_file(&dir);
     let line = kbox_error(&kbox(&["-S", utf8(&image), "--", "/bin/true"]));
-    assert!(line.contains("not built yet"), "{line}");
+    assert!(line.contains("cannot mount the image"), "{line}");
+    assert!(line.contains("e2fsck"), "{line}");
 }

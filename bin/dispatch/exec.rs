@@ -29,6 +29,7 @@ const X_OK: u64 = 1;
 const CLONE_VM: u64 = 0x100;
 const CLONE_THREAD: u64 = 0x10000;
 const PT_INTERP: u32 = 3;
+const PR_SET_NAME: u64 = 15;
 /// Nested `#!` interpreters followed, as Linux's binfmt_script does (BINPRM_MAX_RECURSION).
 const MAX_SCRIPT_DEPTH: usize = 4;
 const SHEBANG_MAX: usize = 256;
@@ -377,6 +378,11 @@ impl Engine {
         img.close(task);
         prepared?;
         let guest_path = absolute(task, &path)?;
+        // The task's name, as /proc/self/status and ps show it, is the program's (comm is
+        // 15 bytes at most, as Linux truncates it).
+        let base = guest_path.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or(b"");
+        let comm = CString::new(&base[..base.len().min(15)]).unwrap_or_default();
+        let _ = lkl(task, g::PRCTL, [PR_SET_NAME, ptr(comm.as_ptr()), 0, 0, 0, 0]);
         // The relative name replaces the guest's path string for the host's execve.
         let tid = guest.tid();
         let mut original = vec![0u8; name.len() + 1];

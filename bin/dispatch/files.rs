@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::fd::{FdKind, GuestFd};
+use kbox_core::shadow::FileId;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 use rustix::fs::OFlags;
@@ -116,7 +117,19 @@ impl Engine {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         // The kernel library's description never appends: write-back writes at offsets.
         let kflags = flags & !O_APPEND;
-        let kfd = lkl(&p.task, g::OPENAT, [dirfd, ptr(path.as_ptr()), kflags, args[3], 0, 0])?;
+        let open = |kflags: u64| {
+            lkl(&p.task, g::OPENAT, [dirfd, ptr(path.as_ptr()), kflags, args[3], 0, 0])
+        };
+        // A write-only open still needs to read the file into its shadow, so the kernel
+        // library's description is read-write where permissions allow.
+        let kfd = if flags & O_ACCMODE == O_WRONLY {
+            match open((kflags & !O_ACCMODE) | O_RDWR) {
+                Err(Errno::EACCES) | Err(Errno::EPERM) => open(kflags),
+                other => other,
+            }
+        } else {
+            open(kflags)
+        }?;
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
         match self.install(guest, pid, kfd, flags, cloexec) {
             Ok(fd) => Ok(i64::from(fd)),
@@ -167,7 +180,12 @@ impl Engine {
         cloexec: bool,
     ) -> Result<i32, Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
-        let st = lkl_stat(&p.task, kfd)?;
+        let mut st = lkl_stat(&p.task, kfd)?;
+        let id = FileId { dev: st.st_dev, ino: st.st_ino };
+        if st.st_mode & S_IFMT == S_IFREG && self.procs.any_writable() {
+            self.procs.sync_file(id);
+            st = lkl_stat(&p.task, kfd)?;
+        }
         let acc = flags & O_ACCMODE;
         let mut writable = None;
         let (host, kind): (OwnedFd, FdKind) = match st.st_mode & S_IFMT {
@@ -187,7 +205,7 @@ impl Engine {
                     oflags |= OFlags::APPEND;
                 }
                 let guest_side = hostio::reopen(memfd.as_fd(), oflags)?;
-                writable = Some(Rc::new(Writable::new(memfd, false)?));
+                writable = Some(Rc::new(Writable::new(memfd, id, false)?));
                 (guest_side, FdKind::WritebackShadow)
             }
             S_IFCHR => {
@@ -384,6 +402,9 @@ impl Engine {
 
     fn stat_into(&self, guest: &dyn Guest, pid: u32, fd: i32, addr: u64) -> Reply {
         let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        if let Some(w) = p.writable.get(&fd) {
+            let _ = w.write_back(&p.task, fd);
+        }
         let mut buf = [0u8; GENERIC_STAT_SIZE];
         let r = lkl(&p.task, g::FSTAT, [fd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])
             .and_then(|_| put_stat(guest, addr, &buf))
@@ -415,7 +436,14 @@ impl Engine {
             g::NEWFSTATAT,
             [dirfd, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), args[3], 0, 0],
         )
-        .and_then(|_| put_stat(guest, args[2], &buf))
+        .and_then(|_| {
+            let st = GenericStat::from_bytes(&buf);
+            if self.procs.any_writable() && st.st_mode & S_IFMT == S_IFREG {
+                self.procs.sync_file(FileId { dev: st.st_dev, ino: st.st_ino });
+                lkl(&p.task, g::NEWFSTATAT, [dirfd, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), args[3], 0, 0])?;
+            }
+            put_stat(guest, args[2], &buf)
+        })
         .map(|()| 0);
         r.into()
     }

@@ -176,6 +176,23 @@ impl Procs {
         }
     }
 
+    /// Writes back every writable shadow of file `id`, in whichever process holds it, so a
+    /// new open or stat of the file sees what was written through it.
+    pub fn sync_file(&self, id: kbox_core::shadow::FileId) {
+        for p in self.procs.values() {
+            for (&fd, w) in &p.writable {
+                if w.id == id {
+                    let _ = w.write_back(&p.task, fd);
+                }
+            }
+        }
+    }
+
+    /// Whether any process holds a writable shadow (most calls can skip `sync_file`).
+    pub fn any_writable(&self) -> bool {
+        self.procs.values().any(|p| !p.writable.is_empty())
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
     }

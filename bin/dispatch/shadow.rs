@@ -169,12 +169,14 @@ pub fn snapshot(task: &Task, kfd: i32) -> Result<OwnedFd, Errno> {
 /// fork) that refers to that open.
 pub struct Writable {
     pub fd: OwnedFd,
+    /// The file it shadows, so other opens of it can bring it up to date first.
+    pub id: FileId,
 }
 
 impl Writable {
     /// `dirty`: the copy already differs from the file (O_TRUNC, O_CREAT of a new file).
-    pub fn new(fd: OwnedFd, dirty: bool) -> Result<Writable, Errno> {
-        let w = Writable { fd };
+    pub fn new(fd: OwnedFd, id: FileId, dirty: bool) -> Result<Writable, Errno> {
+        let w = Writable { fd, id };
         if !dirty {
             w.mark_clean()?;
         }

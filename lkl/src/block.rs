@@ -8,7 +8,7 @@ use crate::errno::Errno;
 use crate::kernel::{self, Kernel};
 use crate::sys::Syscalls;
 use crate::virtio_mmio::{self, Chain, Device};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -298,13 +298,15 @@ pub enum RootMode {
     Recommended,
 }
 
-const RECOMMENDED_MOUNTS: [(&str, &str, &str); 6] = [
-    ("proc", "proc", "proc"),
-    ("sysfs", "sys", "sysfs"),
-    ("devtmpfs", "dev", "devtmpfs"),
-    ("devpts", "dev/pts", "devpts"),
-    ("tmpfs", "tmp", "tmpfs"),
-    ("tmpfs", "run", "tmpfs"),
+/// (source, directory, fstype, mount data): /tmp is world-writable and sticky, as on any
+/// Linux system.
+const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 6] = [
+    ("proc", "proc", "proc", None),
+    ("sysfs", "sys", "sysfs", None),
+    ("devtmpfs", "dev", "devtmpfs", None),
+    ("devpts", "dev/pts", "devpts", None),
+    ("tmpfs", "tmp", "tmpfs", Some(c"mode=1777")),
+    ("tmpfs", "run", "tmpfs", Some(c"mode=755")),
 ];
 
 impl Kernel {
@@ -321,11 +323,11 @@ impl Kernel {
         let base = format!("/guest-root{}", disk.0);
         self.mount_disk(disk, fstype, &base, read_only)?;
         if mode == RootMode::Recommended {
-            for (source, dir, fstype) in RECOMMENDED_MOUNTS {
+            for (source, dir, fstype, data) in RECOMMENDED_MOUNTS {
                 let target = format!("{base}/{dir}");
                 // An image without the directory gets one, unless it is read-only.
                 ensure_dir(self, &target)?;
-                self.mount(&cstr(source), &cstr(&target), &cstr(fstype), 0, None)
+                self.mount(&cstr(source), &cstr(&target), &cstr(fstype), 0, data)
                     .map_err(|errno| MountError::Mount {
                         device: source.into(),
                         fstype: fstype.into(),

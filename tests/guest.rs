@@ -1,0 +1,422 @@
+//! Guest programs from the default image run inside kbox (seccomp tier): their output and
+//! exit status are checked, and after every run that may write, the image is checked with
+//! `e2fsck -fn`. `make check-kbox` sets KBOX_ROOTFS to the image (and KBOX_DEBIAN to the
+//! Debian image when it is built).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KBOX: &str = env!("CARGO_BIN_EXE_kbox");
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A private copy of an image (sparse, so cheap), removed on drop.
+struct Image {
+    path: PathBuf,
+}
+
+impl Image {
+    fn copy_of(var: &str, name: &str) -> Image {
+        let src = match std::env::var_os(var) {
+            Some(p) => PathBuf::from(p),
+            None => panic!("{var} is not set: run these tests through `make check-kbox`"),
+        };
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-images");
+        if let Err(e) = fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        let path = dir.join(format!("{name}.ext4"));
+        let ok = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&src)
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot copy {} to {}", src.display(), path.display());
+        Image { path }
+    }
+
+    fn default(name: &str) -> Image {
+        Image::copy_of("KBOX_ROOTFS", name)
+    }
+
+    fn arg(&self) -> &str {
+        match self.path.to_str() {
+            Some(s) => s,
+            None => panic!("image path is not UTF-8"),
+        }
+    }
+
+    /// Runs kbox on this image with `opts` before `--` and `cmd` after it.
+    fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        let mut c = Command::new(KBOX);
+        c.args(opts).arg(self.arg()).arg("--").args(cmd);
+        c.stdin(Stdio::null());
+        run_with_timeout(c, Duration::from_secs(120))
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.run(&["-S"], &["/bin/sh", "-c", script])
+    }
+
+    /// `e2fsck -fn` finds nothing to fix.
+    fn assert_clean(&self) {
+        let out = Command::new("e2fsck").args(["-fn", self.arg()]).output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run e2fsck: {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "e2fsck -fn {} failed:\n{}{}",
+            self.arg(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn run_with_timeout(mut c: Command, limit: Duration) -> Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => panic!("cannot run {KBOX}: {e}"),
+    };
+    let mut out = child.stdout.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let mut err = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                panic!("kbox did not finish within {limit:?}");
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("wait: {e}"),
+        }
+    };
+    let take = |h: &mut Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Output {
+        status,
+        stdout: take(&mut out),
+        stderr: take(&mut err),
+    }
+}
+
+/// Asserts exit status `code` and returns stdout.
+fn expect(out: &Output, code: i32) -> String {
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn pipeline_lists_the_image_root_sorted() {
+    let img = Image::default("pipeline");
+    let out = expect(&img.sh("ls / | sort"), 0);
+    let names: Vec<&str> = out.lines().collect();
+    for want in ["bin", "etc", "opt", "proc", "sbin", "usr"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    img.assert_clean();
+}
+
+#[test]
+fn shell_redirects_subshells_and_high_fds_work() {
+    let img = Image::default("shell");
+    let script = r#"
+        cd /tmp || exit 10
+        (cd / && pwd) ; pwd
+        echo one > f; echo two >> f; cat f | wc -l
+        exec 5>g; echo five >&5; echo more >&5; exec 5>&-; cat g
+        exec 1025>/dev/null && echo 1025-ok
+        exec 3</etc/passwd; (exec 3<&-); head -c 4 <&3; echo
+        x=$( (echo sub; exit 3) ); echo "$x $?"
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(
+        out,
+        "/\n/tmp\n2\nfive\nmore\n1025-ok\nroot\nsub 3\n",
+        "stderr: {}",
+        text(&img.sh(script).stderr)
+    );
+    img.assert_clean();
+}
+
+#[test]
+fn file_tools_change_the_image_and_it_stays_consistent() {
+    let img = Image::default("tools");
+    let script = r#"
+        set -e
+        mkdir -p /work/a/b
+        echo hello > /work/a/b/f
+        cp /work/a/b/f /work/a/g
+        mv /work/a/g /work/a/h
+        ln -s /work/a/h /work/link
+        chmod 640 /work/a/h
+        cat /work/link
+        stat -c '%a %s' /work/a/h
+        find /work -type f | sort
+        (cd /work && tar cf /work/t.tar a)
+        rm -r /work/a
+        test ! -e /work/a
+        mkdir /work/x && cd /work/x && tar xf /work/t.tar
+        find /work/x | sort | wc -l
+        printf 'b\na\nc\n' | sort | tr -d '\n'; echo
+        rmdir /work/x/a/b 2>/dev/null || echo not-empty
+        wc -c < /work/x/a/b/f
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(
+        out,
+        "hello\n640 6\n/work/a/b/f\n/work/a/h\n5\nabc\nnot-empty\n6\n"
+    );
+    img.assert_clean();
+    // The files written in the guest are in the image, as the host's debugfs sees it.
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /work/x/a/b/f", img.arg()])
+        .output();
+    let cat = match cat {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run debugfs: {e}"),
+    };
+    assert_eq!(text(&cat.stdout), "hello\n");
+}
+
+#[test]
+fn cwd_umask_and_fds_follow_fork_semantics() {
+    let img = Image::default("fork-semantics");
+    let script = r#"
+        cd /tmp
+        (umask 077; cd /; touch /tmp/private)
+        touch shared
+        stat -c '%a %n' /tmp/private shared
+        pwd
+        exec 4</etc/hostname
+        (exec 4<&-; cat <&4 2>/dev/null || echo child-closed)
+        cat <&4 >/dev/null && echo parent-still-open
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(
+        out,
+        "600 /tmp/private\n644 shared\n/tmp\nchild-closed\nparent-still-open\n"
+    );
+}
+
+#[test]
+fn identity_is_root_under_s_and_the_given_ids_under_change_id() {
+    let img = Image::default("identity");
+    let out = expect(&img.run(&["-S"], &["id"]), 0);
+    assert!(out.starts_with("uid=0(root) gid=0(root)"), "{out}");
+    let out = expect(
+        &img.run(&["--change-id", "1000:1000", "-R"], &["/bin/sh", "-c", "id -u; id -g; touch /tmp/mine; stat -c %u:%g /tmp/mine"]),
+        0,
+    );
+    assert_eq!(out, "1000\n1000\n1000:1000\n");
+}
+
+#[test]
+fn proc_comes_from_the_kernel_library() {
+    let img = Image::default("proc");
+    // cat is exec'd directly, so its task carries its name.
+    let status = expect(&img.run(&["-S"], &["/bin/cat", "/proc/self/status"]), 0);
+    assert!(status.lines().any(|l| l == "Name:\tcat"), "{status}");
+    assert!(status.lines().any(|l| l == "Umask:\t0022"), "{status}");
+    let out = expect(
+        &img.sh("grep MemTotal /proc/meminfo; cat /proc/self/maps | grep -c -- '-'"),
+        0,
+    );
+    let mut lines = out.lines();
+    // The kernel library has the memory kbox gave it (256 MiB by default), not the host's.
+    let total: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(total > 100_000 && total <= 262_144, "MemTotal {total} kB: {out}");
+    // /proc/self/maps is the real process's (several mappings, never empty).
+    let maps: u32 = lines.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(maps >= 3, "{out}");
+}
+
+#[test]
+fn guest_test_programs_pass_in_kbox() {
+    let img = Image::default("programs");
+    for prog in ["fdtest", "threads", "hello"] {
+        let path = format!("/opt/kbox-tests/{prog}");
+        let out = img.run(&["-S"], &[&path, "/tmp"]);
+        expect(&out, 0);
+    }
+    let out = expect(&img.run(&["-S"], &["/opt/kbox-tests/denied", "/tmp", "expect-eperm"]), 0);
+    assert!(out.contains("ok bpf: EPERM"), "{out}");
+    img.assert_clean();
+}
+
+#[test]
+fn fork_exec_storm_of_200_children() {
+    let img = Image::default("storm");
+    let out = expect(
+        &img.sh("i=0; while [ $i -lt 200 ]; do /bin/true || exit 9; i=$((i+1)); done; echo $i; ls /tmp | wc -l"),
+        0,
+    );
+    assert_eq!(out, "200\n0\n");
+}
+
+#[test]
+fn ten_thousand_open_close_cycles_leak_nothing() {
+    let img = Image::default("openclose");
+    let out = expect(
+        &img.sh("i=0; while [ $i -lt 10000 ]; do exec 3</etc/passwd; exec 3<&-; i=$((i+1)); done; ls /proc/self/fd | wc -l"),
+        0,
+    );
+    // ls's own kernel-side FDs: its directory FD only (0-2 are the host's).
+    let n: u32 = out.trim().parse().unwrap_or(99);
+    assert!(n <= 2, "{out}");
+}
+
+#[test]
+fn paths_never_escape_the_image() {
+    // A file on the host that the guest must not reach by any path.
+    let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("escape-marker");
+    if let Err(e) = fs::write(&marker, "host secret\n") {
+        panic!("cannot write marker: {e}");
+    }
+    let m = marker.to_string_lossy();
+    let img = Image::default("escape");
+    let script = format!(
+        r#"
+        cat {m} 2>/dev/null && echo LEAK-absolute
+        cat /../../..{m} 2>/dev/null && echo LEAK-dotdot
+        ln -s / /tmp/root; cat /tmp/root/../..{m} 2>/dev/null && echo LEAK-symlink
+        ln -s ../../../../../.. /tmp/up; cat /tmp/up{m} 2>/dev/null && echo LEAK-relative-symlink
+        cat /proc/self/root{m} 2>/dev/null && echo LEAK-proc-root
+        cat /proc/1/root{m} 2>/dev/null && echo LEAK-proc-1-root
+        cd /; cd ../../..; ls | grep -q opt && echo contained
+        "#
+    );
+    let out = expect(&img.sh(&script), 0);
+    assert_eq!(out, "contained\n");
+}
+
+#[test]
+fn exit_statuses_follow_the_guest() {
+    let img = Image::default("exits");
+    expect(&img.sh("exit 3"), 3);
+    expect(&img.sh("kill -TERM $$"), 143);
+    expect(&img.sh("kill -KILL $$"), 137);
+    expect(&img.run(&["-S"], &["/no/such/program"]), 127);
+    expect(&img.run(&["-S"], &["/etc/passwd"]), 126);
+}
+
+#[test]
+fn a_killed_guest_leaves_its_writes_and_a_clean_image() {
+    let img = Image::default("killed");
+    expect(&img.sh("echo data > /kept; exec 6>/open; echo partial >&6; kill -KILL $$"), 137);
+    img.assert_clean();
+    let cat = Command::new("debugfs").args(["-R", "cat /kept", img.arg()]).output();
+    assert_eq!(cat.map(|o| text(&o.stdout)).unwrap_or_default(), "data\n");
+}
+
+#[test]
+fn signals_sent_to_kbox_reach_the_guest() {
+    let img = Image::default("signals");
+    let mut c = Command::new(KBOX);
+    c.args(["-S", img.arg(), "--", "/bin/sh", "-c"])
+        .arg("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => panic!("cannot run kbox: {e}"),
+    };
+    let stdout = child.stdout.take().map(BufReader::new);
+    let mut stdout = match stdout {
+        Some(s) => s,
+        None => panic!("no stdout"),
+    };
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    assert_eq!(line, "ready\n");
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("guest did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(7));
+}
+
+#[test]
+fn verbose_reports_dispatched_and_unhandled_syscalls() {
+    let img = Image::default("verbose");
+    let out = img.run(&["-v", "-S"], &["/bin/sh", "-c", "cat /etc/hostname"]);
+    expect(&out, 0);
+    let err = text(&out.stderr);
+    assert!(err.lines().any(|l| l.contains("execve(") && l.ends_with("-> host")), "{err}");
+    assert!(err.lines().any(|l| l.contains("openat(")), "{err}");
+}
+
+#[test]
+fn dynamic_glibc_programs_from_the_debian_image_run() {
+    let Some(_) = std::env::var_os("KBOX_DEBIAN") else {
+        panic!("KBOX_DEBIAN is not set: run these tests through `make check-kbox`");
+    };
+    let img = Image::copy_of("KBOX_DEBIAN", "debian");
+    let out = expect(
+        &img.run(&["-S"], &["/bin/bash", "-c", "echo $((6*7)) $BASH_VERSION | cut -c1-4; ls /usr/bin | grep -c . | sed 's/.*/ok/'"]),
+        0,
+    );
+    assert_eq!(out, "42 5\nok\n");
+    let out = expect(
+        &img.run(&["-S"], &["/usr/bin/python3", "-c", "import os, sys; print(sorted(os.listdir('/'))[:2], sys.version_info[0])"]),
+        0,
+    );
+    assert_eq!(out, "['bin', 'boot'] 3\n");
+    img.assert_clean();
+}
