@@ -30,6 +30,8 @@ const FORWARDED: [i32; 7] = [
     libc::SIGUSR2,
     libc::SIGWINCH,
 ];
+/// AT_FDCWD (-100) as a register value.
+const AT_FDCWD: usize = 0usize.wrapping_sub(100);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A step of starting or running the guest that failed.
@@ -39,7 +41,10 @@ pub enum RuntimeError {
     Boot(kbox_lkl::BootError),
     Mount(kbox_lkl::MountError),
     /// Preparing the guest's world in the kernel library (identity, working directory).
-    Setup { what: String, errno: Errno },
+    Setup {
+        what: String,
+        errno: Errno,
+    },
     ExecDir(std::io::Error),
     Filter(kbox_core::bpf::BpfError),
     Spawn(SpawnError),
@@ -109,11 +114,13 @@ impl Guest for SeccompGuest<'_, '_> {
             Some(n) => FdTarget::At(u32::try_from(n).map_err(|_| Errno::EBADF)?),
             None => FdTarget::Lowest,
         };
-        self.pending.add_fd(fd, target, cloexec).map_err(|e| match e {
-            NotifyError::AddFd(errno) => Errno(i32::from(errno.get())),
-            NotifyError::Gone => Errno::ESRCH,
-            _ => Errno::EIO,
-        })
+        self.pending
+            .add_fd(fd, target, cloexec)
+            .map_err(|e| match e {
+                NotifyError::AddFd(errno) => Errno(i32::from(errno.get())),
+                NotifyError::Gone => Errno::ESRCH,
+                _ => Errno::EIO,
+            })
     }
 }
 
@@ -143,7 +150,11 @@ pub fn run(config: &Config) -> Result<Exit, RuntimeError> {
     Ok(exit)
 }
 
-fn run_booted(kernel: &Kernel, disk: kbox_lkl::DiskId, config: &Config) -> Result<Exit, RuntimeError> {
+fn run_booted(
+    kernel: &Kernel,
+    disk: kbox_lkl::DiskId,
+    config: &Config,
+) -> Result<Exit, RuntimeError> {
     if !config.binds.is_empty() {
         return Err(RuntimeError::NotYet("-b (bind a host path into the guest)"));
     }
@@ -158,7 +169,11 @@ fn run_booted(kernel: &Kernel, disk: kbox_lkl::DiskId, config: &Config) -> Resul
     let command = match resolve_command(&root, &config.command[0]) {
         Ok(c) => c,
         Err(exit) => {
-            let what = if exit == Exit::NotFound { "not found in the image" } else { "not executable" };
+            let what = if exit == Exit::NotFound {
+                "not found in the image"
+            } else {
+                "not executable"
+            };
             eprintln!("kbox: {}: {what}", config.command[0].to_string_lossy());
             return Ok(exit);
         }
@@ -171,10 +186,20 @@ fn run_booted(kernel: &Kernel, disk: kbox_lkl::DiskId, config: &Config) -> Resul
     let env = guest_env(config);
     let mut cmd = Command::new(OsStr::from_bytes(command.as_bytes()), &config.command, &env)
         .map_err(RuntimeError::Spawn)?;
-    cmd.current_dir(engine.host_cwd()).map_err(RuntimeError::Spawn)?;
-    let prog = Program::compile(&dispatch::policy::rules(), Action::Notify).map_err(RuntimeError::Filter)?;
+    cmd.current_dir(engine.host_cwd())
+        .map_err(RuntimeError::Spawn)?;
+    let prog = Program::compile(&dispatch::policy::rules(), Action::Notify)
+        .map_err(RuntimeError::Filter)?;
     let (mut guest, notify) = child::spawn(&cmd, &prog).map_err(RuntimeError::Spawn)?;
-    let _ = notify.set_sync_wakeup();
+    let sync_wakeup = notify.set_sync_wakeup().unwrap_or(false);
+    if config.verbose {
+        eprintln!(
+            "kbox: seccomp filter of {} instructions; killable wait {}; synchronous wake-up {}",
+            prog.len(),
+            yes(guest.killable_wait()),
+            yes(sync_wakeup)
+        );
+    }
     start_forwarder(guest.pid().as_raw_nonzero().get());
     let served = serve(&mut engine, &notify, guest.pidfd());
     let status = guest.wait();
@@ -189,25 +214,42 @@ fn run_booted(kernel: &Kernel, disk: kbox_lkl::DiskId, config: &Config) -> Resul
     served?;
     match status {
         Ok(ExitStatus::Exited(code)) => Ok(Exit::Guest(u8::try_from(code & 0xff).unwrap_or(0))),
-        Ok(ExitStatus::Signaled(sig)) => Ok(Exit::GuestSignal(u8::try_from(sig & 0x7f).unwrap_or(0))),
-        Err(SpawnError::Exec(errno)) => Ok(Exit::from_exec_error(rustix::io::Errno::from_raw_os_error(i32::from(errno.get())))),
+        Ok(ExitStatus::Signaled(sig)) => {
+            Ok(Exit::GuestSignal(u8::try_from(sig & 0x7f).unwrap_or(0)))
+        }
+        Err(SpawnError::Exec(errno)) => Ok(Exit::from_exec_error(
+            rustix::io::Errno::from_raw_os_error(i32::from(errno.get())),
+        )),
         Err(e) => Err(RuntimeError::Spawn(e)),
     }
 }
 
+fn yes(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
 /// Answers notifications until the first guest process exits.
-fn serve(engine: &mut Engine, notify: &NotifyFd, child: BorrowedFd<'_>) -> Result<(), RuntimeError> {
+fn serve(
+    engine: &mut Engine,
+    notify: &NotifyFd,
+    child: BorrowedFd<'_>,
+) -> Result<(), RuntimeError> {
     use rustix::event::{PollFd, PollFlags, poll};
     loop {
         let note_fd = notify.as_fd();
-        let mut fds = [PollFd::new(&note_fd, PollFlags::IN), PollFd::new(&child, PollFlags::IN)];
+        let mut fds = [
+            PollFd::new(&note_fd, PollFlags::IN),
+            PollFd::new(&child, PollFlags::IN),
+        ];
         match poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(RuntimeError::Notify(NotifyError::Poll(e.into()))),
         }
         let (note, exited) = (fds[0].revents(), fds[1].revents());
         if note.contains(PollFlags::IN) {
-            let Some(pending) = notify.recv().map_err(RuntimeError::Notify)? else { return Ok(()) };
+            let Some(pending) = notify.recv().map_err(RuntimeError::Notify)? else {
+                return Ok(());
+            };
             answer(engine, pending);
         } else if exited.contains(PollFlags::IN) || note.contains(PollFlags::HUP) {
             return Ok(());
@@ -238,7 +280,10 @@ fn core_errno(e: Errno) -> kbox_core::Errno {
 /// Identity, resource limits and working directory of the task every guest forks from.
 fn prepare_root(root: &Task, config: &Config) -> Result<(), RuntimeError> {
     let setup = |what: &str, r: Result<usize, Errno>| {
-        r.map(|_| ()).map_err(|errno| RuntimeError::Setup { what: what.into(), errno })
+        r.map(|_| ()).map_err(|errno| RuntimeError::Setup {
+            what: what.into(),
+            errno,
+        })
     };
     let lim = [GUEST_NOFILE, GUEST_NOFILE];
     setup(
@@ -248,18 +293,31 @@ fn prepare_root(root: &Task, config: &Config) -> Result<(), RuntimeError> {
     let (uid, gid) = match config.identity {
         Identity::Root => (0, 0),
         Identity::Ids { uid, gid } => (uid, gid),
-        Identity::Caller => (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()),
+        Identity::Caller => (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        ),
     };
     if (uid, gid) != (0, 0) {
-        setup("drop supplementary groups", root.syscall(g::SETGROUPS, [0, 0, 0, 0, 0, 0]))?;
+        setup(
+            "drop supplementary groups",
+            root.syscall(g::SETGROUPS, [0, 0, 0, 0, 0, 0]),
+        )?;
         let (u, gg) = (uid as usize, gid as usize);
-        setup("set the guest's gid", root.syscall(g::SETRESGID, [gg, gg, gg, 0, 0, 0]))?;
-        setup("set the guest's uid", root.syscall(g::SETRESUID, [u, u, u, 0, 0, 0]))?;
+        setup(
+            "set the guest's gid",
+            root.syscall(g::SETRESGID, [gg, gg, gg, 0, 0, 0]),
+        )?;
+        setup(
+            "set the guest's uid",
+            root.syscall(g::SETRESUID, [u, u, u, 0, 0, 0]),
+        )?;
     }
-    let dir = CString::new(config.workdir.as_os_str().as_bytes()).map_err(|_| RuntimeError::Setup {
-        what: "use the working directory".into(),
-        errno: Errno::EINVAL,
-    })?;
+    let dir =
+        CString::new(config.workdir.as_os_str().as_bytes()).map_err(|_| RuntimeError::Setup {
+            what: "use the working directory".into(),
+            errno: Errno::EINVAL,
+        })?;
     root.syscall(g::CHDIR, [dir.as_ptr() as usize, 0, 0, 0, 0, 0])
         .map_err(|errno| RuntimeError::Setup {
             what: format!("enter working directory {}", config.workdir.display()),
@@ -281,9 +339,14 @@ fn resolve_command(root: &Task, cmd: &OsStr) -> Result<CString, Exit> {
     };
     let mut found_not_exec = false;
     for c in candidates {
-        let Ok(path) = CString::new(c) else { return Err(Exit::NotFound) };
+        let Ok(path) = CString::new(c) else {
+            return Err(Exit::NotFound);
+        };
         let access = |mode: usize| {
-            root.syscall(g::FACCESSAT, [(-100i64) as usize, path.as_ptr() as usize, mode, 0, 0, 0])
+            root.syscall(
+                g::FACCESSAT,
+                [AT_FDCWD, path.as_ptr() as usize, mode, 0, 0, 0],
+            )
         };
         match access(1) {
             Ok(_) => return Ok(path),
@@ -291,17 +354,26 @@ fn resolve_command(root: &Task, cmd: &OsStr) -> Result<CString, Exit> {
             Err(_) => {}
         }
     }
-    Err(if found_not_exec { Exit::NotExecutable } else { Exit::NotFound })
+    Err(if found_not_exec {
+        Exit::NotExecutable
+    } else {
+        Exit::NotFound
+    })
 }
 
 /// The guest's environment: a clean one, as container runtimes give.
 fn guest_env(config: &Config) -> Vec<OsString> {
     let home = match config.identity {
         Identity::Root => "/root",
-        _ if rustix::process::getuid().is_root() && matches!(config.identity, Identity::Caller) => "/root",
+        _ if rustix::process::getuid().is_root() && matches!(config.identity, Identity::Caller) => {
+            "/root"
+        }
         _ => "/",
     };
-    let mut env = vec![OsString::from(format!("PATH={DEFAULT_PATH}")), OsString::from(format!("HOME={home}"))];
+    let mut env = vec![
+        OsString::from(format!("PATH={DEFAULT_PATH}")),
+        OsString::from(format!("HOME={home}")),
+    ];
     for key in ["TERM", "LANG", "LC_ALL", "COLUMNS", "LINES"] {
         if let Some(v) = std::env::var_os(key) {
             let mut kv = OsString::from(format!("{key}="));
@@ -341,7 +413,13 @@ fn raise_nofile() {
     let hard = cur.maximum.unwrap_or(u64::MAX);
     let want = GUEST_NOFILE.min(hard);
     if cur.current.is_some_and(|c| c < want) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: cur.maximum });
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: cur.maximum,
+            },
+        );
     }
 }
 
@@ -368,23 +446,25 @@ fn block_forwarded_signals() {
 /// Passes signals sent to kbox on to the guest. Signals the terminal sends (Ctrl-C) reach
 /// the guest directly, as it shares kbox's process group, so those are not sent twice.
 fn start_forwarder(guest: i32) {
-    let _ = std::thread::Builder::new().name("kbox-signals".into()).spawn(move || {
-        let set = forwarded_set();
-        loop {
-            // SAFETY: `info` is written by sigwaitinfo; `set` is initialised.
-            let (sig, code) = unsafe {
-                let mut info: libc::siginfo_t = core::mem::zeroed();
-                let sig = libc::sigwaitinfo(&raw const set, &raw mut info);
-                (sig, info.si_code)
-            };
-            if sig < 0 {
-                continue;
+    let _ = std::thread::Builder::new()
+        .name("kbox-signals".into())
+        .spawn(move || {
+            let set = forwarded_set();
+            loop {
+                // SAFETY: `info` is written by sigwaitinfo; `set` is initialised.
+                let (sig, code) = unsafe {
+                    let mut info: libc::siginfo_t = core::mem::zeroed();
+                    let sig = libc::sigwaitinfo(&raw const set, &raw mut info);
+                    (sig, info.si_code)
+                };
+                if sig < 0 {
+                    continue;
+                }
+                if code == libc::SI_KERNEL {
+                    continue;
+                }
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(guest, sig) };
             }
-            if code == libc::SI_KERNEL {
-                continue;
-            }
-            // SAFETY: kill takes plain integers.
-            unsafe { libc::kill(guest, sig) };
-        }
-    });
+        });
 }

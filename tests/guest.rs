@@ -243,7 +243,14 @@ fn identity_is_root_under_s_and_the_given_ids_under_change_id() {
     let out = expect(&img.run(&["-S"], &["id"]), 0);
     assert!(out.starts_with("uid=0(root) gid=0(root)"), "{out}");
     let out = expect(
-        &img.run(&["--change-id", "1000:1000", "-R"], &["/bin/sh", "-c", "id -u; id -g; touch /tmp/mine; stat -c %u:%g /tmp/mine"]),
+        &img.run(
+            &["--change-id", "1000:1000", "-R"],
+            &[
+                "/bin/sh",
+                "-c",
+                "id -u; id -g; touch /tmp/mine; stat -c %u:%g /tmp/mine",
+            ],
+        ),
         0,
     );
     assert_eq!(out, "1000\n1000\n1000:1000\n");
@@ -267,7 +274,10 @@ fn proc_comes_from_the_kernel_library() {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    assert!(total > 100_000 && total <= 262_144, "MemTotal {total} kB: {out}");
+    assert!(
+        total > 100_000 && total <= 262_144,
+        "MemTotal {total} kB: {out}"
+    );
     // /proc/self/maps is the real process's (several mappings, never empty).
     let maps: u32 = lines.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(maps >= 3, "{out}");
@@ -281,7 +291,10 @@ fn guest_test_programs_pass_in_kbox() {
         let out = img.run(&["-S"], &[&path, "/tmp"]);
         expect(&out, 0);
     }
-    let out = expect(&img.run(&["-S"], &["/opt/kbox-tests/denied", "/tmp", "expect-eperm"]), 0);
+    let out = expect(
+        &img.run(&["-S"], &["/opt/kbox-tests/denied", "/tmp", "expect-eperm"]),
+        0,
+    );
     assert!(out.contains("ok bpf: EPERM"), "{out}");
     img.assert_clean();
 }
@@ -345,9 +358,14 @@ fn exit_statuses_follow_the_guest() {
 #[test]
 fn a_killed_guest_leaves_its_writes_and_a_clean_image() {
     let img = Image::default("killed");
-    expect(&img.sh("echo data > /kept; exec 6>/open; echo partial >&6; kill -KILL $$"), 137);
+    expect(
+        &img.sh("echo data > /kept; exec 6>/open; echo partial >&6; kill -KILL $$"),
+        137,
+    );
     img.assert_clean();
-    let cat = Command::new("debugfs").args(["-R", "cat /kept", img.arg()]).output();
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /kept", img.arg()])
+        .output();
     assert_eq!(cat.map(|o| text(&o.stdout)).unwrap_or_default(), "data\n");
 }
 
@@ -398,7 +416,11 @@ fn verbose_reports_dispatched_and_unhandled_syscalls() {
     let out = img.run(&["-v", "-S"], &["/bin/sh", "-c", "cat /etc/hostname"]);
     expect(&out, 0);
     let err = text(&out.stderr);
-    assert!(err.lines().any(|l| l.contains("execve(") && l.ends_with("-> host")), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("execve(") && l.ends_with("-> host")),
+        "{err}"
+    );
     assert!(err.lines().any(|l| l.contains("openat(")), "{err}");
 }
 
@@ -409,12 +431,26 @@ fn dynamic_glibc_programs_from_the_debian_image_run() {
     };
     let img = Image::copy_of("KBOX_DEBIAN", "debian");
     let out = expect(
-        &img.run(&["-S"], &["/bin/bash", "-c", "echo $((6*7)) $BASH_VERSION | cut -c1-4; ls /usr/bin | grep -c . | sed 's/.*/ok/'"]),
+        &img.run(
+            &["-S"],
+            &[
+                "/bin/bash",
+                "-c",
+                "echo $((6*7)) $BASH_VERSION | cut -c1-4; ls /usr/bin | grep -c . | sed 's/.*/ok/'",
+            ],
+        ),
         0,
     );
     assert_eq!(out, "42 5\nok\n");
     let out = expect(
-        &img.run(&["-S"], &["/usr/bin/python3", "-c", "import os, sys; print(sorted(os.listdir('/'))[:2], sys.version_info[0])"]),
+        &img.run(
+            &["-S"],
+            &[
+                "/usr/bin/python3",
+                "-c",
+                "import os, sys; print(sorted(os.listdir('/'))[:2], sys.version_info[0])",
+            ],
+        ),
         0,
     );
     assert_eq!(out, "['bin', 'boot'] 3\n");

@@ -20,7 +20,7 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
 use super::files::AT_FDCWD;
-use super::{Engine, Guest, Reply, hostio, lkl, ptr};
+use super::{Engine, Guest, Reply, fdv, hostio, lkl, ptr};
 
 const O_CLOEXEC: u64 = 0o2000000;
 const S_IFMT: u32 = 0o170000;
@@ -74,7 +74,12 @@ impl ExecDir {
     }
 
     /// Makes `root/<name>` the file `content` (stored once per `key`).
-    fn link(&mut self, name: &[u8], key: &str, content: &dyn Fn() -> Result<Vec<u8>, Errno>) -> Result<(), Errno> {
+    fn link(
+        &mut self,
+        name: &[u8],
+        key: &str,
+        content: &dyn Fn() -> Result<Vec<u8>, Errno>,
+    ) -> Result<(), Errno> {
         if self.linked.get(name).is_some_and(|k| k == key) {
             return Ok(());
         }
@@ -104,7 +109,13 @@ impl ExecDir {
 
 impl ExecDir {
     /// Prepares the host copy of the ELF program `path` and returns its relative name.
-    fn prepare_elf(&mut self, task: &Task, img: &Image, name: &[u8], head: &[u8]) -> Result<(), Errno> {
+    fn prepare_elf(
+        &mut self,
+        task: &Task,
+        img: &Image,
+        name: &[u8],
+        head: &[u8],
+    ) -> Result<(), Errno> {
         let whole = img.read_all(task)?;
         let interp = interp_range(&whole)?;
         let Some((off, len)) = interp else {
@@ -115,7 +126,8 @@ impl ExecDir {
         let ipath = ipath.split(|&b| b == 0).next().unwrap_or(b"");
         let iname = relative_name(ipath).ok_or(Errno::ENOEXEC)?;
         let icstr = CString::new(ipath).map_err(|_| Errno::ENOEXEC)?;
-        let iimg = Image::open(task, AT_FDCWD, &icstr).map_err(|e| if e == Errno::EACCES { e } else { Errno::ENOENT })?;
+        let iimg = Image::open(task, AT_FDCWD, &icstr)
+            .map_err(|e| if e == Errno::EACCES { e } else { Errno::ENOENT })?;
         let ibytes = iimg.read_all(task);
         let ikey = iimg.key("");
         iimg.close(task);
@@ -131,7 +143,14 @@ impl ExecDir {
         self.link(name, &img.key("-i"), &|| Ok(patched.clone()))
     }
 
-    fn prepare_script(&mut self, task: &Task, img: &Image, name: &[u8], head: &[u8], depth: usize) -> Result<(), Errno> {
+    fn prepare_script(
+        &mut self,
+        task: &Task,
+        img: &Image,
+        name: &[u8],
+        head: &[u8],
+        depth: usize,
+    ) -> Result<(), Errno> {
         if depth >= MAX_SCRIPT_DEPTH {
             return Err(Errno::ELOOP);
         }
@@ -149,7 +168,18 @@ impl ExecDir {
         let icstr = CString::new(interp).map_err(|_| Errno::ENOEXEC)?;
         let iimg = Image::open(task, AT_FDCWD, &icstr)?;
         let mut ihead = [0u8; SHEBANG_MAX];
-        let n = lkl(task, g::PREAD64, [iimg.kfd as u64, ptr(ihead.as_mut_ptr()), SHEBANG_MAX as u64, 0, 0, 0]);
+        let n = lkl(
+            task,
+            g::PREAD64,
+            [
+                fdv(iimg.kfd),
+                ptr(ihead.as_mut_ptr()),
+                SHEBANG_MAX as u64,
+                0,
+                0,
+                0,
+            ],
+        );
         let ihead = &ihead[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
         let r = if ihead.starts_with(b"\x7fELF") {
             self.prepare_elf(task, &iimg, &iname, ihead)
@@ -163,7 +193,12 @@ impl ExecDir {
         let whole = img.read_all(task)?;
         let rest = &whole[line_end.min(whole.len())..];
         let mut copy = b"#!".to_vec();
-        copy.extend_from_slice(self.path().join(std::ffi::OsStr::from_bytes(&iname)).as_os_str().as_bytes());
+        copy.extend_from_slice(
+            self.path()
+                .join(std::ffi::OsStr::from_bytes(&iname))
+                .as_os_str()
+                .as_bytes(),
+        );
         if let Some(a) = arg.filter(|a| !a.is_empty()) {
             copy.push(b' ');
             copy.extend_from_slice(a);
@@ -175,7 +210,6 @@ impl ExecDir {
         let key = img.key(&format!("-s{}", iname.len()));
         self.link(name, &key, &|| Ok(copy.clone()))
     }
-
 }
 
 impl Drop for ExecDir {
@@ -222,21 +256,34 @@ struct Image {
 
 impl Image {
     fn open(task: &Task, dirfd: u64, path: &CStr) -> Result<Image, Errno> {
-        let kfd = lkl(task, g::OPENAT, [dirfd, ptr(path.as_ptr()), O_CLOEXEC, 0, 0, 0])?;
+        let kfd = lkl(
+            task,
+            g::OPENAT,
+            [dirfd, ptr(path.as_ptr()), O_CLOEXEC, 0, 0, 0],
+        )?;
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
         let img = Image {
             kfd,
             st: GenericStat::default(),
         };
         let mut buf = [0u8; GENERIC_STAT_SIZE];
-        lkl(task, g::FSTAT, [kfd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])?;
+        lkl(
+            task,
+            g::FSTAT,
+            [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
+        )?;
         let st = GenericStat::from_bytes(&buf);
         if st.st_mode & S_IFMT != S_IFREG {
-            let _ = lkl(task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+            let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
             return Err(Errno::EACCES);
         }
-        lkl(task, g::FACCESSAT, [dirfd, ptr(path.as_ptr()), X_OK, 0, 0, 0]).inspect_err(|_| {
-            let _ = lkl(task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+        lkl(
+            task,
+            g::FACCESSAT,
+            [dirfd, ptr(path.as_ptr()), X_OK, 0, 0, 0],
+        )
+        .inspect_err(|_| {
+            let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
         })?;
         Ok(Image { st, ..img })
     }
@@ -244,7 +291,11 @@ impl Image {
     fn key(&self, tag: &str) -> String {
         format!(
             "{}-{}-{}.{}-{}{tag}",
-            self.st.st_dev, self.st.st_ino, self.st.st_mtime, self.st.st_mtime_nsec, self.st.st_size
+            self.st.st_dev,
+            self.st.st_ino,
+            self.st.st_mtime,
+            self.st.st_mtime_nsec,
+            self.st.st_size
         )
     }
 
@@ -256,7 +307,14 @@ impl Image {
             let n = lkl(
                 task,
                 g::PREAD64,
-                [self.kfd as u64, ptr(buf[done..].as_mut_ptr()), (size - done) as u64, done as u64, 0, 0],
+                [
+                    fdv(self.kfd),
+                    ptr(buf[done..].as_mut_ptr()),
+                    (size - done) as u64,
+                    done as u64,
+                    0,
+                    0,
+                ],
             )?;
             if n <= 0 {
                 buf.truncate(done);
@@ -268,7 +326,7 @@ impl Image {
     }
 
     fn close(self, task: &Task) {
-        let _ = lkl(task, g::CLOSE, [self.kfd as u64, 0, 0, 0, 0, 0]);
+        let _ = lkl(task, g::CLOSE, [fdv(self.kfd), 0, 0, 0, 0, 0]);
     }
 }
 
@@ -281,17 +339,24 @@ fn relative_name(path: &[u8]) -> Option<Vec<u8>> {
         }
         p
     };
-    let ok = !rel.is_empty()
-        && rel.split(|&b| b == b'/').all(|c| c != b"..")
-        && !rel.ends_with(b"/");
+    let ok =
+        !rel.is_empty() && rel.split(|&b| b == b'/').all(|c| c != b"..") && !rel.ends_with(b"/");
     ok.then(|| rel.to_vec())
 }
 
 /// The PT_INTERP string's file range in an ELF64 little-endian image, if it has one.
 fn interp_range(elf: &[u8]) -> Result<Option<(usize, usize)>, Errno> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| elf.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    let u64_at = |o: usize| elf.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
     // ELFCLASS64, little-endian: what the host arches run.
     if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return Err(Errno::ENOEXEC);
@@ -303,10 +368,14 @@ fn interp_range(elf: &[u8]) -> Result<Option<(usize, usize)>, Errno> {
         return Err(Errno::ENOEXEC);
     }
     for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize).ok_or(Errno::ENOEXEC)?).ok_or(Errno::ENOEXEC)?;
+        let ph = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or(Errno::ENOEXEC)?)
+            .ok_or(Errno::ENOEXEC)?;
         if u32_at(ph) == Some(PT_INTERP) {
-            let off = usize::try_from(u64_at(ph + 8).ok_or(Errno::ENOEXEC)?).map_err(|_| Errno::ENOEXEC)?;
-            let len = usize::try_from(u64_at(ph + 0x20).ok_or(Errno::ENOEXEC)?).map_err(|_| Errno::ENOEXEC)?;
+            let off = usize::try_from(u64_at(ph + 8).ok_or(Errno::ENOEXEC)?)
+                .map_err(|_| Errno::ENOEXEC)?;
+            let len = usize::try_from(u64_at(ph + 0x20).ok_or(Errno::ENOEXEC)?)
+                .map_err(|_| Errno::ENOEXEC)?;
             if off.checked_add(len).is_none_or(|end| end > elf.len()) || len < 2 {
                 return Err(Errno::ENOEXEC);
             }
@@ -342,13 +411,23 @@ impl Engine {
         }
     }
 
-    fn exec_prepare(&mut self, guest: &dyn Guest, pid: u32, dirfd: u64, path_addr: u64) -> Result<(), Errno> {
+    fn exec_prepare(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        dirfd: u64,
+        path_addr: u64,
+    ) -> Result<(), Errno> {
         let mut path = guest.read_path(path_addr)?;
         if path.as_bytes().is_empty() {
             return Err(Errno::ENOENT);
         }
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
-        if matches!(path.as_bytes(), b"/proc/self/exe" | b"/proc/thread-self/exe") && !p.exe.as_bytes().is_empty() {
+        if matches!(
+            path.as_bytes(),
+            b"/proc/self/exe" | b"/proc/thread-self/exe"
+        ) && !p.exe.as_bytes().is_empty()
+        {
             path = p.exe.clone();
         }
         let dirfd = self.dirfd(pid, dirfd, path.as_bytes())?;
@@ -364,7 +443,18 @@ impl Engine {
         }
         let img = Image::open(task, dirfd, &path)?;
         let mut head = [0u8; SHEBANG_MAX];
-        let n = lkl(task, g::PREAD64, [img.kfd as u64, ptr(head.as_mut_ptr()), SHEBANG_MAX as u64, 0, 0, 0]);
+        let n = lkl(
+            task,
+            g::PREAD64,
+            [
+                fdv(img.kfd),
+                ptr(head.as_mut_ptr()),
+                SHEBANG_MAX as u64,
+                0,
+                0,
+                0,
+            ],
+        );
         let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
         let mut alias = None;
         let prepared = if head.starts_with(b"\x7fELF") {
@@ -380,9 +470,17 @@ impl Engine {
         let guest_path = absolute(task, &path)?;
         // The task's name, as /proc/self/status and ps show it, is the program's (comm is
         // 15 bytes at most, as Linux truncates it).
-        let base = guest_path.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or(b"");
+        let base = guest_path
+            .as_bytes()
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or(b"");
         let comm = CString::new(&base[..base.len().min(15)]).unwrap_or_default();
-        let _ = lkl(task, g::PRCTL, [PR_SET_NAME, ptr(comm.as_ptr()), 0, 0, 0, 0]);
+        let _ = lkl(
+            task,
+            g::PRCTL,
+            [PR_SET_NAME, ptr(comm.as_ptr()), 0, 0, 0, 0],
+        );
         // The relative name replaces the guest's path string for the host's execve.
         let tid = guest.tid();
         let mut original = vec![0u8; name.len() + 1];
@@ -395,11 +493,19 @@ impl Engine {
         if let Some(parent) = p.vm_parent.take() {
             // The path lives in memory the parent shares until the exec is done: put the
             // parent's bytes back then.
-            self.restore = Some(Restore { parent, child: pid, addr: path_addr, bytes: original });
+            self.restore = Some(Restore {
+                parent,
+                child: pid,
+                addr: path_addr,
+                bytes: original,
+            });
         }
         p.aliases.clear();
         if let Some(a) = alias {
-            p.aliases.push((CString::new(a).map_err(|_| Errno::EINVAL)?, guest_path.clone()));
+            p.aliases.push((
+                CString::new(a).map_err(|_| Errno::EINVAL)?,
+                guest_path.clone(),
+            ));
         }
         p.exe = guest_path;
         Ok(())
@@ -415,7 +521,7 @@ impl Engine {
             .filter(|&fd| hostio::is_cloexec(pid, fd).unwrap_or(false))
             .collect();
         for fd in doomed {
-            self.close(pid, fd as u64);
+            self.close(pid, fdv(fd));
         }
     }
 
@@ -423,17 +529,19 @@ impl Engine {
     pub fn after_reply(&mut self) {
         let Some(r) = self.restore.take() else { return };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while hostio::same_vm(r.parent, r.child) == Some(true) && std::time::Instant::now() < deadline {
+        while hostio::same_vm(r.parent, r.child) == Some(true)
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
         let _ = hostio::force_write(r.parent, r.addr, &r.bytes);
     }
 
     pub(super) fn clone(&mut self, pid: u32, flags: u64) -> Reply {
-        if flags & CLONE_THREAD == 0 {
-            if let Err(e) = self.procs.fork(pid, flags & CLONE_VM != 0) {
-                return Reply::Fail(e);
-            }
+        if flags & CLONE_THREAD == 0
+            && let Err(e) = self.procs.fork(pid, flags & CLONE_VM != 0)
+        {
+            return Reply::Fail(e);
         }
         Reply::Continue
     }
@@ -458,7 +566,11 @@ fn absolute(task: &Task, path: &CStr) -> Result<CString, Errno> {
         return Ok(path.to_owned());
     }
     let mut buf = [0u8; 4096];
-    let n = lkl(task, g::GETCWD, [ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0, 0])?;
+    let n = lkl(
+        task,
+        g::GETCWD,
+        [ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0, 0],
+    )?;
     let cwd = &buf[..usize::try_from(n).unwrap_or(1).saturating_sub(1)];
     let mut out = cwd.to_vec();
     if out.last() != Some(&b'/') {

@@ -12,7 +12,7 @@ use kbox_lkl::{Errno, Task};
 use rustix::fs::OFlags;
 
 use super::shadow::{self, Writable};
-use super::{Engine, Guest, Reply, fd_arg, hostio, lkl, procs, ptr};
+use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
 
 pub const AT_FDCWD: u64 = 0u64.wrapping_sub(100);
 const AT_EMPTY_PATH: u64 = 0x1000;
@@ -65,7 +65,11 @@ fn host_device(rdev: u64) -> Option<String> {
 
 fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
     let mut buf = [0u8; GENERIC_STAT_SIZE];
-    lkl(task, g::FSTAT, [kfd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])?;
+    lkl(
+        task,
+        g::FSTAT,
+        [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
+    )?;
     Ok(GenericStat::from_bytes(&buf))
 }
 
@@ -106,7 +110,12 @@ impl Engine {
         std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists()
     }
 
-    pub(super) fn open(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Result<i64, Errno> {
+    pub(super) fn open(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        args: [u64; 6],
+    ) -> Result<i64, Errno> {
         let path = guest.read_path(args[1])?;
         let flags = generic_oflags(args[2]);
         let cloexec = flags & O_CLOEXEC != 0;
@@ -118,7 +127,11 @@ impl Engine {
         // The kernel library's description never appends: write-back writes at offsets.
         let kflags = flags & !O_APPEND;
         let open = |kflags: u64| {
-            lkl(&p.task, g::OPENAT, [dirfd, ptr(path.as_ptr()), kflags, args[3], 0, 0])
+            lkl(
+                &p.task,
+                g::OPENAT,
+                [dirfd, ptr(path.as_ptr()), kflags, args[3], 0, 0],
+            )
         };
         // A write-only open still needs to read the file into its shadow, so the kernel
         // library's description is read-write where permissions allow.
@@ -135,7 +148,7 @@ impl Engine {
             Ok(fd) => Ok(i64::from(fd)),
             Err(e) => {
                 if let Some(p) = self.procs.get(pid) {
-                    let _ = lkl(&p.task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+                    let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
                 }
                 Err(e)
             }
@@ -155,8 +168,10 @@ impl Engine {
             .strip_prefix(b"/proc/self/")
             .or_else(|| p.strip_prefix(b"/proc/thread-self/"));
         let Some(tail) = tail else { return Ok(None) };
-        if !matches!(tail, b"maps" | b"smaps" | b"mem" | b"auxv" | b"pagemap" | b"stat" | b"statm")
-        {
+        if !matches!(
+            tail,
+            b"maps" | b"smaps" | b"mem" | b"auxv" | b"pagemap" | b"stat" | b"statm"
+        ) {
             return Ok(None);
         }
         let host = format!("/proc/{}/{}", guest.tid(), String::from_utf8_lossy(tail));
@@ -181,7 +196,10 @@ impl Engine {
     ) -> Result<i32, Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         let mut st = lkl_stat(&p.task, kfd)?;
-        let id = FileId { dev: st.st_dev, ino: st.st_ino };
+        let id = FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
         if st.st_mode & S_IFMT == S_IFREG && self.procs.any_writable() {
             self.procs.sync_file(id);
             st = lkl_stat(&p.task, kfd)?;
@@ -191,16 +209,18 @@ impl Engine {
         let (host, kind): (OwnedFd, FdKind) = match st.st_mode & S_IFMT {
             _ if flags & O_PATH != 0 => (self.placeholder()?, FdKind::Kernel),
             S_IFDIR => (self.placeholder()?, FdKind::Kernel),
-            S_IFREG if acc == 0 => {
-                (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow)
-            }
+            S_IFREG if acc == 0 => (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow),
             S_IFREG => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
                 if !self.shadows.admits(size) {
                     return Err(Errno::EFBIG);
                 }
                 let memfd = shadow::fill(&p.task, kfd, size)?;
-                let mut oflags = if acc == O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
+                let mut oflags = if acc == O_WRONLY {
+                    OFlags::WRONLY
+                } else {
+                    OFlags::RDWR
+                };
                 if flags & O_APPEND != 0 {
                     oflags |= OFlags::APPEND;
                 }
@@ -225,8 +245,8 @@ impl Engine {
         let n = guest.install_fd(host.as_fd(), None, cloexec)?;
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
         if n != kfd {
-            lkl(&p.task, g::DUP3, [kfd as u64, n as u64, 0, 0, 0, 0])?;
-            let _ = lkl(&p.task, g::CLOSE, [kfd as u64, 0, 0, 0, 0, 0]);
+            lkl(&p.task, g::DUP3, [fdv(kfd), fdv(n), 0, 0, 0, 0])?;
+            let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
         }
         let (gfd, entry) = procs::entry(n, kind, cloexec)?;
         p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
@@ -247,15 +267,19 @@ impl Engine {
 
     /// Drops guest FD `fd` of `pid` from the kernel side (writing a shadow back first).
     fn forget(&mut self, pid: u32, fd: i32) {
-        let Some(p) = self.procs.get_mut(pid) else { return };
-        let Ok(gfd) = GuestFd::from_raw(fd) else { return };
+        let Some(p) = self.procs.get_mut(pid) else {
+            return;
+        };
+        let Ok(gfd) = GuestFd::from_raw(fd) else {
+            return;
+        };
         if p.fds.get(gfd).is_none() {
             return;
         }
         if let Some(w) = p.writable.remove(&fd) {
             let _ = w.write_back(&p.task, fd);
         }
-        let _ = lkl(&p.task, g::CLOSE, [fd as u64, 0, 0, 0, 0, 0]);
+        let _ = lkl(&p.task, g::CLOSE, [fdv(fd), 0, 0, 0, 0, 0]);
         let _ = p.fds.remove(gfd);
     }
 
@@ -265,7 +289,9 @@ impl Engine {
     }
 
     pub(super) fn close_range(&mut self, pid: u32, args: [u64; 6]) -> Reply {
-        let Some(p) = self.procs.get_mut(pid) else { return Reply::Continue };
+        let Some(p) = self.procs.get_mut(pid) else {
+            return Reply::Continue;
+        };
         let open: Vec<i32> = p
             .fds
             .iter()
@@ -309,7 +335,7 @@ impl Engine {
         }
         let n = guest.install_fd(host.as_fd(), at, cloexec)?;
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
-        lkl(&p.task, g::DUP3, [fd as u64, n as u64, 0, 0, 0, 0])?;
+        lkl(&p.task, g::DUP3, [fdv(fd), fdv(n), 0, 0, 0, 0])?;
         let (gfd, entry) = procs::entry(n, kind, cloexec)?;
         p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
         if let Some(w) = p.writable.get(&fd).cloned() {
@@ -401,14 +427,20 @@ impl Engine {
     }
 
     fn stat_into(&self, guest: &dyn Guest, pid: u32, fd: i32, addr: u64) -> Reply {
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         if let Some(w) = p.writable.get(&fd) {
             let _ = w.write_back(&p.task, fd);
         }
         let mut buf = [0u8; GENERIC_STAT_SIZE];
-        let r = lkl(&p.task, g::FSTAT, [fd as u64, ptr(buf.as_mut_ptr()), 0, 0, 0, 0])
-            .and_then(|_| put_stat(guest, addr, &buf))
-            .map(|()| 0);
+        let r = lkl(
+            &p.task,
+            g::FSTAT,
+            [fdv(fd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
+        )
+        .and_then(|_| put_stat(guest, addr, &buf))
+        .map(|()| 0);
         r.into()
     }
 
@@ -429,18 +461,41 @@ impl Engine {
             Ok(d) => d,
             Err(e) => return Reply::Fail(e),
         };
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         let mut buf = [0u8; GENERIC_STAT_SIZE];
         let r = lkl(
             &p.task,
             g::NEWFSTATAT,
-            [dirfd, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), args[3], 0, 0],
+            [
+                dirfd,
+                ptr(path.as_ptr()),
+                ptr(buf.as_mut_ptr()),
+                args[3],
+                0,
+                0,
+            ],
         )
         .and_then(|_| {
             let st = GenericStat::from_bytes(&buf);
             if self.procs.any_writable() && st.st_mode & S_IFMT == S_IFREG {
-                self.procs.sync_file(FileId { dev: st.st_dev, ino: st.st_ino });
-                lkl(&p.task, g::NEWFSTATAT, [dirfd, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), args[3], 0, 0])?;
+                self.procs.sync_file(FileId {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                });
+                lkl(
+                    &p.task,
+                    g::NEWFSTATAT,
+                    [
+                        dirfd,
+                        ptr(path.as_ptr()),
+                        ptr(buf.as_mut_ptr()),
+                        args[3],
+                        0,
+                        0,
+                    ],
+                )?;
             }
             put_stat(guest, args[2], &buf)
         })
@@ -470,12 +525,21 @@ impl Engine {
                 Err(e) => return Reply::Fail(e),
             }
         };
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         let mut buf = [0u8; STATX_SIZE];
         let r = lkl(
             &p.task,
             g::STATX,
-            [dirfd, ptr(path.as_ptr()), args[2], args[3], ptr(buf.as_mut_ptr()), 0],
+            [
+                dirfd,
+                ptr(path.as_ptr()),
+                args[2],
+                args[3],
+                ptr(buf.as_mut_ptr()),
+                0,
+            ],
         )
         .and_then(|_| guest.write(args[4], &buf))
         .map(|()| 0);
@@ -487,17 +551,23 @@ impl Engine {
         if self.served(pid, fd).is_none() {
             return Reply::Continue;
         }
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
-        let len = usize::try_from(args[2] & 0xffff_ffff).unwrap_or(0).min(DIRENT_CHUNK);
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        let len = usize::try_from(args[2] & 0xffff_ffff)
+            .unwrap_or(0)
+            .min(DIRENT_CHUNK);
         let mut buf = vec![0u8; len];
         let r = lkl(
             &p.task,
             g::GETDENTS64,
-            [fd as u64, ptr(buf.as_mut_ptr()), len as u64, 0, 0, 0],
+            [fdv(fd), ptr(buf.as_mut_ptr()), len as u64, 0, 0, 0],
         )
         .and_then(|n| {
             let n = usize::try_from(n).unwrap_or(0).min(len);
-            guest.write(args[1], &buf[..n]).map(|()| i64::try_from(n).unwrap_or(0))
+            guest
+                .write(args[1], &buf[..n])
+                .map(|()| i64::try_from(n).unwrap_or(0))
         });
         r.into()
     }
@@ -505,7 +575,7 @@ impl Engine {
     pub(super) fn fchdir(&mut self, pid: u32, raw: u64) -> Reply {
         let fd = fd_arg(raw);
         match (self.served(pid, fd), self.procs.get(pid)) {
-            (Some(_), Some(p)) => lkl(&p.task, g::FCHDIR, [fd as u64, 0, 0, 0, 0, 0]).into(),
+            (Some(_), Some(p)) => lkl(&p.task, g::FCHDIR, [fdv(fd), 0, 0, 0, 0, 0]).into(),
             _ if fd >= 0 && self.host_fd_open(pid, fd) => Reply::Fail(Errno::ENOTDIR),
             _ => Reply::Fail(Errno::EBADF),
         }
@@ -516,12 +586,14 @@ impl Engine {
         if self.served(pid, fd).is_none() {
             return Reply::Continue;
         }
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         if let Some(w) = p.writable.get(&fd)
             && let Err(e) = w.write_back(&p.task, fd)
         {
             return Reply::Fail(e);
         }
-        lkl(&p.task, nr, [fd as u64, 0, 0, 0, 0, 0]).into()
+        lkl(&p.task, nr, [fdv(fd), 0, 0, 0, 0, 0]).into()
     }
 }

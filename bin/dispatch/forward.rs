@@ -91,8 +91,16 @@ pub fn shape(nr: u32) -> Option<&'static [A]> {
 }
 
 impl Engine {
-    pub(super) fn forward(&mut self, guest: &dyn Guest, pid: u32, nr: u32, args: [u64; 6]) -> Reply {
-        let Some(shape) = shape(nr) else { return Reply::Fail(Errno::ENOSYS) };
+    pub(super) fn forward(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> Reply {
+        let Some(shape) = shape(nr) else {
+            return Reply::Fail(Errno::ENOSYS);
+        };
         match self.forward_shaped(guest, pid, nr, shape, args) {
             Ok(Some(v)) => Reply::Value(v),
             Ok(None) => Reply::Continue,
@@ -172,7 +180,9 @@ impl Engine {
                     bufs.push(b);
                 }
                 OutArray(n, size) => {
-                    let len = cap_arg(args[usize::from(n)]).saturating_mul(size).min(MAX_BUF);
+                    let len = cap_arg(args[usize::from(n)])
+                        .saturating_mul(size)
+                        .min(MAX_BUF);
                     let mut b = vec![0u8; len];
                     kargs[i] = ptr(b.as_mut_ptr());
                     out.push((bufs.len(), args[i], false));
@@ -206,28 +216,40 @@ impl Engine {
         };
         // /proc/self/exe is the guest path of the running program (the kernel library's
         // task runs no program of its own).
-        if matches!(path.as_bytes(), b"/proc/self/exe" | b"/proc/thread-self/exe")
-            && let Some(p) = self.procs.get(pid)
+        if matches!(
+            path.as_bytes(),
+            b"/proc/self/exe" | b"/proc/thread-self/exe"
+        ) && let Some(p) = self.procs.get(pid)
             && !p.exe.as_bytes().is_empty()
         {
             let exe = p.exe.as_bytes();
-            let n = exe.len().min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
+            let n = exe
+                .len()
+                .min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
             return match guest.write(args[2], &exe[..n]) {
                 Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
                 Err(e) => Reply::Fail(e),
             };
         }
         let _ = AT_FDCWD;
-        self.forward_shaped(guest, pid, g::READLINKAT, &[Dir, Path, OutLen(3), Int], args)
-            .map(|v| v.unwrap_or(0))
-            .into()
+        self.forward_shaped(
+            guest,
+            pid,
+            g::READLINKAT,
+            &[Dir, Path, OutLen(3), Int],
+            args,
+        )
+        .map(|v| v.unwrap_or(0))
+        .into()
     }
 
     /// uname from the kernel library (its hostname, which the guest may set), with the
     /// machine field of the host the guest's binaries actually run on.
     pub(super) fn uname(&mut self, guest: &dyn Guest, pid: u32, addr: u64) -> Reply {
         const FIELD: usize = 65;
-        let Some(p) = self.procs.get(pid) else { return Reply::Fail(Errno::ESRCH) };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         let mut buf = [0u8; FIELD * 6];
         if let Err(e) = lkl(&p.task, g::UNAME, [ptr(buf.as_mut_ptr()), 0, 0, 0, 0, 0]) {
             return Reply::Fail(e);
@@ -247,7 +269,9 @@ impl Engine {
 
 /// An output capacity, capped: the kernel library writes no more than that anyway.
 fn cap_arg(v: u64) -> usize {
-    usize::try_from(v & 0xffff_ffff).unwrap_or(MAX_BUF).min(MAX_BUF)
+    usize::try_from(v & 0xffff_ffff)
+        .unwrap_or(MAX_BUF)
+        .min(MAX_BUF)
 }
 
 fn len_arg(v: u64) -> Result<usize, Errno> {

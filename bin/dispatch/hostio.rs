@@ -2,10 +2,9 @@
 //! access mode, and peeking at a guest process through /proc. All the engine's `unsafe` is
 //! here.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use kbox_lkl::Errno;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
@@ -66,10 +65,9 @@ impl Mapping {
             ProtFlags::READ
         };
         // SAFETY: a fresh mapping chosen by the kernel; nothing else refers to that range.
-        let addr = unsafe {
-            rustix::mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)
-        }
-        .map_err(errno)?;
+        let addr =
+            unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+                .map_err(errno)?;
         Ok(Mapping { addr, len })
     }
 
@@ -162,7 +160,10 @@ pub fn same_vm(a: u32, b: u32) -> Option<bool> {
 
 /// Whether the process behind `pidfd` has exited.
 pub fn exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
     matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
 }
 
@@ -173,13 +174,10 @@ pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 
 /// Opens a host path for a guest (devices kbox passes through), close-on-exec in kbox.
 pub fn open_host(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()).map_err(errno)
-}
-
-pub fn as_cstring(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
-}
-
-pub fn raw(fd: &impl AsFd) -> i32 {
-    fd.as_fd().as_raw_fd()
+    rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(errno)
 }

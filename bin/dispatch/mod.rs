@@ -60,8 +60,7 @@ pub trait Guest {
     fn read_path(&self, addr: u64) -> Result<CString, Errno>;
     /// Puts a duplicate of `fd` in the guest's FD table at the lowest free number, or at
     /// `at` (replacing what is there, as dup2 does); returns the number.
-    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool)
-    -> Result<i32, Errno>;
+    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool) -> Result<i32, Errno>;
 }
 
 /// Settings the engine needs from the command line.
@@ -125,7 +124,11 @@ impl Engine {
         let outcome = match reply {
             Reply::Value(v) => format!("= {v}"),
             Reply::Fail(e) => {
-                let note = if e == Errno::ENOSYS { " (not handled by kbox)" } else { "" };
+                let note = if e == Errno::ENOSYS {
+                    " (not handled by kbox)"
+                } else {
+                    ""
+                };
                 format!("= -{} {}{note}", e.0, e.describe().map_or("", |d| d.0))
             }
             Reply::Continue => "-> host".to_string(),
@@ -236,6 +239,11 @@ fn arg(v: u64) -> usize {
 /// A guest FD argument (the low 32 bits, as the kernel reads an `int`).
 fn fd_arg(v: u64) -> i32 {
     i32::from_ne_bytes(u32::try_from(v & 0xffff_ffff).unwrap_or(0).to_ne_bytes())
+}
+
+/// An FD number as a register argument (sign-extended, as the kernel reads an `int`).
+fn fdv(fd: i32) -> u64 {
+    u64::from_ne_bytes(i64::from(fd).to_ne_bytes())
 }
 
 /// Runs a kernel-library call on `task` with guest-style u64 arguments.

@@ -92,7 +92,10 @@ impl Procs {
             return Some(tgid);
         }
         self.sweep(shadows);
-        let forked = self.procs.get_mut(&ppid).and_then(|p| p.pending.pop_front());
+        let forked = self
+            .procs
+            .get_mut(&ppid)
+            .and_then(|p| p.pending.pop_front());
         let proc = match forked {
             Some(f) => Proc {
                 task: f.task,

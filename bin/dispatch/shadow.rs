@@ -15,7 +15,7 @@ use kbox_lkl::{Errno, Task};
 use rustix::fs::OFlags;
 
 use super::hostio::{self, Mapping};
-use super::{lkl, ptr};
+use super::{fdv, lkl, ptr};
 
 /// Largest read of a file whose size the kernel library does not report (/proc, /sys).
 const PSEUDO_FILE_MAX: usize = 16 << 20;
@@ -119,7 +119,7 @@ pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
                 task,
                 g::PREAD64,
                 [
-                    kfd as u64,
+                    fdv(kfd),
                     map.addr() + done as u64,
                     (len - done) as u64,
                     done as u64,
@@ -147,7 +147,7 @@ pub fn snapshot(task: &Task, kfd: i32) -> Result<OwnedFd, Errno> {
         let n = lkl(
             task,
             g::READ,
-            [kfd as u64, ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0],
+            [fdv(kfd), ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0],
         )?;
         let n = usize::try_from(n).unwrap_or(0);
         if n == 0 {
@@ -161,7 +161,7 @@ pub fn snapshot(task: &Task, kfd: i32) -> Result<OwnedFd, Errno> {
     }
     // The guest's reads start at 0 on their own description; the kernel library's offset
     // goes back to 0 so that a later write (sysctl) starts there too.
-    let _ = lkl(task, g::LSEEK, [kfd as u64, 0, 0, 0, 0, 0]);
+    let _ = lkl(task, g::LSEEK, [fdv(kfd), 0, 0, 0, 0, 0]);
     Ok(fd)
 }
 
@@ -215,7 +215,7 @@ impl Writable {
                 task,
                 g::PWRITE64,
                 [
-                    kfd as u64,
+                    fdv(kfd),
                     map.addr() + done as u64,
                     (len - done) as u64,
                     done as u64,
@@ -228,7 +228,7 @@ impl Writable {
             }
             done += usize::try_from(n).unwrap_or(0);
         }
-        match lkl(task, g::FTRUNCATE, [kfd as u64, len as u64, 0, 0, 0, 0]) {
+        match lkl(task, g::FTRUNCATE, [fdv(kfd), len as u64, 0, 0, 0, 0]) {
             // Pseudo files (sysctl) take writes but not truncation.
             Ok(_) | Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
             Err(e) => return Err(e),

@@ -315,7 +315,11 @@ fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
     if let Some(dir) = &cmd.cwd
         && let Err(e) = rustix::process::chdir(dir.as_c_str())
     {
-        fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error(), EXIT_SETUP_FAILED)
+        fail(
+            STEP_PARENT_DEATH_SIGNAL,
+            e.raw_os_error(),
+            EXIT_SETUP_FAILED,
+        )
     }
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =
