@@ -79,9 +79,20 @@ impl RuntimeError {
     }
 }
 
-/// The seccomp tier's view of one notified thread.
-struct SeccompGuest<'a, 'fd> {
-    pending: &'a Pending<'fd>,
+/// The seccomp tier's view of one notified thread. The notification moves out when the
+/// engine answers with an FD (ADDFD with SEND), so it is answered exactly once.
+struct SeccompGuest<'fd> {
+    notif: crate::seccomp::notify::Notification,
+    pending: std::cell::RefCell<Option<Pending<'fd>>>,
+}
+
+impl SeccompGuest<'_> {
+    fn with<T>(&self, f: impl FnOnce(&Pending<'_>) -> Result<T, Errno>) -> Result<T, Errno> {
+        match self.pending.borrow().as_ref() {
+            Some(p) => f(p),
+            None => Err(Errno::EINVAL),
+        }
+    }
 }
 
 fn mem_errno(e: MemError) -> Errno {
@@ -92,13 +103,13 @@ fn mem_errno(e: MemError) -> Errno {
     }
 }
 
-impl Guest for SeccompGuest<'_, '_> {
+impl Guest for SeccompGuest<'_> {
     fn tid(&self) -> u32 {
-        self.pending.notification().pid
+        self.notif.pid
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        guest_mem::read_checked(self.pending, addr, buf).map_err(mem_errno)
+        self.with(|p| guest_mem::read_checked(p, addr, buf).map_err(mem_errno))
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
@@ -106,16 +117,22 @@ impl Guest for SeccompGuest<'_, '_> {
     }
 
     fn read_path(&self, addr: u64) -> Result<CString, Errno> {
-        guest_mem::read_cstr_checked(self.pending, addr, PATH_MAX).map_err(mem_errno)
+        self.with(|p| guest_mem::read_cstr_checked(p, addr, PATH_MAX).map_err(mem_errno))
     }
 
-    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool) -> Result<i32, Errno> {
+    fn answer_with_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        at: Option<i32>,
+        cloexec: bool,
+    ) -> Result<i32, Errno> {
         let target = match at {
             Some(n) => FdTarget::At(u32::try_from(n).map_err(|_| Errno::EBADF)?),
             None => FdTarget::Lowest,
         };
-        self.pending
-            .add_fd(fd, target, cloexec)
+        let pending = self.pending.borrow_mut().take().ok_or(Errno::EINVAL)?;
+        pending
+            .respond_add_fd(fd, target, cloexec)
             .map_err(|e| match e {
                 NotifyError::AddFd(errno) => Errno(i32::from(errno.get())),
                 NotifyError::Gone => Errno::ESRCH,
@@ -134,7 +151,9 @@ pub fn run(config: &Config) -> Result<Exit, RuntimeError> {
     let kernel = Kernel::boot(&BootConfig {
         memory_mib,
         cmdline,
-        verbose: config.verbose,
+        // -v is about the guest's syscalls; the kernel's boot log stays out of it (errors
+        // quote its tail).
+        verbose: false,
     })
     .map_err(RuntimeError::Boot)?;
     let result = run_booted(&kernel, disk, config);
@@ -260,7 +279,16 @@ fn serve(
 fn answer(engine: &mut Engine, pending: Pending<'_>) {
     let n = *pending.notification();
     let nr = u32::try_from(n.nr).unwrap_or(u32::MAX);
-    let reply = engine.handle(&SeccompGuest { pending: &pending }, nr, n.args);
+    let guest = SeccompGuest {
+        notif: n,
+        pending: std::cell::RefCell::new(Some(pending)),
+    };
+    let reply = engine.handle(&guest, nr, n.args);
+    // Already answered with an FD: nothing more to send.
+    let Some(pending) = guest.pending.into_inner() else {
+        engine.after_reply();
+        return;
+    };
     // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
     let _ = match reply {
         Reply::Value(v) => pending.respond_value(v),

@@ -6,7 +6,7 @@ set -euo pipefail
 apt_pkgs=(
   linux-source-6.12 bc flex bison            # the kernel library's source and build tools
   musl-tools                                 # static guest test programs
-  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static  # ARCH=aarch64
+  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static  # ARCH=aarch64
   busybox-static e2fsprogs fakeroot debootstrap debian-archive-keyring gpgv  # guest images
   binutils                                   # objdump: the decoder's reference
   proot hyperfine                            # make bench

@@ -44,6 +44,8 @@ pub struct ExecDir {
     empty: PathBuf,
     /// Relative name in `root` to the store key linked there.
     linked: HashMap<Vec<u8>, String>,
+    /// Each program version's PT_INTERP (path, file offset, length), once read.
+    interps: HashMap<String, Option<(Vec<u8>, usize, usize)>>,
     generated: u32,
 }
 
@@ -61,6 +63,7 @@ impl ExecDir {
             empty: dir("empty")?,
             base,
             linked: HashMap::new(),
+            interps: HashMap::new(),
             generated: 0,
         })
     }
@@ -109,38 +112,50 @@ impl ExecDir {
 
 impl ExecDir {
     /// Prepares the host copy of the ELF program `path` and returns its relative name.
-    fn prepare_elf(
-        &mut self,
-        task: &Task,
-        img: &Image,
-        name: &[u8],
-        head: &[u8],
-    ) -> Result<(), Errno> {
-        let whole = img.read_all(task)?;
-        let interp = interp_range(&whole)?;
-        let Some((off, len)) = interp else {
-            return self.link(name, &img.key(""), &|| Ok(whole.clone()));
+    /// Links the host copy of ELF program `img` at `name` (and its interpreter's copy at
+    /// the interpreter's relative name). Files are read only when their version is not in
+    /// the store yet, so a repeated exec costs a few stats.
+    fn prepare_elf(&mut self, task: &Task, img: &Image, name: &[u8]) -> Result<(), Errno> {
+        let key = img.key("");
+        let interp = match self.interps.get(&key) {
+            Some(i) => i.clone(),
+            None => {
+                let whole = img.read_all(task)?;
+                let i = interp_range(&whole)?.map(|(off, len)| {
+                    let s = &whole[off..off + len];
+                    (s.split(|&b| b == 0).next().unwrap_or(b"").to_vec(), off, len)
+                });
+                self.interps.insert(key.clone(), i.clone());
+                i
+            }
         };
-        let _ = head;
-        let ipath = &whole[off..off + len];
-        let ipath = ipath.split(|&b| b == 0).next().unwrap_or(b"");
-        let iname = relative_name(ipath).ok_or(Errno::ENOEXEC)?;
+        let Some((ipath, off, len)) = interp else {
+            return self.link(name, &key, &|| img.read_all(task));
+        };
+        let iname = relative_name(&ipath).ok_or(Errno::ENOEXEC)?;
+        if iname.len() >= len {
+            return Err(Errno::ENOEXEC);
+        }
         let icstr = CString::new(ipath).map_err(|_| Errno::ENOEXEC)?;
         let iimg = Image::open(task, AT_FDCWD, &icstr)
             .map_err(|e| if e == Errno::EACCES { e } else { Errno::ENOENT })?;
-        let ibytes = iimg.read_all(task);
-        let ikey = iimg.key("");
+        let linked = self.link(&iname, &iimg.key(""), &|| {
+            let bytes = iimg.read_all(task)?;
+            // An interpreter that wants an interpreter is not loadable (Linux: ELIBBAD).
+            match interp_range(&bytes)? {
+                Some(_) => Err(Errno::ELIBBAD),
+                None => Ok(bytes),
+            }
+        });
         iimg.close(task);
-        let ibytes = ibytes?;
-        if interp_range(&ibytes)?.is_some() {
-            return Err(Errno::ELIBBAD);
-        }
-        self.link(&iname, &ikey, &|| Ok(ibytes.clone()))?;
-        let mut patched = whole;
-        let slot = &mut patched[off..off + len];
-        slot.fill(0);
-        slot[..iname.len().min(len - 1)].copy_from_slice(&iname[..iname.len().min(len - 1)]);
-        self.link(name, &img.key("-i"), &|| Ok(patched.clone()))
+        linked?;
+        self.link(name, &img.key("-i"), &|| {
+            let mut patched = img.read_all(task)?;
+            let slot = patched.get_mut(off..off + len).ok_or(Errno::ENOEXEC)?;
+            slot.fill(0);
+            slot[..iname.len()].copy_from_slice(&iname);
+            Ok(patched)
+        })
     }
 
     fn prepare_script(
@@ -182,7 +197,7 @@ impl ExecDir {
         );
         let ihead = &ihead[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
         let r = if ihead.starts_with(b"\x7fELF") {
-            self.prepare_elf(task, &iimg, &iname, ihead)
+            self.prepare_elf(task, &iimg, &iname)
         } else if ihead.starts_with(b"#!") {
             self.prepare_script(task, &iimg, &iname, ihead, depth + 1)
         } else {
@@ -458,7 +473,7 @@ impl Engine {
         let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
         let mut alias = None;
         let prepared = if head.starts_with(b"\x7fELF") {
-            exec.prepare_elf(task, &img, &name, head)
+            exec.prepare_elf(task, &img, &name)
         } else if head.starts_with(b"#!") {
             alias = Some(name.clone());
             exec.prepare_script(task, &img, &name, head, 0)

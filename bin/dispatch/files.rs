@@ -181,7 +181,7 @@ impl Engine {
             _ => OFlags::RDONLY,
         };
         let fd = hostio::open_host(&host, acc)?;
-        let n = guest.install_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
+        let n = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
         Ok(Some(i64::from(n)))
     }
 
@@ -242,7 +242,7 @@ impl Engine {
             }
             _ => return Err(Errno::ENXIO),
         };
-        let n = guest.install_fd(host.as_fd(), None, cloexec)?;
+        let n = guest.answer_with_fd(host.as_fd(), None, cloexec)?;
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
         if n != kfd {
             lkl(&p.task, g::DUP3, [fdv(kfd), fdv(n), 0, 0, 0, 0])?;
@@ -333,7 +333,7 @@ impl Engine {
         if let Some(at) = at {
             self.forget(pid, at);
         }
-        let n = guest.install_fd(host.as_fd(), at, cloexec)?;
+        let n = guest.answer_with_fd(host.as_fd(), at, cloexec)?;
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
         lkl(&p.task, g::DUP3, [fdv(fd), fdv(n), 0, 0, 0, 0])?;
         let (gfd, entry) = procs::entry(n, kind, cloexec)?;
@@ -554,6 +554,17 @@ impl Engine {
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
+        // The guest seeks its host placeholder (rewinddir is lseek(fd, 0, SEEK_SET)); kbox
+        // leaves the placeholder at 1 after each read, so 0 means "rewound" (or "fresh").
+        let placeholder = p
+            .pidfd
+            .as_ref()
+            .and_then(|pidfd| hostio::guest_file(pidfd.as_fd(), fd).ok());
+        if let Some(h) = &placeholder
+            && rustix::fs::seek(h, rustix::fs::SeekFrom::Current(0)) == Ok(0)
+        {
+            let _ = lkl(&p.task, g::LSEEK, [fdv(fd), 0, 0, 0, 0, 0]);
+        }
         let len = usize::try_from(args[2] & 0xffff_ffff)
             .unwrap_or(0)
             .min(DIRENT_CHUNK);
@@ -569,6 +580,9 @@ impl Engine {
                 .write(args[1], &buf[..n])
                 .map(|()| i64::try_from(n).unwrap_or(0))
         });
+        if let Some(h) = &placeholder {
+            let _ = rustix::fs::seek(h, rustix::fs::SeekFrom::Start(1));
+        }
         r.into()
     }
 

@@ -59,8 +59,15 @@ pub trait Guest {
     /// A NUL-terminated string of at most PATH_MAX bytes (ENAMETOOLONG past that).
     fn read_path(&self, addr: u64) -> Result<CString, Errno>;
     /// Puts a duplicate of `fd` in the guest's FD table at the lowest free number, or at
-    /// `at` (replacing what is there, as dup2 does); returns the number.
-    fn install_fd(&self, fd: BorrowedFd<'_>, at: Option<i32>, cloexec: bool) -> Result<i32, Errno>;
+    /// `at` (replacing what is there, as dup2 does), and makes that number the call's
+    /// result in the same step (one round trip for the seccomp tier). The engine still
+    /// returns `Reply::Value(number)`; a tier that has already answered ignores it.
+    fn answer_with_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        at: Option<i32>,
+        cloexec: bool,
+    ) -> Result<i32, Errno>;
 }
 
 /// Settings the engine needs from the command line.
