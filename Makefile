@@ -39,7 +39,7 @@ include mk/bench.mk
 
 all: kbox
 
-check: deps fmt-check clippy check-core check-arch check-lkl check-rootfs check-kbox
+check: deps fmt-check clippy check-core check-arch check-lkl check-rootfs check-kbox check-bench
 	@echo "make check: all suites passed"
 
 fmt-check:

@@ -300,6 +300,26 @@ fn guest_test_programs_pass_in_kbox() {
 }
 
 #[test]
+fn exec_keeps_argv_intact_even_when_argv0_is_the_path() {
+    let img = Image::default("argv");
+    // The shell passes the path string itself as argv[0] here.
+    let out = expect(&img.sh("exec /opt/kbox-tests/hello 'a b' c"), 0);
+    assert_eq!(
+        out,
+        "hello from kbox guest: argc=3\nargv[0]=/opt/kbox-tests/hello\nargv[1]=a b\nargv[2]=c\n"
+    );
+    let out = expect(&img.sh("cd /opt && ./kbox-tests/hello x; echo rc=$?"), 0);
+    assert!(out.contains("argv[0]=./kbox-tests/hello\n"), "{out}");
+    // A script: the interpreter comes from the image, the script's arguments follow.
+    let out = expect(
+        &img.sh("printf '#!/bin/sh -e\\necho script \\\"$@\\\"\\n' > /s.sh && chmod +x /s.sh && /s.sh 1 2"),
+        0,
+    );
+    // (the script's echo prints its quotes literally)
+    assert_eq!(out, "script \"1 2\"\n");
+}
+
+#[test]
 fn fork_exec_storm_of_200_children() {
     let img = Image::default("storm");
     let out = expect(
@@ -454,5 +474,20 @@ fn dynamic_glibc_programs_from_the_debian_image_run() {
         0,
     );
     assert_eq!(out, "['bin', 'boot'] 3\n");
+    // glibc's system() and subprocess use vfork/posix_spawn (the child shares the parent's
+    // memory until it execs): both calls must work, so the parent's strings are intact.
+    let out = expect(
+        &img.run(
+            &["-S"],
+            &[
+                "/usr/bin/python3",
+                "-c",
+                "import os, subprocess; os.system('/bin/echo one'); os.system('/bin/echo two'); \
+                 print(subprocess.run(['/bin/echo', 'three'], capture_output=True, text=True).stdout, end='')",
+            ],
+        ),
+        0,
+    );
+    assert_eq!(out, "one\ntwo\nthree\n");
     img.assert_clean();
 }

@@ -123,7 +123,11 @@ impl ExecDir {
                 let whole = img.read_all(task)?;
                 let i = interp_range(&whole)?.map(|(off, len)| {
                     let s = &whole[off..off + len];
-                    (s.split(|&b| b == 0).next().unwrap_or(b"").to_vec(), off, len)
+                    (
+                        s.split(|&b| b == 0).next().unwrap_or(b"").to_vec(),
+                        off,
+                        len,
+                    )
                 });
                 self.interps.insert(key.clone(), i.clone());
                 i
@@ -404,8 +408,8 @@ fn interp_range(elf: &[u8]) -> Result<Option<(usize, usize)>, Errno> {
 pub struct Restore {
     parent: u32,
     child: u32,
-    addr: u64,
-    bytes: Vec<u8>,
+    /// (address, original bytes), put back in this order.
+    undo: Vec<(u64, Vec<u8>)>,
 }
 
 impl Engine {
@@ -416,11 +420,11 @@ impl Engine {
         pid: u32,
         dirfd: u64,
         path_addr: u64,
-        _argv: u64,
+        argv: u64,
         _envp: u64,
         _flags: u64,
     ) -> Reply {
-        match self.exec_prepare(guest, pid, dirfd, path_addr) {
+        match self.exec_prepare(guest, pid, dirfd, path_addr, argv) {
             Ok(()) => Reply::Continue,
             Err(e) => Reply::Fail(e),
         }
@@ -432,11 +436,15 @@ impl Engine {
         pid: u32,
         dirfd: u64,
         path_addr: u64,
+        argv: u64,
     ) -> Result<(), Errno> {
         let mut path = guest.read_path(path_addr)?;
         if path.as_bytes().is_empty() {
             return Err(Errno::ENOENT);
         }
+        // The guest's buffer: the host name must fit in it (/proc/self/exe is replaced by
+        // a path that may be longer).
+        let buffer_len = path.as_bytes().len();
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         if matches!(
             path.as_bytes(),
@@ -448,12 +456,11 @@ impl Engine {
         let dirfd = self.dirfd(pid, dirfd, path.as_bytes())?;
         let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
         let exec = &mut self.exec;
-        let original_len = path.as_bytes().len();
         let name = match relative_name(path.as_bytes()) {
-            Some(n) => n,
-            None => exec.generate(),
+            Some(n) if n.len() <= buffer_len => n,
+            _ => exec.generate(),
         };
-        if name.len() > original_len {
+        if name.len() > buffer_len {
             return Err(Errno::ENAMETOOLONG);
         }
         let img = Image::open(task, dirfd, &path)?;
@@ -498,21 +505,37 @@ impl Engine {
         );
         // The relative name replaces the guest's path string for the host's execve.
         let tid = guest.tid();
-        let mut original = vec![0u8; name.len() + 1];
+        let mut undo = Vec::new();
+        let mut original = vec![0u8; buffer_len + 1];
         hostio::force_read(tid, path_addr, &mut original)?;
+        // argv[0] is often the very same string (execvp(argv[0], argv)): give the program
+        // its own copy, below the caller's stack pointer, so its argv stays intact.
+        if argv != 0 {
+            let mut slot = [0u8; 8];
+            guest.read(argv, &mut slot)?;
+            let arg0 = u64::from_le_bytes(slot);
+            let end = path_addr + original.len() as u64;
+            if arg0 >= path_addr && arg0 < end {
+                let copy_at = scratch_below_sp(tid, original.len())?;
+                let offset = usize::try_from(arg0 - path_addr).unwrap_or(0);
+                hostio::force_write(tid, copy_at, &original[offset..])?;
+                hostio::force_write(tid, argv, &copy_at.to_le_bytes())?;
+                undo.push((argv, slot.to_vec()));
+            }
+        }
         let mut with_nul = name.clone();
         with_nul.push(0);
         hostio::force_write(tid, path_addr, &with_nul)?;
+        undo.push((path_addr, original));
         self.close_on_exec(pid);
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
         if let Some(parent) = p.vm_parent.take() {
-            // The path lives in memory the parent shares until the exec is done: put the
+            // The strings live in memory the parent shares until the exec is done: put the
             // parent's bytes back then.
             self.restore = Some(Restore {
                 parent,
                 child: pid,
-                addr: path_addr,
-                bytes: original,
+                undo,
             });
         }
         p.aliases.clear();
@@ -549,7 +572,9 @@ impl Engine {
         {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
-        let _ = hostio::force_write(r.parent, r.addr, &r.bytes);
+        for (addr, bytes) in r.undo.iter().rev() {
+            let _ = hostio::force_write(r.parent, *addr, bytes);
+        }
     }
 
     pub(super) fn clone(&mut self, pid: u32, flags: u64) -> Reply {
@@ -573,6 +598,20 @@ impl Engine {
         self.procs.exit(pid, &mut self.shadows);
         Reply::Continue
     }
+}
+
+/// A 16-byte aligned guest address with `len` free bytes well below the calling thread's
+/// stack pointer (past the 128-byte red zone): memory nothing live uses while the thread
+/// waits in execve. The stack pointer comes from /proc/TID/syscall.
+fn scratch_below_sp(tid: u32, len: usize) -> Result<u64, Errno> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{tid}/syscall")).map_err(|_| Errno::EFAULT)?;
+    let sp = text
+        .split_whitespace()
+        .nth(7)
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .ok_or(Errno::EFAULT)?;
+    Ok(sp.checked_sub(1024 + len as u64).ok_or(Errno::EFAULT)? & !15)
 }
 
 /// `path` made absolute against the task's cwd (for /proc/self/exe).

@@ -244,7 +244,13 @@ impl Pending<'_> {
 
     /// Installs `src` in the guest without answering (the notification stays pending);
     /// returns the guest's fd number. For calls that create several fds (pipe, socketpair).
-    #[cfg_attr(not(test), expect(dead_code, reason = "the engine answers with its one FD; multi-FD calls are not served yet"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine answers with its one FD; multi-FD calls are not served yet"
+        )
+    )]
     pub fn add_fd(
         &self,
         src: BorrowedFd<'_>,

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""make bench's guest part: the same micro-benchmark and workloads natively, under kbox (each
+tier that exists) and under proot, in one run, printed as one markdown table.
+
+Native and proot run on a copy of the image's tree extracted to a host directory; kbox runs
+on a copy of the image itself. Every figure is a median of repeated runs; a command that
+fails stops the benchmark (a wrong result is not a time).
+
+usage: bench.py --kbox KBOX --image ROOTFS [--debian IMAGE] [--calls N] [--runs N] [--save DIR]
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# (name, prepare (untimed), run (timed)); {R} is the tree's root, "" inside a sandbox.
+WORKLOADS = [
+    (
+        "tar c + tar x, 2,000 small files",
+        "mkdir -p {R}/var/wl/src && cd {R}/var/wl/src && i=0; "
+        "while [ $i -lt {F} ]; do echo file $i > f$i; i=$((i+1)); done",
+        "cd {R}/var/wl && rm -rf x t.tar && tar cf t.tar src && mkdir x && cd x && tar xf ../t.tar "
+        "&& [ $(ls | wc -l) -eq 1 ] && [ $(ls src | wc -l) -eq {F} ]",
+    ),
+    ("find / -type f | wc -l", None, "find {R}/ -xdev -type f | wc -l >/dev/null"),
+    (
+        "shell loop, 1,000 × echo/test/[",
+        None,
+        "i=0; while [ $i -lt {N} ]; do echo $i >/dev/null; test $i -ge 0; [ $i -lt {N} ]; "
+        "i=$((i+1)); done",
+    ),
+    (
+        "sort of a 10 MB file",
+        "mkdir -p {R}/var/wl && awk 'BEGIN { srand(1); for (i = 0; i < {L}; i++) "
+        'printf "%09d\\n", int(rand() * 1e9) }\' > {R}/var/wl/big',
+        "sort {R}/var/wl/big > {R}/var/wl/sorted && [ $(wc -l < {R}/var/wl/sorted) -eq {L} ]",
+    ),
+]
+
+PYTHON_SCRIPT = (
+    "import os, sys; n = sum(1 for _ in os.scandir(sys.prefix + '/lib/python3.11')); "
+    "assert n > 10, n; print(n)"
+)
+
+
+def fill(template, **values):
+    """Substitutes {NAME} placeholders (str.format would trip over awk's braces)."""
+    for k, v in values.items():
+        template = template.replace("{" + k + "}", str(v))
+    return template
+
+
+def die(msg):
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(argv, env=None, cwd=None):
+    """Runs argv, returns (seconds, stdout); a failure stops the benchmark."""
+    start = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, env=env, cwd=cwd)
+    elapsed = time.perf_counter() - start
+    if p.returncode != 0:
+        die(f"{' '.join(argv[:6])}... exited {p.returncode}: {p.stderr.decode(errors='replace')[-400:]}")
+    return elapsed, p.stdout.decode(errors="replace")
+
+
+def extract(image, into):
+    os.makedirs(into, exist_ok=True)
+    p = subprocess.run(["debugfs", "-R", f"rdump / {into}", image], capture_output=True)
+    if p.returncode != 0:
+        die(f"cannot extract {image}")
+
+
+def copy_image(image, into):
+    subprocess.run(["cp", "--sparse=always", image, into], check=True)
+    return into
+
+
+class Env:
+    """One column: how to run a shell command and a program in it."""
+
+    def __init__(self, name, tree=None, image=None, kbox=None):
+        self.name, self.tree, self.image, self.kbox = name, tree, image, kbox
+
+    def root(self):
+        return self.tree if self.name == "native" else ""
+
+    def argv(self, prog_args):
+        if self.name == "native":
+            return [self.tree + prog_args[0]] + prog_args[1:]
+        if self.name == "proot":
+            return ["proot", "-r", self.tree, "-b", "/proc", "-b", "/dev", "-w", "/"] + prog_args
+        return [self.kbox, "-S", self.image, "--"] + prog_args
+
+    def sh(self, script):
+        if self.name == "native":
+            env = dict(os.environ, PATH=f"{self.tree}/bin:{self.tree}/usr/bin:{self.tree}/sbin")
+            return [self.tree + "/bin/busybox", "sh", "-c", script], env
+        return self.argv(["/bin/sh", "-c", script]), None
+
+
+def micro(env, calls):
+    work = "/tmp/bench-" + env.name.replace(" ", "-")
+    if env.name == "native":
+        os.makedirs(env.tree + work, exist_ok=True)
+        argv = [env.tree + "/opt/kbox-tests/bench", env.tree + work, str(calls)]
+    else:
+        if env.name == "proot":
+            os.makedirs(env.tree + work, exist_ok=True)
+            argv = env.argv(["/opt/kbox-tests/bench", work, str(calls)])
+        else:
+            argv = env.argv(["/bin/sh", "-c", f"mkdir -p {work} && exec /opt/kbox-tests/bench {work} {calls}"])
+    _, out = run(argv)
+    return {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.strip()}
+
+
+def workloads(env, runs, scale):
+    results = {}
+    sizes = dict(F=max(1, 2000 // scale), L=max(1, 1000000 // scale), N=max(1, 1000 // scale))
+    for name, prep, body in WORKLOADS:
+        r = env.root()
+        if prep:
+            argv, e = env.sh(fill(prep, R=r, **sizes))
+            run(argv, env=e)
+        times = []
+        for _ in range(runs):
+            argv, e = env.sh(fill(body, R=r, **sizes))
+            t, _ = run(argv, env=e)
+            times.append(t)
+        results[name] = statistics.median(times)
+    return results
+
+
+def python_workload(env, runs):
+    if env.name == "native":
+        argv = [env.tree + "/usr/bin/python3", "-c", PYTHON_SCRIPT]
+    else:
+        argv = env.argv(["/usr/bin/python3", "-c", PYTHON_SCRIPT])
+    return statistics.median(run(argv)[0] for _ in range(runs))
+
+
+def kbox_startup_and_rss(kbox, image, runs):
+    times = [run([kbox, "-S", image, "--", "/bin/true"])[0] for _ in range(runs)]
+    p = subprocess.Popen([kbox, "-S", image, "--", "/bin/sh", "-c", "find / -xdev -type f | wc -l"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        die("kbox find run failed")
+    return statistics.median(times), usage.ru_maxrss / 1024
+
+
+def fmt_ratio(value, base):
+    if value is None:
+        return "—"
+    return f"{value:.3g} ({value / base:.1f}×)"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kbox", required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--debian")
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--save")
+    ap.add_argument("--scale-down", type=int, default=1,
+                    help="divide workload sizes by this (make check runs everything tiny)")
+    a = ap.parse_args()
+    have_proot = shutil.which("proot") is not None
+    with tempfile.TemporaryDirectory(prefix="kbox-bench.") as tmp:
+        tree = os.path.join(tmp, "tree")
+        extract(a.image, tree)
+        image = copy_image(a.image, os.path.join(tmp, "rootfs.ext4"))
+        envs = [Env("native", tree=tree), Env("kbox seccomp", image=image, kbox=a.kbox)]
+        if have_proot:
+            envs.append(Env("proot", tree=tree))
+        m, w, py = {}, {}, {}
+        for e in envs:
+            print(f"bench: {e.name}: micro-benchmark", file=sys.stderr)
+            m[e.name] = micro(e, a.calls)
+            print(f"bench: {e.name}: workloads", file=sys.stderr)
+            w[e.name] = workloads(e, a.runs, a.scale_down)
+        if a.debian:
+            dtree = os.path.join(tmp, "debian")
+            extract(a.debian, dtree)
+            dimage = copy_image(a.debian, os.path.join(tmp, "debian.ext4"))
+            denvs = [Env("native", tree=dtree), Env("kbox seccomp", image=dimage, kbox=a.kbox)]
+            if have_proot:
+                denvs.append(Env("proot", tree=dtree))
+            for e in denvs:
+                print(f"bench: {e.name}: python3", file=sys.stderr)
+                py[e.name] = python_workload(e, a.runs)
+        startup, rss = kbox_startup_and_rss(a.kbox, image, max(a.runs, 5))
+
+    cols = [e.name for e in envs]
+    lines = [
+        f"kbox bench, {datetime.date.today()}, {cpu_name()}, {os.cpu_count()} CPUs, "
+        f"host kernel {platform.release()}; micro: median of 7 batches of {a.calls} calls; "
+        f"workloads: median of {a.runs} runs",
+        "",
+        "| operation | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for op, base in m["native"].items():
+        cells = [f"{base:.3g} µs"] + [fmt_ratio(m[c].get(op), base) for c in cols[1:]]
+        lines.append(f"| {op} (µs/call) | " + " | ".join(cells) + " |")
+    for op, base in w["native"].items():
+        cells = [f"{base:.3g} s"] + [fmt_ratio(w[c].get(op), base) for c in cols[1:]]
+        label = op.replace("|", "\\|")
+        lines.append(f"| {label} (s) | " + " | ".join(cells) + " |")
+    if py:
+        base = py["native"]
+        cells = [f"{base:.3g} s"] + [fmt_ratio(py.get(c), base) for c in cols[1:]]
+        lines.append("| python3 start-up + script, Debian image (s) | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"kbox start-up (boot the kernel library, mount the image, exec /bin/true, exit): "
+        f"{startup * 1000:.1f} ms; kbox peak RSS during `find / -type f`: {rss:.1f} MiB",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if a.save:
+        os.makedirs(a.save, exist_ok=True)
+        cpu = "".join(ch if ch.isalnum() else "-" for ch in cpu_name()).strip("-").lower()
+        path = os.path.join(a.save, f"{datetime.date.today()}-{cpu}.md")
+        with open(path, "w") as f:
+            f.write(table + "\n")
+        print(f"bench: saved {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
