@@ -3,8 +3,9 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
 
 use kbox_core::bpf::Action;
 use kbox_core::sysno::generic as g;
@@ -80,13 +81,27 @@ impl RuntimeError {
 }
 
 /// The seccomp tier's view of one notified thread. The notification moves out when the
-/// engine answers with an FD (ADDFD with SEND), so it is answered exactly once.
-struct SeccompGuest<'fd> {
+/// engine answers with an FD (ADDFD with SEND) or defers the answer, so it is answered
+/// exactly once.
+struct SeccompGuest {
     notif: crate::seccomp::notify::Notification,
-    pending: std::cell::RefCell<Option<Pending<'fd>>>,
+    pending: std::cell::RefCell<Option<Pending<'static>>>,
 }
 
-impl SeccompGuest<'_> {
+/// A notification answered later, from another thread.
+struct Deferred(Pending<'static>);
+
+impl dispatch::Answer for Deferred {
+    fn fail(self: Box<Self>, e: Errno) {
+        let _ = self.0.respond_errno(core_errno(e));
+    }
+
+    fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool) {
+        let _ = self.0.respond_add_fd(fd, FdTarget::Lowest, cloexec);
+    }
+}
+
+impl SeccompGuest {
     fn with<T>(&self, f: impl FnOnce(&Pending<'_>) -> Result<T, Errno>) -> Result<T, Errno> {
         match self.pending.borrow().as_ref() {
             Some(p) => f(p),
@@ -103,7 +118,12 @@ fn mem_errno(e: MemError) -> Errno {
     }
 }
 
-impl Guest for SeccompGuest<'_> {
+impl Guest for SeccompGuest {
+    fn defer(&self) -> Option<Box<dyn dispatch::Answer>> {
+        let pending = self.pending.borrow_mut().take()?;
+        Some(Box::new(Deferred(pending)))
+    }
+
     fn tid(&self) -> u32 {
         self.notif.pid
     }
@@ -184,6 +204,11 @@ fn run_booted(
     let root = kernel
         .image_root(disk, config.fstype.name(), mode, false)
         .map_err(RuntimeError::Mount)?;
+    // Before the identity drops: only root may configure interfaces.
+    Engine::network_up(&root).map_err(|errno| RuntimeError::Setup {
+        what: "bring up the kernel library's loopback interface".into(),
+        errno,
+    })?;
     prepare_root(&root, config)?;
     let command = match resolve_command(&root, &config.command[0]) {
         Ok(c) => c,
@@ -201,15 +226,19 @@ fn run_booted(
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
     };
-    let mut engine = Engine::new(root, settings).map_err(RuntimeError::ExecDir)?;
+    let engine = Arc::new(Mutex::new(
+        Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
+    ));
     let env = guest_env(config);
     let mut cmd = Command::new(OsStr::from_bytes(command.as_bytes()), &config.command, &env)
         .map_err(RuntimeError::Spawn)?;
-    cmd.current_dir(engine.host_cwd())
+    cmd.current_dir(lock(&engine).host_cwd())
         .map_err(RuntimeError::Spawn)?;
     let prog = Program::compile(&dispatch::policy::rules(), Action::Notify)
         .map_err(RuntimeError::Filter)?;
     let (mut guest, notify) = child::spawn(&cmd, &prog).map_err(RuntimeError::Spawn)?;
+    // Deferred answers (accept) reach it from other threads for as long as kbox runs.
+    let notify: &'static NotifyFd = Box::leak(Box::new(notify));
     let sync_wakeup = notify.set_sync_wakeup().unwrap_or(false);
     if config.verbose {
         eprintln!(
@@ -220,14 +249,17 @@ fn run_booted(
         );
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());
-    let served = serve(&mut engine, &notify, guest.pidfd());
+    let served = serve(&engine, notify, guest.pidfd());
     let status = guest.wait();
     // Guest processes still running (daemons, orphans) end with the first one.
+    let mut engine = lock(&engine);
     for pid in engine.pids() {
         if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
+    // Every task the engine holds ends here (receiver threads still blocked in recv hold
+    // only the now-empty engine), so the image can unmount.
     engine.shutdown();
     drop(engine);
     served?;
@@ -247,36 +279,122 @@ fn yes(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
+/// Calls whose answer takes long enough that another thread should be receiving meanwhile
+/// (host numbers).
+fn slow_calls() -> Vec<i32> {
+    [
+        "execve",
+        "execveat",
+        "clone",
+        "clone3",
+        "fork",
+        "vfork",
+        "exit_group",
+        "sync",
+        "syncfs",
+        "fsync",
+        "fdatasync",
+    ]
+    .iter()
+    .filter_map(|name| dispatch::policy::host_nr(name))
+    .filter_map(|nr| i32::try_from(nr).ok())
+    .collect()
+}
+
+/// Threads answering notifications (leader/followers; see `serve`).
+const RECEIVERS: usize = 3;
+
+/// Which receiver may call RECV: exactly one at a time, so that a notification never wakes
+/// several threads.
+struct Leadership {
+    taken: Mutex<bool>,
+    free: std::sync::Condvar,
+}
+
+impl Leadership {
+    fn take(&self) {
+        let mut taken = self
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *taken {
+            taken = self
+                .free
+                .wait(taken)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *taken = true;
+    }
+
+    fn pass(&self) {
+        *self
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        self.free.notify_one();
+    }
+}
+
 /// Answers notifications until the first guest process exits.
+///
+/// A guest's notified call can be interrupted by a (handled) signal until a supervisor
+/// thread has received it; after that only fatal signals end the wait (WAIT_KILLABLE_RECV).
+/// A signal landing in that window turns even fork into EINTR, which Linux never returns
+/// for fork. So receiving does not wait for slow answers: the thread that receives a slow
+/// call (exec, fork, exit, sync: hundreds of microseconds) first passes the right to
+/// receive to the next thread, so a new notification finds a thread already waiting in
+/// RECV. Fast calls (a few microseconds, about a RECV's own latency) are answered by the
+/// receiving thread before it receives again, which saves a thread wake-up per call.
 fn serve(
-    engine: &mut Engine,
-    notify: &NotifyFd,
+    engine: &Arc<Mutex<Engine>>,
+    notify: &'static NotifyFd,
     child: BorrowedFd<'_>,
 ) -> Result<(), RuntimeError> {
     use rustix::event::{PollFd, PollFlags, poll};
+    let leader = Arc::new(Leadership {
+        taken: Mutex::new(false),
+        free: std::sync::Condvar::new(),
+    });
+    let slow: Arc<[i32]> = slow_calls().into();
+    for _ in 0..RECEIVERS {
+        let (e, l, slow) = (Arc::clone(engine), Arc::clone(&leader), Arc::clone(&slow));
+        std::thread::Builder::new()
+            .name("kbox-receiver".into())
+            .spawn(move || {
+                l.take();
+                loop {
+                    let Ok(Some(pending)) = notify.recv() else {
+                        l.pass();
+                        return;
+                    };
+                    if slow.contains(&pending.notification().nr) {
+                        l.pass();
+                        answer(&mut lock(&e), pending);
+                        l.take();
+                    } else {
+                        answer(&mut lock(&e), pending);
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Notify(NotifyError::Poll(e)))?;
+    }
     loop {
-        let note_fd = notify.as_fd();
-        let mut fds = [
-            PollFd::new(&note_fd, PollFlags::IN),
-            PollFd::new(&child, PollFlags::IN),
-        ];
+        let mut fds = [PollFd::new(&child, PollFlags::IN)];
         match poll(&mut fds, None) {
+            Ok(_) if fds[0].revents().contains(PollFlags::IN) => return Ok(()),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(RuntimeError::Notify(NotifyError::Poll(e.into()))),
-        }
-        let (note, exited) = (fds[0].revents(), fds[1].revents());
-        if note.contains(PollFlags::IN) {
-            let Some(pending) = notify.recv().map_err(RuntimeError::Notify)? else {
-                return Ok(());
-            };
-            answer(engine, pending);
-        } else if exited.contains(PollFlags::IN) || note.contains(PollFlags::HUP) {
-            return Ok(());
         }
     }
 }
 
-fn answer(engine: &mut Engine, pending: Pending<'_>) {
+fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn answer(engine: &mut Engine, pending: Pending<'static>) {
     let n = *pending.notification();
     let nr = u32::try_from(n.nr).unwrap_or(u32::MAX);
     let guest = SeccompGuest {

@@ -366,6 +366,29 @@ fn paths_never_escape_the_image() {
 }
 
 #[test]
+fn sockets_are_served_by_the_kernel_library() {
+    let img = Image::default("sockets");
+    let script = r#"
+        mkdir -p /www && echo served > /www/index.html
+        httpd -f -p 127.0.0.1:8080 -h /www & sleep 0.3
+        for i in 1 2 3; do wget -q -O - http://127.0.0.1:8080/index.html; done
+        echo from-server | nc -l -p 9000 > /tmp/got & sleep 0.2
+        echo from-client | nc 127.0.0.1 9000
+        sleep 0.2; cat /tmp/got
+        syslogd -n -O /tmp/log & sleep 0.2
+        logger unix-datagram; sleep 0.2; grep -c unix-datagram /tmp/log
+        test -S /dev/log && echo socket-in-kernel-dev
+        kill %1 %3
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(
+        out,
+        "served\nserved\nserved\nfrom-server\nfrom-client\n1\nsocket-in-kernel-dev\n"
+    );
+    img.assert_clean();
+}
+
+#[test]
 fn exit_statuses_follow_the_guest() {
     let img = Image::default("exits");
     expect(&img.sh("exit 3"), 3);

@@ -2,7 +2,7 @@
 //! reads, fchdir, fsync.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::fd::{FdKind, GuestFd};
@@ -225,7 +225,7 @@ impl Engine {
                     oflags |= OFlags::APPEND;
                 }
                 let guest_side = hostio::reopen(memfd.as_fd(), oflags)?;
-                writable = Some(Rc::new(Writable::new(memfd, id, false)?));
+                writable = Some(Arc::new(Writable::new(memfd, id, false)?));
                 (guest_side, FdKind::WritebackShadow)
             }
             S_IFCHR => {
@@ -279,6 +279,10 @@ impl Engine {
         if let Some(w) = p.writable.remove(&fd) {
             let _ = w.write_back(&p.task, fd);
         }
+        self.socket_closed(pid, fd);
+        let Some(p) = self.procs.get_mut(pid) else {
+            return;
+        };
         let _ = lkl(&p.task, g::CLOSE, [fdv(fd), 0, 0, 0, 0, 0]);
         let _ = p.fds.remove(gfd);
     }
@@ -340,6 +344,9 @@ impl Engine {
         p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
         if let Some(w) = p.writable.get(&fd).cloned() {
             p.writable.insert(n, w);
+        }
+        if let Some(end) = p.sockets.get(&fd).cloned() {
+            p.sockets.insert(n, end);
         }
         Ok(i64::from(n))
     }

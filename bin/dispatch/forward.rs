@@ -85,6 +85,8 @@ pub fn shape(nr: u32) -> Option<&'static [A]> {
         g::SETRESUID | g::SETRESGID => &[Int, Int, Int],
         g::GETRESUID | g::GETRESGID => &[OutFixed(4), OutFixed(4), OutFixed(4)],
         g::GETGROUPS => &[Int, OutArray(0, 4)],
+        g::LISTEN => &[Fd, Int],
+        g::SETSOCKOPT => &[Fd, Int, Int, In(4), Int],
         g::SETGROUPS => &[Int, InArray(0, 4)],
         _ => return None,
     })

@@ -18,6 +18,7 @@ mod hostio;
 pub mod policy;
 mod procs;
 mod shadow;
+mod sockets;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -68,6 +69,16 @@ pub trait Guest {
         at: Option<i32>,
         cloexec: bool,
     ) -> Result<i32, Errno>;
+    /// Takes the call over to answer it later; the tier then answers nothing now. None if
+    /// the tier cannot wait (the engine fails the call instead).
+    fn defer(&self) -> Option<Box<dyn Answer>>;
+}
+
+/// An answer to give later, from another thread (a call that blocks, such as accept).
+pub trait Answer: Send {
+    fn fail(self: Box<Self>, e: Errno);
+    /// As [`Guest::answer_with_fd`].
+    fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool);
 }
 
 /// Settings the engine needs from the command line.
@@ -85,6 +96,7 @@ pub struct Engine {
     settings: Settings,
     /// Guest memory to put back once the current call is answered (exec.rs).
     restore: Option<exec::Restore>,
+    pumps: sockets::Pumps,
 }
 
 impl Engine {
@@ -96,6 +108,7 @@ impl Engine {
             exec: exec::ExecDir::create()?,
             settings,
             restore: None,
+            pumps: sockets::Pumps::default(),
         })
     }
 
@@ -124,6 +137,12 @@ impl Engine {
     /// Forgets every process and flushes what they had open for writing, before halt.
     pub fn shutdown(&mut self) {
         self.procs.clear(&mut self.shadows);
+        self.pumps.shutdown_all();
+    }
+
+    /// Prepares the kernel library's network for guests (loopback up).
+    pub fn network_up(root: &Task) -> Result<(), Errno> {
+        sockets::loopback_up(root)
     }
 
     fn trace(&self, tid: u32, nr: u32, args: [u64; 6], reply: Reply) {
@@ -189,11 +208,13 @@ impl Engine {
                 self.procs.flush_all(&mut self.shadows);
                 self.forward(guest, pid, nr, args)
             }
-            g::SOCKET => {
-                // Sockets are not served yet (docs/dispatch.md); the host must not get them
-                // either, since binding a unix socket is a path operation on the host.
-                Reply::Fail(Errno::EAFNOSUPPORT)
-            }
+            g::SOCKET => self.socket(guest, pid, args).into(),
+            g::BIND | g::CONNECT => self.sock_addr_call(guest, pid, nr, args),
+            g::LISTEN | g::SETSOCKOPT => self.sock_forward(guest, pid, nr, args),
+            g::GETSOCKNAME | g::GETPEERNAME => self.sock_name(guest, pid, nr, args),
+            g::GETSOCKOPT => self.getsockopt(guest, pid, args),
+            g::ACCEPT => self.accept(guest, pid, [args[0], args[1], args[2], 0, 0, 0]),
+            g::ACCEPT4 => self.accept(guest, pid, args),
             _ if forward::shape(nr).is_some() => self.forward(guest, pid, nr, args),
             _ => {
                 let _ = host_nr;

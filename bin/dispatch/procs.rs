@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kbox_core::fd::{FdEntry, FdKind, FdTable, GuestFd, KernelFd};
 use kbox_lkl::{Errno, Task, TaskKind};
@@ -20,7 +20,10 @@ pub struct Proc {
     /// FD number always equals the guest's.
     pub fds: Box<FdTable>,
     /// Host copies of writable opens, by guest FD.
-    pub writable: HashMap<i32, Rc<Writable>>,
+    pub writable: HashMap<i32, Arc<Writable>>,
+    /// Served sockets, by guest FD: kbox's end of the host socketpair the guest holds the
+    /// other end of (shared by dup and fork, as the socket is).
+    pub sockets: HashMap<i32, Arc<super::sockets::SockEnd>>,
     pub pidfd: Option<OwnedFd>,
     /// Tasks forked at this process's clone calls, not yet claimed by the new process.
     pending: VecDeque<Forked>,
@@ -36,7 +39,8 @@ pub struct Proc {
 struct Forked {
     task: Task,
     fds: Box<FdTable>,
-    writable: HashMap<i32, Rc<Writable>>,
+    writable: HashMap<i32, Arc<Writable>>,
+    sockets: HashMap<i32, Arc<super::sockets::SockEnd>>,
     exe: CString,
     vm_shared: bool,
 }
@@ -61,7 +65,8 @@ fn copy_table(src: &FdTable) -> Box<FdTable> {
 }
 
 pub struct Procs {
-    root: Task,
+    /// The image root's task; None once kbox is shutting down.
+    root: Option<Task>,
     procs: HashMap<u32, Proc>,
     /// Host thread id to thread group id.
     tids: HashMap<u32, u32>,
@@ -70,7 +75,7 @@ pub struct Procs {
 impl Procs {
     pub fn new(root: Task) -> Procs {
         Procs {
-            root,
+            root: Some(root),
             procs: HashMap::new(),
             tids: HashMap::new(),
         }
@@ -104,6 +109,7 @@ impl Procs {
                 task: f.task,
                 fds: f.fds,
                 writable: f.writable,
+                sockets: f.sockets,
                 pidfd: hostio::pidfd_open(tgid),
                 pending: VecDeque::new(),
                 exe: f.exe,
@@ -113,12 +119,16 @@ impl Procs {
             None => {
                 // A process kbox did not see being forked: the first command, or one whose
                 // parent is not a guest. It starts from the image root's state.
-                let parent = self.procs.get(&ppid).map_or(&self.root, |p| &p.task);
+                let parent = match self.procs.get(&ppid) {
+                    Some(p) => &p.task,
+                    None => self.root.as_ref()?,
+                };
                 let task = fork_task(parent).ok()?;
                 Proc {
                     task,
                     fds: empty_table(),
                     writable: HashMap::new(),
+                    sockets: HashMap::new(),
                     pidfd: hostio::pidfd_open(tgid),
                     pending: VecDeque::new(),
                     exe: CString::default(),
@@ -141,6 +151,7 @@ impl Procs {
             task,
             fds: copy_table(&p.fds),
             writable: p.writable.clone(),
+            sockets: p.sockets.clone(),
             exe: p.exe.clone(),
             vm_shared,
         };
@@ -175,11 +186,14 @@ impl Procs {
         }
     }
 
+    /// Forgets every process (writing their files back) and the root task: afterwards no
+    /// task of the engine holds the image.
     pub fn clear(&mut self, shadows: &mut Shadows) {
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
             self.exit(pid, shadows);
         }
+        self.root = None;
     }
 
     /// Writes back every writable shadow of file `id`, in whichever process holds it, so a

@@ -66,6 +66,8 @@ errnos! {
     ELOOP = 40, "Too many levels of symbolic links";
     ENODATA = 61, "No data available";
     ELIBBAD = 80, "Accessing a corrupted shared library";
+    ENOTSOCK = 88, "Socket operation on non-socket";
+    EPROTONOSUPPORT = 93, "Protocol not supported";
     EAFNOSUPPORT = 97, "Address family not supported by protocol";
     EUCLEAN = 117, "Structure needs cleaning";
     ESHUTDOWN = 108, "Cannot send after transport endpoint shutdown";

@@ -1,0 +1,562 @@
+//! Sockets served by the kernel library (unix, IPv4, IPv6 on its loopback).
+//!
+//! The guest holds one end of a host socketpair; kbox pumps bytes between the other end and
+//! the kernel library's socket, in both directions, on two threads that each drive their own
+//! task (forked from the socket's owner, so each holds the socket). The guest's reads,
+//! writes, polls and sends therefore run natively; bind, listen, connect, accept and the
+//! name and option calls are served by the kernel library. accept blocks, so it runs on a
+//! thread of its own and answers the guest from there.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kbox_core::fd::FdKind;
+use kbox_core::sysno::generic as g;
+use kbox_lkl::{Errno, Task, TaskKind};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
+
+const AF_UNIX: u64 = 1;
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+const SOCK_SEQPACKET: u64 = 5;
+const SOCK_TYPE_MASK: u64 = 0xf;
+const SOCK_NONBLOCK: u64 = 0o4000;
+const SOCK_CLOEXEC: u64 = 0o2000000;
+const SHUT_WR: u64 = 1;
+const SHUT_RDWR: u64 = 2;
+/// Largest socket address (sizeof(struct sockaddr_storage)).
+const ADDR_MAX: usize = 128;
+const ADDR_MAX_U32: u32 = 128;
+const PUMP_CHUNK: usize = 64 << 10;
+
+/// Connections kbox pumps, each with an idle task holding the kernel socket so that kbox can
+/// shut it down (and so release both pump threads) when it exits.
+#[derive(Default, Clone)]
+pub struct Pumps {
+    controls: Arc<Mutex<std::collections::HashMap<u64, (Task, i32)>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl Pumps {
+    /// Shuts every kernel socket kbox pumps or accepts on down and waits (a little) for the
+    /// threads to end, so that no task of theirs keeps the image busy at unmount.
+    pub fn shutdown_all(&self) {
+        let controls =
+            std::mem::take(&mut *self.controls.lock().unwrap_or_else(PoisonError::into_inner));
+        for (task, fd) in controls.values() {
+            let _ = lkl(task, g::SHUTDOWN, [fdv(*fd), SHUT_RDWR, 0, 0, 0, 0]);
+        }
+        drop(controls);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for t in threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // A thread still blocked after the deadline is left behind: its task may keep
+            // the image busy, and the unmount then reports it.
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Keeps a task holding socket `kfd` of `owner`, for `shutdown_all`, until `release`.
+    fn control(&self, owner: &Task, kfd: i32) -> Result<u64, Errno> {
+        let control = owner.fork(TaskKind::Process)?;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.controls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (control, kfd));
+        Ok(id)
+    }
+
+    fn release(&self, id: u64) {
+        let removed = self
+            .controls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        drop(removed);
+    }
+
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Errno> {
+        let t = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|_| Errno::EAGAIN)?;
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        threads.retain(|t| !t.is_finished());
+        threads.push(t);
+        Ok(())
+    }
+
+    /// Starts the two pump threads between host socket `host` and kernel socket `kfd`,
+    /// which `owner` holds.
+    fn start(&self, owner: &Task, kfd: i32, host: OwnedFd) -> Result<(), Errno> {
+        let to_kernel = owner.fork(TaskKind::Process)?;
+        let to_host = owner.fork(TaskKind::Process)?;
+        let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
+        let id = self.control(owner, kfd)?;
+        self.spawn("kbox-sock-out", move || {
+            pump_to_kernel(&to_kernel, kfd, &host)
+        })?;
+        let me = self.clone();
+        // The connection is over once the peer's data has all reached the guest.
+        self.spawn("kbox-sock-in", move || {
+            pump_to_host(&to_host, kfd, &host2);
+            me.release(id);
+        })
+    }
+}
+
+/// Guest writes → kernel socket. At the guest's end of stream, the kernel side's write half
+/// is shut, as the guest's shutdown or close would have done.
+fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
+    let mut buf = vec![0u8; PUMP_CHUNK];
+    loop {
+        let n = match rustix::io::read(host, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut done = 0;
+        while done < n {
+            let chunk = &buf[done..n];
+            match lkl(
+                task,
+                g::WRITE,
+                [fdv(kfd), ptr(chunk.as_ptr()), chunk.len() as u64, 0, 0, 0],
+            ) {
+                Ok(w) if w > 0 => done += usize::try_from(w).unwrap_or(0),
+                _ => return finish_to_kernel(task, kfd, host),
+            }
+        }
+    }
+    finish_to_kernel(task, kfd, host);
+}
+
+fn finish_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
+    let _ = lkl(task, g::SHUTDOWN, [fdv(kfd), SHUT_WR, 0, 0, 0, 0]);
+    let _ = rustix::net::shutdown(host, rustix::net::Shutdown::Read);
+}
+
+/// Kernel socket → guest reads. At the peer's end of stream, the guest reads end of file.
+fn pump_to_host(task: &Task, kfd: i32, host: &OwnedFd) {
+    let mut buf = vec![0u8; PUMP_CHUNK];
+    loop {
+        let n = match lkl(
+            task,
+            g::READ,
+            [fdv(kfd), ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0],
+        ) {
+            Ok(n) if n > 0 => usize::try_from(n).unwrap_or(0),
+            _ => break,
+        };
+        let mut done = 0;
+        while done < n {
+            match rustix::io::write(host, &buf[done..n]) {
+                Ok(w) if w > 0 => done += w,
+                _ => {
+                    let _ = lkl(task, g::SHUTDOWN, [fdv(kfd), 0, 0, 0, 0, 0]);
+                    return;
+                }
+            }
+        }
+    }
+    let _ = rustix::net::shutdown(host, rustix::net::Shutdown::Write);
+}
+
+/// kbox's end of the host socketpair behind a served socket, shared by every guest FD (dup,
+/// fork) of that socket.
+pub struct SockEnd {
+    pub fd: OwnedFd,
+    /// Whether the pumps run already (a datagram socket may bind and then connect).
+    pumping: std::sync::atomic::AtomicBool,
+}
+
+/// A host socketpair of the guest socket's kind: (guest end, pump end).
+fn host_pair(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, OwnedFd), Errno> {
+    // Datagrams cross as SEQPACKET: boundaries are kept and, unlike a datagram pair, the
+    // pump sees end of file when the guest closes its end.
+    let ty = match sock_type {
+        SOCK_DGRAM | SOCK_SEQPACKET => SocketType::SEQPACKET,
+        _ => SocketType::STREAM,
+    };
+    let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)
+        .map_err(hostio::errno)?;
+    if guest_flags & SOCK_NONBLOCK != 0 {
+        rustix::fs::fcntl_setfl(&a, rustix::fs::OFlags::NONBLOCK).map_err(hostio::errno)?;
+    }
+    Ok((a, b))
+}
+
+impl Engine {
+    pub(super) fn socket(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        args: [u64; 6],
+    ) -> Result<i64, Errno> {
+        let (domain, ty) = (args[0] & 0xffff_ffff, args[1] & 0xffff_ffff);
+        if !matches!(domain, AF_UNIX | AF_INET | AF_INET6) {
+            return Err(Errno::EAFNOSUPPORT);
+        }
+        let kind = ty & SOCK_TYPE_MASK;
+        if !matches!(kind, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET) {
+            return Err(Errno::EPROTONOSUPPORT);
+        }
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        // The kernel socket stays blocking: the pump threads wait in it.
+        let kfd = lkl(&p.task, g::SOCKET, [domain, kind, args[2], 0, 0, 0])?;
+        let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
+        let installed = host_pair(kind, ty).and_then(|(a, b)| {
+            let n = guest.answer_with_fd(a.as_fd(), None, ty & SOCK_CLOEXEC != 0)?;
+            Ok((n, b))
+        });
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        let (n, pump_end) = match installed {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+                return Err(e);
+            }
+        };
+        if n != kfd {
+            lkl(&p.task, g::DUP3, [fdv(kfd), fdv(n), 0, 0, 0, 0])?;
+            let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+        }
+        let (gfd, entry) = procs::entry(n, FdKind::Kernel, ty & SOCK_CLOEXEC != 0)?;
+        p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
+        p.sockets.insert(
+            n,
+            std::sync::Arc::new(SockEnd {
+                fd: pump_end,
+                pumping: std::sync::atomic::AtomicBool::new(false),
+            }),
+        );
+        Ok(i64::from(n))
+    }
+
+    fn socket_of(&self, pid: u32, raw: u64) -> Option<i32> {
+        let fd = fd_arg(raw);
+        let p = self.procs.get(pid)?;
+        p.sockets.contains_key(&fd).then_some(fd)
+    }
+
+    /// bind/connect: the address is copied in; connect starts the pumps.
+    pub(super) fn sock_addr_call(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> Reply {
+        let Some(fd) = self.socket_of(pid, args[0]) else {
+            return self.not_a_served_socket(pid, args[0]);
+        };
+        let len = usize::try_from(args[2] & 0xffff_ffff).unwrap_or(usize::MAX);
+        if len > ADDR_MAX {
+            return Reply::Fail(Errno::EINVAL);
+        }
+        let mut addr = [0u8; ADDR_MAX];
+        if let Err(e) = guest.read(args[1], &mut addr[..len]) {
+            return Reply::Fail(e);
+        }
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        if let Err(e) = lkl(
+            &p.task,
+            nr,
+            [fdv(fd), ptr(addr.as_ptr()), len as u64, 0, 0, 0],
+        ) {
+            return Reply::Fail(e);
+        }
+        // Data flows once the socket has a peer (connect) or, for datagrams, an address to
+        // receive on (bind); a listening stream socket only accepts.
+        let flows = nr == g::CONNECT || lkl_sock_type(&p.task, fd) != SOCK_STREAM;
+        if flows
+            && let Some(end) = p.sockets.get(&fd)
+            && !end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let started = end
+                .fd
+                .try_clone()
+                .map_err(|_| Errno::EMFILE)
+                .and_then(|host| self.pumps.start(&p.task, fd, host));
+            if let Err(e) = started {
+                return Reply::Fail(e);
+            }
+        }
+        Reply::Value(0)
+    }
+
+    /// Calls on served sockets that only copy buffers (listen, names, options).
+    pub(super) fn sock_forward(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> Reply {
+        if self.socket_of(pid, args[0]).is_none() {
+            return self.not_a_served_socket(pid, args[0]);
+        }
+        self.forward(guest, pid, nr, args)
+    }
+
+    fn not_a_served_socket(&self, pid: u32, raw: u64) -> Reply {
+        match self.served(pid, fd_arg(raw)) {
+            // A file or directory the kernel library serves: ENOTSOCK, as Linux says.
+            Some(_) => Reply::Fail(Errno::ENOTSOCK),
+            // A host object (socketpair end, pipe): the host answers.
+            None => Reply::Continue,
+        }
+    }
+
+    /// accept/accept4 on a served listening socket: waits on a thread of its own, then
+    /// gives the guest a pumped host socket for the connection.
+    pub(super) fn accept(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let Some(fd) = self.socket_of(pid, args[0]) else {
+            return self.not_a_served_socket(pid, args[0]);
+        };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        let waiter = match p.task.fork(TaskKind::Process) {
+            Ok(t) => t,
+            Err(e) => return Reply::Fail(e),
+        };
+        let control = match self.pumps.control(&p.task, fd) {
+            Ok(id) => id,
+            Err(e) => return Reply::Fail(e),
+        };
+        let Some(answer) = guest.defer() else {
+            return Reply::Fail(Errno::ENOSYS);
+        };
+        let pumps = self.pumps.clone();
+        let (addr_ptr, len_ptr, flags) = (args[1], args[2], args[3]);
+        let tid = guest.tid();
+        // On failure the deferred answer is dropped, which answers ENOSYS.
+        let _ = self.pumps.clone().spawn("kbox-accept", move || {
+            accept_on(&waiter, fd, tid, addr_ptr, len_ptr, flags, &pumps, answer);
+            pumps.release(control);
+        });
+        Reply::Continue // answered by the thread
+    }
+
+    /// The guest closes served socket `fd` (before the kernel side is closed). Closing the
+    /// last FD of a listening socket must wake an accept waiting on it in another task;
+    /// a connected socket is left to its pumps, which flush what the guest wrote.
+    pub(super) fn socket_closed(&mut self, pid: u32, fd: i32) {
+        const SOL_SOCKET: u64 = 1;
+        const SO_ACCEPTCONN: u64 = 30;
+        let Some(p) = self.procs.get_mut(pid) else {
+            return;
+        };
+        let Some(end) = p.sockets.remove(&fd) else {
+            return;
+        };
+        let mut listening: i32 = 0;
+        let mut len: u32 = 4;
+        let _ = lkl(
+            &p.task,
+            g::GETSOCKOPT,
+            [
+                fdv(fd),
+                SOL_SOCKET,
+                SO_ACCEPTCONN,
+                ptr(&raw mut listening),
+                ptr(&raw mut len),
+                0,
+            ],
+        );
+        // Other guest FDs (dup, fork) may still hold it: only the last one shuts it.
+        if listening != 0 && std::sync::Arc::strong_count(&end) == 1 {
+            let _ = lkl(&p.task, g::SHUTDOWN, [fdv(fd), SHUT_RDWR, 0, 0, 0, 0]);
+        }
+    }
+
+    /// getsockname/getpeername: the address out, its length in and out through a pointer.
+    pub(super) fn sock_name(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> Reply {
+        let Some(fd) = self.socket_of(pid, args[0]) else {
+            return self.not_a_served_socket(pid, args[0]);
+        };
+        let r = (|| {
+            let mut cap = [0u8; 4];
+            guest.read(args[2], &mut cap)?;
+            let cap = usize::try_from(u32::from_ne_bytes(cap)).unwrap_or(0);
+            let mut addr = [0u8; ADDR_MAX];
+            let mut len: u32 = ADDR_MAX_U32;
+            let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+            lkl(
+                &p.task,
+                nr,
+                [fdv(fd), ptr(addr.as_mut_ptr()), ptr(&raw mut len), 0, 0, 0],
+            )?;
+            let n = cap.min(usize::try_from(len).unwrap_or(0));
+            guest.write(args[1], &addr[..n])?;
+            guest.write(args[2], &len.to_ne_bytes())?;
+            Ok(0)
+        })();
+        r.into()
+    }
+
+    /// getsockopt: the value out, its length in and out through a pointer.
+    pub(super) fn getsockopt(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+        let Some(fd) = self.socket_of(pid, args[0]) else {
+            return self.not_a_served_socket(pid, args[0]);
+        };
+        let r = (|| {
+            let mut cap = [0u8; 4];
+            guest.read(args[4], &mut cap)?;
+            let cap = usize::try_from(u32::from_ne_bytes(cap))
+                .unwrap_or(0)
+                .min(256);
+            let mut val = [0u8; 256];
+            let mut len = u32::try_from(cap).unwrap_or(0);
+            let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+            lkl(
+                &p.task,
+                g::GETSOCKOPT,
+                [
+                    fdv(fd),
+                    args[1],
+                    args[2],
+                    ptr(val.as_mut_ptr()),
+                    ptr(&raw mut len),
+                    0,
+                ],
+            )?;
+            let n = cap.min(usize::try_from(len).unwrap_or(0));
+            guest.write(args[3], &val[..n])?;
+            guest.write(args[4], &len.to_ne_bytes())?;
+            Ok(0)
+        })();
+        r.into()
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // reason: accept4's arguments plus where to answer
+fn accept_on(
+    task: &Task,
+    fd: i32,
+    tid: u32,
+    addr_ptr: u64,
+    len_ptr: u64,
+    flags: u64,
+    pumps: &Pumps,
+    answer: Box<dyn Answer>,
+) {
+    let mut addr = [0u8; ADDR_MAX];
+    let mut len: u32 = ADDR_MAX_U32;
+    let kfd = match lkl(
+        task,
+        g::ACCEPT4,
+        [fdv(fd), ptr(addr.as_mut_ptr()), ptr(&raw mut len), 0, 0, 0],
+    ) {
+        Ok(k) => i32::try_from(k).unwrap_or(-1),
+        Err(e) => return answer.fail(e),
+    };
+    let result = (|| {
+        let ty = lkl_sock_type(task, kfd);
+        let (a, b) = host_pair(ty, flags)?;
+        pumps.start(task, kfd, b)?;
+        if addr_ptr != 0 && len_ptr != 0 {
+            let mut cap = [0u8; 4];
+            crate::seccomp::guest_mem::read(tid, len_ptr, &mut cap).map_err(|_| Errno::EFAULT)?;
+            let cap = usize::try_from(u32::from_ne_bytes(cap)).unwrap_or(0);
+            let n = cap.min(usize::try_from(len).unwrap_or(0));
+            crate::seccomp::guest_mem::write(tid, addr_ptr, &addr[..n])
+                .map_err(|_| Errno::EFAULT)?;
+            crate::seccomp::guest_mem::write(tid, len_ptr, &len.to_ne_bytes())
+                .map_err(|_| Errno::EFAULT)?;
+        }
+        Ok::<OwnedFd, Errno>(a)
+    })();
+    // The waiter's copy of the connection is the pumps' business now.
+    let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+    match result {
+        Ok(a) => answer.with_fd(a.as_fd(), flags & SOCK_CLOEXEC != 0),
+        Err(e) => answer.fail(e),
+    }
+}
+
+fn lkl_sock_type(task: &Task, kfd: i32) -> u64 {
+    const SOL_SOCKET: u64 = 1;
+    const SO_TYPE: u64 = 3;
+    let mut ty: i32 = 1;
+    let mut len: u32 = 4;
+    let _ = lkl(
+        task,
+        g::GETSOCKOPT,
+        [
+            fdv(kfd),
+            SOL_SOCKET,
+            SO_TYPE,
+            ptr(&raw mut ty),
+            ptr(&raw mut len),
+            0,
+        ],
+    );
+    u64::try_from(ty).unwrap_or(SOCK_STREAM)
+}
+
+/// Brings the kernel library's loopback interface up, so IPv4/IPv6 sockets on 127.0.0.1 and
+/// ::1 work.
+pub fn loopback_up(task: &Task) -> Result<(), Errno> {
+    const SIOCGIFFLAGS: u64 = 0x8913;
+    const SIOCSIFFLAGS: u64 = 0x8914;
+    const IFF_UP: u16 = 1;
+    let s = lkl(task, g::SOCKET, [AF_INET, SOCK_DGRAM, 0, 0, 0, 0])?;
+    // struct ifreq: 16-byte name, then the flags as a short (rest of the 40-byte union).
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    let r = lkl(
+        task,
+        g::IOCTL,
+        [
+            u64::try_from(s).unwrap_or(0),
+            SIOCGIFFLAGS,
+            ptr(ifr.as_mut_ptr()),
+            0,
+            0,
+            0,
+        ],
+    )
+    .and_then(|_| {
+        let flags = u16::from_ne_bytes([ifr[16], ifr[17]]) | IFF_UP;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        lkl(
+            task,
+            g::IOCTL,
+            [
+                u64::try_from(s).unwrap_or(0),
+                SIOCSIFFLAGS,
+                ptr(ifr.as_mut_ptr()),
+                0,
+                0,
+                0,
+            ],
+        )
+    });
+    let _ = lkl(
+        task,
+        g::CLOSE,
+        [u64::try_from(s).unwrap_or(0), 0, 0, 0, 0, 0],
+    );
+    r.map(|_| ())
+}
