@@ -50,8 +50,6 @@ pub enum RuntimeError {
     Filter(kbox_core::bpf::BpfError),
     Spawn(SpawnError),
     Notify(NotifyError),
-    /// A feature the command line accepts but this build does not serve yet.
-    NotYet(&'static str),
 }
 
 impl fmt::Display for RuntimeError {
@@ -65,7 +63,6 @@ impl fmt::Display for RuntimeError {
             Self::Filter(e) => write!(f, "cannot build the seccomp filter: {e:?}"),
             Self::Spawn(e) => write!(f, "cannot start the guest: {e}"),
             Self::Notify(e) => write!(f, "lost contact with the guest: {e}"),
-            Self::NotYet(what) => write!(f, "{what} is not available yet"),
         }
     }
 }
@@ -194,9 +191,6 @@ fn run_booted(
     disk: kbox_lkl::DiskId,
     config: &Config,
 ) -> Result<Exit, RuntimeError> {
-    if !config.binds.is_empty() {
-        return Err(RuntimeError::NotYet("-b (bind a host path into the guest)"));
-    }
     let mode = match config.mounts {
         Mounts::ImageOnly => RootMode::Raw,
         Mounts::System => RootMode::Recommended,
@@ -209,6 +203,7 @@ fn run_booted(
         what: "bring up the kernel library's loopback interface".into(),
         errno,
     })?;
+    make_bind_points(&root, config)?;
     prepare_root(&root, config)?;
     let command = match resolve_command(&root, &config.command[0]) {
         Ok(c) => c,
@@ -225,6 +220,11 @@ fn run_booted(
     let settings = dispatch::Settings {
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
+        binds: config
+            .binds
+            .iter()
+            .map(|b| (b.host.clone(), b.guest.clone()))
+            .collect(),
     };
     let engine = Arc::new(Mutex::new(
         Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
@@ -421,6 +421,55 @@ fn core_errno(e: Errno) -> kbox_core::Errno {
         .ok()
         .and_then(kbox_core::Errno::new)
         .unwrap_or(kbox_core::Errno::EINVAL)
+}
+
+/// Creates each `-b` GUEST path in the image (a directory, or an empty file for a file
+/// bind), so that the guest sees it in listings of its parent; the bind's contents are served
+/// from the host.
+fn make_bind_points(root: &Task, config: &Config) -> Result<(), RuntimeError> {
+    const O_CREAT: usize = 0o100;
+    for b in &config.binds {
+        let is_dir = std::fs::metadata(&b.host)
+            .map(|m| m.is_dir())
+            .unwrap_or(true);
+        let guest = b.guest.as_os_str().as_bytes();
+        let mut prefix = Vec::new();
+        let parts: Vec<&[u8]> = guest
+            .split(|&c| c == b'/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            prefix.push(b'/');
+            prefix.extend_from_slice(part);
+            let path = CString::new(prefix.clone()).map_err(|_| RuntimeError::Setup {
+                what: "create a bind point".into(),
+                errno: Errno::EINVAL,
+            })?;
+            let last = i + 1 == parts.len();
+            let r = if last && !is_dir {
+                root.syscall(
+                    g::OPENAT,
+                    [AT_FDCWD, path.as_ptr() as usize, O_CREAT, 0o644, 0, 0],
+                )
+                .and_then(|fd| root.syscall(g::CLOSE, [fd, 0, 0, 0, 0, 0]))
+            } else {
+                root.syscall(
+                    g::MKDIRAT,
+                    [AT_FDCWD, path.as_ptr() as usize, 0o755, 0, 0, 0],
+                )
+            };
+            match r {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(errno) => {
+                    return Err(RuntimeError::Setup {
+                        what: format!("create bind point {}", b.guest.display()),
+                        errno,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Identity, resource limits and working directory of the task every guest forks from.

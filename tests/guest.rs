@@ -389,6 +389,45 @@ fn sockets_are_served_by_the_kernel_library() {
 }
 
 #[test]
+fn binds_show_host_files_and_keep_the_guest_inside_them() {
+    let host = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bind-src");
+    let _ = fs::remove_dir_all(&host);
+    let made = fs::create_dir_all(host.join("sub"))
+        .and_then(|()| fs::write(host.join("sub/f"), "host-data\n"))
+        .and_then(|()| std::os::unix::fs::symlink("/", host.join("escape")));
+    assert!(made.is_ok(), "{made:?}");
+    let outside = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bind-outside");
+    let _ = fs::write(&outside, "outside\n");
+    let img = Image::default("binds");
+    let bind = format!("{}:/mnt/host", host.display());
+    let script = format!(
+        r#"
+        ls /mnt
+        cat /mnt/host/sub/f
+        cd /mnt/host/sub && pwd && echo written > g && cat g
+        cd .. && mkdir d && mv sub/g d/g && ls d
+        cat /mnt/host/escape{outside} 2>/dev/null || echo confined
+        cat /mnt/host/../../etc/hostname >/dev/null && echo image-again
+        "#,
+        outside = outside.display()
+    );
+    let out = expect(
+        &img.run(&["-b", &bind, "-S"], &["/bin/sh", "-c", &script]),
+        0,
+    );
+    assert_eq!(
+        out,
+        "host\nhost-data\n/mnt/host/sub\nwritten\ng\nconfined\nimage-again\n"
+    );
+    // The writes happened on the host.
+    assert_eq!(
+        fs::read_to_string(host.join("d/g")).unwrap_or_default(),
+        "written\n"
+    );
+    img.assert_clean();
+}
+
+#[test]
 fn exit_statuses_follow_the_guest() {
     let img = Image::default("exits");
     expect(&img.sh("exit 3"), 3);

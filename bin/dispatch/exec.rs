@@ -19,7 +19,7 @@ use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
-use super::files::AT_FDCWD;
+use super::files::{AT_FDCWD, Route};
 use super::{Engine, Guest, Reply, fdv, hostio, lkl, ptr};
 
 const O_CLOEXEC: u64 = 0o2000000;
@@ -100,6 +100,22 @@ impl ExecDir {
         let _ = fs::remove_file(&at);
         fs::hard_link(&stored, &at).map_err(|_| Errno::EIO)?;
         self.linked.insert(name.to_vec(), key.to_string());
+        Ok(())
+    }
+
+    /// Makes `root/<name>` a symlink to host file `host` (programs in `-b` binds).
+    fn link_host(&mut self, name: &[u8], host: &Path) -> Result<(), Errno> {
+        let key = format!("host:{}", host.display());
+        if self.linked.get(name).is_some_and(|k| *k == key) {
+            return Ok(());
+        }
+        let at = self.root.join(std::ffi::OsStr::from_bytes(name));
+        if let Some(parent) = at.parent() {
+            fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
+        }
+        let _ = fs::remove_file(&at);
+        std::os::unix::fs::symlink(host, &at).map_err(|_| Errno::EIO)?;
+        self.linked.insert(name.to_vec(), key);
         Ok(())
     }
 
@@ -453,43 +469,34 @@ impl Engine {
         {
             path = p.exe.clone();
         }
-        let dirfd = self.dirfd(pid, dirfd, path.as_bytes())?;
-        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
-        let exec = &mut self.exec;
-        let name = match relative_name(path.as_bytes()) {
+        let (dirfd, kpath, in_bind) = match self.route(pid, dirfd, path.clone())? {
+            Route::Kernel(d, p) => (d, p, None),
+            Route::Host(bind, rel) => (AT_FDCWD, path.clone(), Some((bind, rel))),
+        };
+        let name_source = if in_bind.is_some() { &path } else { &kpath };
+        let name = match relative_name(name_source.as_bytes()) {
             Some(n) if n.len() <= buffer_len => n,
-            _ => exec.generate(),
+            _ => self.exec.generate(),
         };
         if name.len() > buffer_len {
             return Err(Errno::ENAMETOOLONG);
         }
-        let img = Image::open(task, dirfd, &path)?;
-        let mut head = [0u8; SHEBANG_MAX];
-        let n = lkl(
-            task,
-            g::PREAD64,
-            [
-                fdv(img.kfd),
-                ptr(head.as_mut_ptr()),
-                SHEBANG_MAX as u64,
-                0,
-                0,
-                0,
-            ],
-        );
-        let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
-        let mut alias = None;
-        let prepared = if head.starts_with(b"\x7fELF") {
-            exec.prepare_elf(task, &img, &name)
-        } else if head.starts_with(b"#!") {
-            alias = Some(name.clone());
-            exec.prepare_script(task, &img, &name, head, 0)
+        let path = kpath;
+        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
+        let (alias, guest_path) = if let Some((bind, rel)) = in_bind {
+            // A program in a bind is the host's file: the host runs it as it is.
+            let host = self.bind_exec_path(bind, &rel)?;
+            self.exec.link_host(&name, &host)?;
+            (
+                None,
+                CString::new(self.binds_guest_path(bind, &rel)).map_err(|_| Errno::EINVAL)?,
+            )
         } else {
-            Err(Errno::ENOEXEC)
+            let exec = &mut self.exec;
+            let alias = prepare_image(exec, task, dirfd, &path, &name)?;
+            (alias, absolute(task, &path)?)
         };
-        img.close(task);
-        prepared?;
-        let guest_path = absolute(task, &path)?;
+        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
         // The task's name, as /proc/self/status and ps show it, is the program's (comm is
         // 15 bytes at most, as Linux truncates it).
         let base = guest_path
@@ -612,6 +619,44 @@ fn scratch_below_sp(tid: u32, len: usize) -> Result<u64, Errno> {
         .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
         .ok_or(Errno::EFAULT)?;
     Ok(sp.checked_sub(1024 + len as u64).ok_or(Errno::EFAULT)? & !15)
+}
+
+/// Opens the image's program `path` and links its host copy at `name`; returns the alias
+/// a script's interpreter will open it by.
+fn prepare_image(
+    exec: &mut ExecDir,
+    task: &Task,
+    dirfd: u64,
+    path: &CStr,
+    name: &[u8],
+) -> Result<Option<Vec<u8>>, Errno> {
+    let img = Image::open(task, dirfd, path)?;
+    let mut head = [0u8; SHEBANG_MAX];
+    let n = lkl(
+        task,
+        g::PREAD64,
+        [
+            fdv(img.kfd),
+            ptr(head.as_mut_ptr()),
+            SHEBANG_MAX as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
+    let mut alias = None;
+    let prepared = if head.starts_with(b"\x7fELF") {
+        exec.prepare_elf(task, &img, name)
+    } else if head.starts_with(b"#!") {
+        alias = Some(name.to_vec());
+        exec.prepare_script(task, &img, name, head, 0)
+    } else {
+        Err(Errno::ENOEXEC)
+    };
+    img.close(task);
+    prepared?;
+    Ok(alias)
 }
 
 /// `path` made absolute against the task's cwd (for /proc/self/exe).

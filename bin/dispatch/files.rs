@@ -1,6 +1,7 @@
 //! Opening files and everything that follows a guest FD: close, dup, fcntl, stat, directory
 //! reads, fchdir, fsync.
 
+use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -11,8 +12,15 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 use rustix::fs::OFlags;
 
+use super::binds::Place;
 use super::shadow::{self, Writable};
 use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
+
+/// Where a path-taking call goes (see [`Engine::route`]).
+pub enum Route {
+    Kernel(u64, CString),
+    Host(usize, Vec<u8>),
+}
 
 pub const AT_FDCWD: u64 = 0u64.wrapping_sub(100);
 const AT_EMPTY_PATH: u64 = 0x1000;
@@ -99,6 +107,18 @@ impl Engine {
         }
     }
 
+    /// Where a `*at` call's (dirfd, path) goes: the kernel library (with the dirfd and path
+    /// to hand it) or a bind.
+    pub(super) fn route(&self, pid: u32, raw_dirfd: u64, path: CString) -> Result<Route, Errno> {
+        Ok(match self.locate(pid, raw_dirfd, &path)? {
+            Place::Host { bind, rel } => Route::Host(bind, rel),
+            Place::Kernel { abs: Some(abs) } => Route::Kernel(AT_FDCWD, abs),
+            Place::Kernel { abs: None } => {
+                Route::Kernel(self.dirfd(pid, raw_dirfd, path.as_bytes())?, path)
+            }
+        })
+    }
+
     /// The kind of guest FD `fd` of `pid` if the kernel library serves it.
     pub(super) fn served(&self, pid: u32, fd: i32) -> Option<FdKind> {
         let p = self.procs.get(pid)?;
@@ -122,7 +142,12 @@ impl Engine {
         if let Some(fd) = self.open_host_view(guest, &path, flags)? {
             return Ok(fd);
         }
-        let dirfd = self.dirfd(pid, args[0], path.as_bytes())?;
+        let (dirfd, path) = match self.route(pid, args[0], path)? {
+            Route::Host(bind, rel) => {
+                return self.bind_open(guest, pid, bind, &rel, flags, args[3]);
+            }
+            Route::Kernel(dirfd, path) => (dirfd, path),
+        };
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         // The kernel library's description never appends: write-back writes at offsets.
         let kflags = flags & !O_APPEND;
@@ -270,6 +295,7 @@ impl Engine {
         let Some(p) = self.procs.get_mut(pid) else {
             return;
         };
+        p.bind_fds.remove(&fd);
         let Ok(gfd) = GuestFd::from_raw(fd) else {
             return;
         };
@@ -464,8 +490,15 @@ impl Engine {
         if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
             return self.fstat(guest, pid, [args[0], args[2], 0, 0, 0, 0]);
         }
-        let dirfd = match self.dirfd(pid, args[0], path.as_bytes()) {
-            Ok(d) => d,
+        let (dirfd, path) = match self.route(pid, args[0], path) {
+            Ok(Route::Kernel(d, p)) => (d, p),
+            Ok(Route::Host(bind, rel)) => {
+                let r = self
+                    .bind_stat(bind, &rel, args[3])
+                    .and_then(|st| guest.write(args[2], &st))
+                    .map(|()| 0);
+                return r.into();
+            }
             Err(e) => return Reply::Fail(e),
         };
         let Some(p) = self.procs.get(pid) else {
@@ -512,7 +545,7 @@ impl Engine {
 
     pub(super) fn statx(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
         let empty_ok = args[2] & AT_EMPTY_PATH != 0;
-        let path = if args[1] == 0 && empty_ok {
+        let mut path = if args[1] == 0 && empty_ok {
             std::ffi::CString::default()
         } else {
             match guest.read_path(args[1]) {
@@ -527,8 +560,18 @@ impl Engine {
                 Some(_) => args[0],
             }
         } else {
-            match self.dirfd(pid, args[0], path.as_bytes()) {
-                Ok(d) => d,
+            match self.route(pid, args[0], path.clone()) {
+                Ok(Route::Kernel(d, p)) => {
+                    path = p;
+                    d
+                }
+                Ok(Route::Host(bind, rel)) => {
+                    let r = self
+                        .bind_statx(bind, &rel, args[2], args[3])
+                        .and_then(|st| guest.write(args[4], &st))
+                        .map(|()| 0);
+                    return r.into();
+                }
                 Err(e) => return Reply::Fail(e),
             }
         };
@@ -595,6 +638,17 @@ impl Engine {
 
     pub(super) fn fchdir(&mut self, pid: u32, raw: u64) -> Reply {
         let fd = fd_arg(raw);
+        if let Some(p) = self.procs.get_mut(pid) {
+            if let Some(dir) = p.bind_fds.get(&fd).cloned() {
+                p.cwd_bind = Some(dir);
+                return Reply::Value(0);
+            }
+            if self.served(pid, fd).is_some()
+                && let Some(p) = self.procs.get_mut(pid)
+            {
+                p.cwd_bind = None;
+            }
+        }
         match (self.served(pid, fd), self.procs.get(pid)) {
             (Some(_), Some(p)) => lkl(&p.task, g::FCHDIR, [fdv(fd), 0, 0, 0, 0, 0]).into(),
             _ if fd >= 0 && self.host_fd_open(pid, fd) => Reply::Fail(Errno::ENOTDIR),

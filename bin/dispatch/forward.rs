@@ -6,6 +6,7 @@ use std::ffi::CString;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::Errno;
 
+use super::binds::Place;
 use super::files::AT_FDCWD;
 use super::{Engine, Guest, Reply, fd_arg, lkl, ptr};
 
@@ -37,6 +38,36 @@ pub enum A {
 }
 
 use A::*;
+
+/// The arguments of call `nr` that name places in the filesystem: (path argument, its dirfd
+/// argument if any). Other string arguments (a symlink's target, an xattr name, a mount's
+/// source or options) are data.
+fn locations(nr: u32, shape: &[A]) -> Vec<(usize, Option<usize>)> {
+    let mut out: Vec<(usize, Option<usize>)> = shape
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0] == Dir && matches!(w[1], Path | PathOrNull))
+        .map(|(i, _)| (i + 1, Some(i)))
+        .collect();
+    match nr {
+        g::TRUNCATE
+        | g::CHDIR
+        | g::CHROOT
+        | g::STATFS
+        | g::GETXATTR
+        | g::LGETXATTR
+        | g::SETXATTR
+        | g::LSETXATTR
+        | g::LISTXATTR
+        | g::LLISTXATTR
+        | g::REMOVEXATTR
+        | g::LREMOVEXATTR
+        | g::UMOUNT2 => out.push((0, None)),
+        g::MOUNT => out.push((1, None)),
+        _ => {}
+    }
+    out
+}
 
 /// Largest buffer copied in or out for one call.
 const MAX_BUF: usize = 1 << 20;
@@ -130,12 +161,38 @@ impl Engine {
                 paths[i] = Some(strings.len() - 1);
             }
         }
+        // Paths that name places: in a bind, the host serves the call; relative ones while
+        // the cwd is in a bind reach the kernel library as absolute paths.
+        let mut cwd_dirs = [false; 6];
+        if !self.binds.is_empty() {
+            let mut places = Vec::new();
+            for (at, dir) in locations(nr, shape) {
+                let Some(si) = paths[at] else { continue };
+                let raw_dir = dir.map_or(AT_FDCWD, |d| args[d]);
+                let place = self.locate(pid, raw_dir, &strings[si])?;
+                if let Place::Kernel { abs: Some(abs) } = &place {
+                    strings[si] = abs.clone();
+                    if let Some(d) = dir {
+                        cwd_dirs[d] = true;
+                    }
+                }
+                places.push((at, place));
+            }
+            if places.iter().any(|(_, p)| matches!(p, Place::Host { .. })) {
+                return match self.bind_call(guest, pid, nr, args, &places) {
+                    Reply::Value(v) => Ok(Some(v)),
+                    Reply::Fail(e) => Err(e),
+                    Reply::Continue => Ok(None),
+                };
+            }
+        }
         for (i, a) in shape.iter().enumerate() {
             match *a {
                 Int => {}
                 Path | PathOrNull => {
                     kargs[i] = paths[i].map_or(0, |s| ptr(strings[s].as_ptr()));
                 }
+                Dir if cwd_dirs[i] => kargs[i] = AT_FDCWD,
                 Dir => {
                     let next = paths.get(i + 1).copied().flatten();
                     let path = next.map_or(&b""[..], |s| strings[s].as_bytes());
@@ -192,8 +249,23 @@ impl Engine {
                 }
             }
         }
-        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        if nr == g::GETCWD
+            && let Some(cwd) = &p.cwd_bind
+        {
+            // The cwd is in a bind: the kernel task's own cwd is stale.
+            let mut text = cwd.clone();
+            text.push(0);
+            if text.len() > usize::try_from(args[1]).unwrap_or(0) {
+                return Err(Errno::ERANGE);
+            }
+            guest.write(args[0], &text)?;
+            return Ok(Some(i64::try_from(text.len()).unwrap_or(0)));
+        }
         let ret = lkl(&p.task, nr, kargs)?;
+        if nr == g::CHDIR {
+            p.cwd_bind = None;
+        }
         for (b, addr, by_result) in out {
             if addr == 0 {
                 continue;

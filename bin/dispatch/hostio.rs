@@ -181,3 +181,77 @@ pub fn open_host(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
     )
     .map_err(errno)
 }
+
+/// A raw host syscall with six register arguments (the `*at` calls kbox runs for binds,
+/// with pointers to kbox's own buffers).
+pub fn at_call(nr: libc::c_long, a: [u64; 6]) -> Result<i64, Errno> {
+    let a = a.map(|v| libc::c_long::from_ne_bytes(v.to_ne_bytes()));
+    // SAFETY: callers pass syscall numbers whose pointer arguments point to live buffers of
+    // kbox (NUL-terminated names, stat-sized outputs) or are zero.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+    if r < 0 {
+        Err(Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Host `struct stat` bytes of `name` under `dir` (the guest's layout: it runs natively).
+pub fn stat_raw(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: u64) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; core::mem::size_of::<libc::stat>()];
+    at_call(
+        libc::SYS_newfstatat,
+        [
+            u64::from_ne_bytes(i64::from(dir.as_raw_fd()).to_ne_bytes()),
+            name.as_ptr() as usize as u64,
+            buf.as_mut_ptr() as usize as u64,
+            flags,
+            0,
+            0,
+        ],
+    )?;
+    Ok(buf)
+}
+
+/// Host `struct statx` bytes.
+pub fn statx_raw(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    flags: u64,
+    mask: u64,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 256];
+    at_call(
+        libc::SYS_statx,
+        [
+            u64::from_ne_bytes(i64::from(dir.as_raw_fd()).to_ne_bytes()),
+            name.as_ptr() as usize as u64,
+            flags,
+            mask,
+            buf.as_mut_ptr() as usize as u64,
+            0,
+        ],
+    )?;
+    Ok(buf)
+}
+
+/// Host `struct statfs` bytes.
+pub fn fstatfs_raw(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; core::mem::size_of::<libc::statfs>()];
+    at_call(
+        libc::SYS_fstatfs,
+        [
+            u64::from_ne_bytes(i64::from(fd.as_raw_fd()).to_ne_bytes()),
+            buf.as_mut_ptr() as usize as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    Ok(buf)
+}

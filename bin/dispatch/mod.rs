@@ -11,6 +11,7 @@
 //! writes and mmaps on shadows natively; the kernel task mirrors the table for every call
 //! that needs the real file.
 
+mod binds;
 mod exec;
 mod files;
 mod forward;
@@ -86,6 +87,8 @@ pub trait Answer: Send {
 pub struct Settings {
     pub verbose: bool,
     pub shadow_limit: u64,
+    /// `-b HOST:GUEST` pairs, GUEST absolute without `..`.
+    pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The engine: per-process kernel tasks, shadows, exec copies.
@@ -97,6 +100,7 @@ pub struct Engine {
     /// Guest memory to put back once the current call is answered (exec.rs).
     restore: Option<exec::Restore>,
     pumps: sockets::Pumps,
+    binds: binds::Binds,
 }
 
 impl Engine {
@@ -106,6 +110,7 @@ impl Engine {
             procs: Procs::new(root),
             shadows: shadow::Shadows::new(settings.shadow_limit),
             exec: exec::ExecDir::create()?,
+            binds: binds::Binds::new(&settings.binds)?,
             settings,
             restore: None,
             pumps: sockets::Pumps::default(),

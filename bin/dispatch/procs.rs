@@ -25,6 +25,10 @@ pub struct Proc {
     /// other end of (shared by dup and fork, as the socket is).
     pub sockets: HashMap<i32, Arc<super::sockets::SockEnd>>,
     pub pidfd: Option<OwnedFd>,
+    /// The cwd, when it is inside a `-b` bind (the kernel task's cwd is then stale).
+    pub cwd_bind: Option<Vec<u8>>,
+    /// Directory FDs opened in a bind, with their guest paths (for `*at` and fchdir).
+    pub bind_fds: HashMap<i32, Vec<u8>>,
     /// Tasks forked at this process's clone calls, not yet claimed by the new process.
     pending: VecDeque<Forked>,
     /// The guest path of the program running, for /proc/self/exe.
@@ -41,6 +45,8 @@ struct Forked {
     fds: Box<FdTable>,
     writable: HashMap<i32, Arc<Writable>>,
     sockets: HashMap<i32, Arc<super::sockets::SockEnd>>,
+    cwd_bind: Option<Vec<u8>>,
+    bind_fds: HashMap<i32, Vec<u8>>,
     exe: CString,
     vm_shared: bool,
 }
@@ -110,6 +116,8 @@ impl Procs {
                 fds: f.fds,
                 writable: f.writable,
                 sockets: f.sockets,
+                cwd_bind: f.cwd_bind,
+                bind_fds: f.bind_fds,
                 pidfd: hostio::pidfd_open(tgid),
                 pending: VecDeque::new(),
                 exe: f.exe,
@@ -129,6 +137,8 @@ impl Procs {
                     fds: empty_table(),
                     writable: HashMap::new(),
                     sockets: HashMap::new(),
+                    cwd_bind: None,
+                    bind_fds: HashMap::new(),
                     pidfd: hostio::pidfd_open(tgid),
                     pending: VecDeque::new(),
                     exe: CString::default(),
@@ -152,6 +162,8 @@ impl Procs {
             fds: copy_table(&p.fds),
             writable: p.writable.clone(),
             sockets: p.sockets.clone(),
+            cwd_bind: p.cwd_bind.clone(),
+            bind_fds: p.bind_fds.clone(),
             exe: p.exe.clone(),
             vm_shared,
         };
