@@ -428,6 +428,28 @@ fn binds_show_host_files_and_keep_the_guest_inside_them() {
 }
 
 #[test]
+fn files_over_the_shadow_limit_are_shadowed_on_disk() {
+    let img = Image::default("big-files");
+    let script = "md5sum /bin/busybox | cut -d' ' -f1; \
+        dd if=/dev/zero of=/big bs=1k count=100 2>/dev/null; echo x >> /big; wc -c < /big";
+    let out = expect(
+        &img.run(&["--shadow-limit", "4K", "-S"], &["/bin/sh", "-c", script]),
+        0,
+    );
+    let host = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "debugfs -R 'cat /bin/busybox' {} 2>/dev/null | md5sum | cut -d' ' -f1",
+            img.arg()
+        ))
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_default();
+    assert_eq!(out, format!("{host}102402\n"));
+    img.assert_clean();
+}
+
+#[test]
 fn exit_statuses_follow_the_guest() {
     let img = Image::default("exits");
     expect(&img.sh("exit 3"), 3);

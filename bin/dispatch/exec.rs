@@ -76,6 +76,11 @@ impl ExecDir {
         &self.empty
     }
 
+    /// Where shadows of files over --shadow-limit live (unlinked files on disk).
+    pub fn spill_dir(&self) -> &Path {
+        &self.base
+    }
+
     /// Makes `root/<name>` the file `content` (stored once per `key`).
     fn link(
         &mut self,

@@ -234,13 +234,27 @@ impl Engine {
         let (host, kind): (OwnedFd, FdKind) = match st.st_mode & S_IFMT {
             _ if flags & O_PATH != 0 => (self.placeholder()?, FdKind::Kernel),
             S_IFDIR => (self.placeholder()?, FdKind::Kernel),
-            S_IFREG if acc == 0 => (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow),
+            S_IFREG if acc == 0 => {
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                if self.shadows.admits(size) {
+                    (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow)
+                } else {
+                    let spilled = shadow::fill_on_disk(self.exec.spill_dir(), &p.task, kfd, size)?;
+                    self.note_spill(guest.tid(), size);
+                    (
+                        hostio::reopen(spilled.as_fd(), OFlags::RDONLY)?,
+                        FdKind::Shadow,
+                    )
+                }
+            }
             S_IFREG => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
-                if !self.shadows.admits(size) {
-                    return Err(Errno::EFBIG);
-                }
-                let memfd = shadow::fill(&p.task, kfd, size)?;
+                let memfd = if self.shadows.admits(size) {
+                    shadow::fill(&p.task, kfd, size)?
+                } else {
+                    self.note_spill(guest.tid(), size);
+                    shadow::fill_on_disk(self.exec.spill_dir(), &p.task, kfd, size)?
+                };
                 let mut oflags = if acc == O_WRONLY {
                     OFlags::WRONLY
                 } else {
@@ -279,6 +293,16 @@ impl Engine {
             p.writable.insert(n, w);
         }
         Ok(n)
+    }
+
+    /// Under -v, says that a file too large for a memory shadow got one on disk.
+    fn note_spill(&self, tid: u32, size: u64) {
+        if self.settings.verbose {
+            eprintln!(
+                "kbox: [{tid}] file of {size} bytes is over --shadow-limit: shadowed on disk in {}",
+                self.exec.spill_dir().display()
+            );
+        }
     }
 
     /// A host directory with nothing in it: what a guest directory FD holds on the host

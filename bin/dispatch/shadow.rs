@@ -138,6 +138,45 @@ pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
+/// Like [`fill`], for files over the shadow limit: an unlinked file in kbox's private
+/// directory on disk (the host's page cache holds it, not pinned memory), copied in chunks.
+pub fn fill_on_disk(
+    dir: &std::path::Path,
+    task: &Task,
+    kfd: i32,
+    size: u64,
+) -> Result<OwnedFd, Errno> {
+    const CHUNK: usize = 1 << 20;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        rustix::fs::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(hostio::errno)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done: u64 = 0;
+    while done < size {
+        let want = usize::try_from((size - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let n = lkl(
+            task,
+            g::PREAD64,
+            [fdv(kfd), ptr(buf.as_mut_ptr()), want as u64, done, 0, 0],
+        )?;
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let mut off = 0;
+        while off < n {
+            let w =
+                rustix::io::pwrite(&fd, &buf[off..n], done + off as u64).map_err(hostio::errno)?;
+            off += w;
+        }
+        done += n as u64;
+    }
+    Ok(fd)
+}
+
 /// A memfd with everything `kfd` reads until end of file (pseudo files).
 pub fn snapshot(task: &Task, kfd: i32) -> Result<OwnedFd, Errno> {
     let fd = hostio::memfd(0)?;
