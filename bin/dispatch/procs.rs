@@ -100,7 +100,21 @@ impl Procs {
         if let Some(&pid) = self.tids.get(&tid) {
             return Some(pid);
         }
-        let (tgid, ppid) = hostio::thread_ids(tid)?;
+        // pidfd_open succeeds only for a thread-group leader: a new process. When exactly
+        // one process has a fork pending, it is the parent, and /proc need not be read
+        // (that read is the costliest part of a fork).
+        let leader_pidfd = hostio::pidfd_open(tid);
+        let sole_forker = {
+            let mut forkers = self.procs.iter().filter(|(_, p)| !p.pending.is_empty());
+            match (forkers.next(), forkers.next()) {
+                (Some((&pid, _)), None) => Some(pid),
+                _ => None,
+            }
+        };
+        let (tgid, ppid) = match (&leader_pidfd, sole_forker) {
+            (Some(_), Some(parent)) => (tid, parent),
+            _ => hostio::thread_ids(tid)?,
+        };
         if self.procs.contains_key(&tgid) {
             self.tids.insert(tid, tgid);
             return Some(tgid);
@@ -118,7 +132,7 @@ impl Procs {
                 sockets: f.sockets,
                 cwd_bind: f.cwd_bind,
                 bind_fds: f.bind_fds,
-                pidfd: hostio::pidfd_open(tgid),
+                pidfd: leader_pidfd,
                 pending: VecDeque::new(),
                 exe: f.exe,
                 vm_parent: f.vm_shared.then_some(ppid),
