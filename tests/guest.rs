@@ -450,6 +450,46 @@ fn files_over_the_shadow_limit_are_shadowed_on_disk() {
 }
 
 #[test]
+fn interactive_shell_keeps_the_terminal_and_job_control() {
+    // util-linux's script gives kbox a pseudo-terminal, as a user's terminal would.
+    let img = Image::default("interactive");
+    let cmd = format!("{KBOX} -S {} -- /bin/sh -i", img.arg());
+    let mut child = match Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("cannot run script: {e}"),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let steps = [
+            "echo interactive-$((6*7))\n",
+            "sleep 5 &\n",
+            "jobs\n",
+            "kill %1; exit 3\n",
+        ];
+        for step in steps {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = stdin.write_all(step.as_bytes());
+            let _ = stdin.flush();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => panic!("script: {e}"),
+    };
+    let tty = text(&out.stdout).replace('\r', "");
+    assert!(tty.lines().any(|l| l == "interactive-42"), "{tty}");
+    assert!(tty.contains("Running") && tty.contains("sleep 5"), "{tty}");
+    assert_eq!(out.status.code(), Some(3), "{tty}");
+}
+
+#[test]
 fn exit_statuses_follow_the_guest() {
     let img = Image::default("exits");
     expect(&img.sh("exit 3"), 3);
