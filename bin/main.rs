@@ -40,7 +40,8 @@ fn run(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Exit, Error> {
     if let Some(warning) = access.warning(&config.image) {
         let _ = writeln!(io::stderr().lock(), "kbox: {warning}");
     }
-    runtime::run(&config).map_err(Error::Runtime)
+    let read_only = matches!(access, cli::ImageAccess::ReadOnly(_));
+    runtime::run(&config, read_only).map_err(Error::Runtime)
 }
 
 fn print_stdout(text: &str) -> Result<(), Error> {

@@ -158,11 +158,11 @@ impl Guest for SeccompGuest {
     }
 }
 
-/// Runs the guest of `config`; returns how kbox should exit.
-pub fn run(config: &Config) -> Result<Exit, RuntimeError> {
+/// Runs the guest of `config` (on an image mounted read-only when the user cannot write
+/// it); returns how kbox should exit.
+pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
     block_forwarded_signals();
-    let read_only = false;
     let disk = kbox_lkl::add_disk(&config.image, read_only).map_err(RuntimeError::Disk)?;
     let (memory_mib, cmdline) = split_memory(&config.kernel_cmdline);
     let kernel = Kernel::boot(&BootConfig {
@@ -173,7 +173,7 @@ pub fn run(config: &Config) -> Result<Exit, RuntimeError> {
         verbose: false,
     })
     .map_err(RuntimeError::Boot)?;
-    let result = run_booted(&kernel, disk, config);
+    let result = run_booted(&kernel, disk, config, read_only);
     // Whatever happened, the image is unmounted cleanly (halt unmounts first).
     let halted = kernel.halt();
     let exit = result?;
@@ -190,13 +190,14 @@ fn run_booted(
     kernel: &Kernel,
     disk: kbox_lkl::DiskId,
     config: &Config,
+    read_only: bool,
 ) -> Result<Exit, RuntimeError> {
     let mode = match config.mounts {
         Mounts::ImageOnly => RootMode::Raw,
         Mounts::System => RootMode::Recommended,
     };
     let root = kernel
-        .image_root(disk, config.fstype.name(), mode, false)
+        .image_root(disk, config.fstype.name(), mode, read_only)
         .map_err(RuntimeError::Mount)?;
     // Before the identity drops: only root may configure interfaces.
     Engine::network_up(&root).map_err(|errno| RuntimeError::Setup {
@@ -459,7 +460,8 @@ fn make_bind_points(root: &Task, config: &Config) -> Result<(), RuntimeError> {
                 )
             };
             match r {
-                Ok(_) | Err(Errno::EEXIST) => {}
+                // A read-only image keeps its tree: the bind works, listings just miss it.
+                Ok(_) | Err(Errno::EEXIST) | Err(Errno::EROFS) => {}
                 Err(errno) => {
                     return Err(RuntimeError::Setup {
                         what: format!("create bind point {}", b.guest.display()),
