@@ -163,6 +163,7 @@ impl Guest for SeccompGuest {
 pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
     block_forwarded_signals();
+    crate::seccomp::sys_ignore_terminal_stops();
     let disk = kbox_lkl::add_disk(&config.image, read_only).map_err(RuntimeError::Disk)?;
     let (memory_mib, cmdline) = split_memory(&config.kernel_cmdline);
     let kernel = Kernel::boot(&BootConfig {

@@ -239,11 +239,27 @@ pub unsafe fn execve(path: &CStr, argv: *const *const c_char, envp: *const *cons
 /// Unblocks every signal (the supervisor blocks the ones it forwards; the guest must not
 /// inherit that). Async-signal-safe.
 pub fn unblock_all_signals() {
-    // SAFETY: an empty, initialised set; sigprocmask only reads it.
+    // SAFETY: an empty, initialised set; sigprocmask only reads it. signal() with SIG_DFL
+    // is async-signal-safe and takes plain integers.
     unsafe {
         let mut set: libc::sigset_t = core::mem::zeroed();
         libc::sigemptyset(&raw mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const set, core::ptr::null_mut());
+        // kbox ignores these (see runtime.rs); ignored dispositions survive exec, and the
+        // guest must get the terminal's job control signals as any program would.
+        libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+        libc::signal(libc::SIGTTIN, libc::SIG_DFL);
+    }
+}
+
+/// Ignores SIGTTOU and SIGTTIN: an interactive guest shell moves itself into its own
+/// process group and takes the terminal, and kbox, left in the background group, must not
+/// be stopped when it writes its last words (an error, -v) to that terminal.
+pub fn ignore_terminal_stops() {
+    // SAFETY: signal() with SIG_IGN takes plain integers.
+    unsafe {
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
     }
 }
 
