@@ -80,9 +80,11 @@ impl RuntimeError {
 /// The seccomp tier's view of one notified thread. The notification moves out when the
 /// engine answers with an FD (ADDFD with SEND) or defers the answer, so it is answered
 /// exactly once.
-struct SeccompGuest {
+struct SeccompGuest<'a> {
     notif: crate::seccomp::notify::Notification,
     pending: std::cell::RefCell<Option<Pending<'static>>>,
+    /// Lets another thread receive while this one does slow work.
+    slow: &'a dyn Fn(),
 }
 
 /// A notification answered later, from another thread.
@@ -98,7 +100,7 @@ impl dispatch::Answer for Deferred {
     }
 }
 
-impl SeccompGuest {
+impl SeccompGuest<'_> {
     fn with<T>(&self, f: impl FnOnce(&Pending<'_>) -> Result<T, Errno>) -> Result<T, Errno> {
         match self.pending.borrow().as_ref() {
             Some(p) => f(p),
@@ -115,7 +117,11 @@ fn mem_errno(e: MemError) -> Errno {
     }
 }
 
-impl Guest for SeccompGuest {
+impl Guest for SeccompGuest<'_> {
+    fn slow(&self) {
+        (self.slow)();
+    }
+
     fn defer(&self) -> Option<Box<dyn dispatch::Answer>> {
         let pending = self.pending.borrow_mut().take()?;
         Some(Box::new(Deferred(pending)))
@@ -281,30 +287,8 @@ fn yes(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-/// Calls whose answer takes long enough that another thread should be receiving meanwhile
-/// (host numbers).
-fn slow_calls() -> Vec<i32> {
-    [
-        "execve",
-        "execveat",
-        "clone",
-        "clone3",
-        "fork",
-        "vfork",
-        "exit_group",
-        "sync",
-        "syncfs",
-        "fsync",
-        "fdatasync",
-    ]
-    .iter()
-    .filter_map(|name| dispatch::policy::host_nr(name))
-    .filter_map(|nr| i32::try_from(nr).ok())
-    .collect()
-}
-
 /// Threads answering notifications (leader/followers; see `serve`).
-const RECEIVERS: usize = 3;
+const RECEIVERS: usize = 4;
 
 /// Which receiver may call RECV: exactly one at a time, so that a notification never wakes
 /// several threads.
@@ -342,11 +326,12 @@ impl Leadership {
 /// A guest's notified call can be interrupted by a (handled) signal until a supervisor
 /// thread has received it; after that only fatal signals end the wait (WAIT_KILLABLE_RECV).
 /// A signal landing in that window turns even fork into EINTR, which Linux never returns
-/// for fork. So receiving does not wait for slow answers: the thread that receives a slow
-/// call (exec, fork, exit, sync: hundreds of microseconds) first passes the right to
-/// receive to the next thread, so a new notification finds a thread already waiting in
-/// RECV. Fast calls (a few microseconds, about a RECV's own latency) are answered by the
-/// receiving thread before it receives again, which saves a thread wake-up per call.
+/// for fork. So receiving never waits behind slow work: a thread that received a call passes
+/// the right to receive to the next thread before anything slow (the engine says when:
+/// exec, fork, socket set-up, filling a shadow, a write-back; or the engine is busy with
+/// another call), so a new notification finds a thread already waiting in RECV. Fast calls
+/// (a few microseconds, about a RECV's own latency) are answered by the receiving thread
+/// before it receives again, which saves a thread wake-up per call.
 fn serve(
     engine: &Arc<Mutex<Engine>>,
     notify: &'static NotifyFd,
@@ -357,9 +342,8 @@ fn serve(
         taken: Mutex::new(false),
         free: std::sync::Condvar::new(),
     });
-    let slow: Arc<[i32]> = slow_calls().into();
     for _ in 0..RECEIVERS {
-        let (e, l, slow) = (Arc::clone(engine), Arc::clone(&leader), Arc::clone(&slow));
+        let (e, l) = (Arc::clone(engine), Arc::clone(&leader));
         std::thread::Builder::new()
             .name("kbox-receiver".into())
             .spawn(move || {
@@ -369,12 +353,24 @@ fn serve(
                         l.pass();
                         return;
                     };
-                    if slow.contains(&pending.notification().nr) {
-                        l.pass();
-                        answer(&mut lock(&e), pending);
+                    let passed = std::cell::Cell::new(false);
+                    let pass = || {
+                        if !passed.replace(true) {
+                            l.pass();
+                        }
+                    };
+                    let mut engine = match e.try_lock() {
+                        Ok(g) => g,
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                        Err(std::sync::TryLockError::WouldBlock) => {
+                            pass();
+                            lock(&e)
+                        }
+                    };
+                    answer(&mut engine, pending, &pass);
+                    drop(engine);
+                    if passed.get() {
                         l.take();
-                    } else {
-                        answer(&mut lock(&e), pending);
                     }
                 }
             })
@@ -396,12 +392,13 @@ fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn answer(engine: &mut Engine, pending: Pending<'static>) {
+fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
     let n = *pending.notification();
     let nr = u32::try_from(n.nr).unwrap_or(u32::MAX);
     let guest = SeccompGuest {
         notif: n,
         pending: std::cell::RefCell::new(Some(pending)),
+        slow,
     };
     let reply = engine.handle(&guest, nr, n.args);
     // Already answered with an FD: nothing more to send.

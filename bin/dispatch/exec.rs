@@ -571,7 +571,7 @@ impl Engine {
             .filter(|&fd| hostio::is_cloexec(pid, fd).unwrap_or(false))
             .collect();
         for fd in doomed {
-            self.close(pid, fdv(fd));
+            self.forget(pid, fd);
         }
     }
 

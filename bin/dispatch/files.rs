@@ -237,8 +237,13 @@ impl Engine {
             S_IFREG if acc == 0 => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
                 if self.shadows.admits(size) {
-                    (self.shadows.read_only(&p.task, kfd, &st)?, FdKind::Shadow)
+                    let slow = || guest.slow();
+                    (
+                        self.shadows.read_only(&p.task, kfd, &st, &slow)?,
+                        FdKind::Shadow,
+                    )
                 } else {
+                    guest.slow();
                     let spilled = shadow::fill_on_disk(self.exec.spill_dir(), &p.task, kfd, size)?;
                     self.note_spill(guest.tid(), size);
                     (
@@ -249,6 +254,7 @@ impl Engine {
             }
             S_IFREG => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
+                guest.slow();
                 let memfd = if self.shadows.admits(size) {
                     shadow::fill(&p.task, kfd, size)?
                 } else {
@@ -315,7 +321,7 @@ impl Engine {
     }
 
     /// Drops guest FD `fd` of `pid` from the kernel side (writing a shadow back first).
-    fn forget(&mut self, pid: u32, fd: i32) {
+    pub(super) fn forget(&mut self, pid: u32, fd: i32) {
         let Some(p) = self.procs.get_mut(pid) else {
             return;
         };
@@ -337,8 +343,17 @@ impl Engine {
         let _ = p.fds.remove(gfd);
     }
 
-    pub(super) fn close(&mut self, pid: u32, raw: u64) -> Reply {
-        self.forget(pid, fd_arg(raw));
+    pub(super) fn close(&mut self, guest: &dyn Guest, pid: u32, raw: u64) -> Reply {
+        let fd = fd_arg(raw);
+        // Closing a writable shadow writes it back, which may take a while.
+        if self
+            .procs
+            .get(pid)
+            .is_some_and(|p| p.writable.contains_key(&fd))
+        {
+            guest.slow();
+        }
+        self.forget(pid, fd);
         Reply::Continue
     }
 

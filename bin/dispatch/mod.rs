@@ -73,6 +73,10 @@ pub trait Guest {
     /// Takes the call over to answer it later; the tier then answers nothing now. None if
     /// the tier cannot wait (the engine fails the call instead).
     fn defer(&self) -> Option<Box<dyn Answer>>;
+    /// The engine is about to do something slow (fork a task, fill a shadow, write one
+    /// back, prepare an exec): a tier that receives calls on several threads lets another
+    /// one receive meanwhile.
+    fn slow(&self) {}
 }
 
 /// An answer to give later, from another thread (a call that blocks, such as accept).
@@ -185,10 +189,32 @@ impl Engine {
         let Some(pid) = self.procs.attach(tid, &mut self.shadows) else {
             return Reply::Fail(Errno::ESRCH);
         };
+        if matches!(
+            nr,
+            g::EXECVE
+                | g::EXECVEAT
+                | g::CLONE
+                | g::CLONE3
+                | g::EXIT_GROUP
+                | g::SYNC
+                | g::SYNCFS
+                | g::FSYNC
+                | g::FDATASYNC
+                | g::SOCKET
+                | g::BIND
+                | g::CONNECT
+                | g::LISTEN
+                | g::ACCEPT
+                | g::ACCEPT4
+                | g::MOUNT
+                | g::UMOUNT2
+        ) {
+            guest.slow();
+        }
         match nr {
             g::OPENAT => self.open(guest, pid, args).into(),
             g::OPENAT2 => Reply::Fail(Errno::ENOSYS),
-            g::CLOSE => self.close(pid, args[0]),
+            g::CLOSE => self.close(guest, pid, args[0]),
             g::CLOSE_RANGE => self.close_range(pid, args),
             g::DUP if self.served(pid, fd_arg(args[0])).is_some() => {
                 self.dup(guest, pid, args[0], None, false).into()

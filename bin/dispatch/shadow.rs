@@ -42,7 +42,14 @@ impl Shadows {
 
     /// A fresh read-only open file description of the sealed shadow of the file open as
     /// `kfd` in `task`.
-    pub fn read_only(&mut self, task: &Task, kfd: i32, st: &GenericStat) -> Result<OwnedFd, Errno> {
+    /// `slow` is called before any copying (the cache missed).
+    pub fn read_only(
+        &mut self,
+        task: &Task,
+        kfd: i32,
+        st: &GenericStat,
+        slow: &dyn Fn(),
+    ) -> Result<OwnedFd, Errno> {
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size == 0 {
             // Pseudo files report size 0 and change between reads: copy, never cache.
@@ -68,6 +75,7 @@ impl Shadows {
             Lookup::TooLarge => return Err(Errno::EFBIG),
             Lookup::Miss => {}
         }
+        slow();
         let fd = fill(task, kfd, size)?;
         hostio::seal(&fd)?;
         let ro = hostio::reopen(fd.as_fd(), OFlags::RDONLY)?;
