@@ -238,6 +238,26 @@ fn cwd_umask_and_fds_follow_fork_semantics() {
 }
 
 #[test]
+fn a_child_keeps_the_state_it_was_forked_with() {
+    // fork runs on the host: the child's kernel state must still be its parent's at the
+    // fork, even when the parent changes its own before the child makes a call.
+    let img = Image::default("fork-snapshot");
+    let script = r#"
+        cd /tmp
+        (sleep 0.3; /bin/pwd) &
+        cd /
+        exec 3</etc/hostname
+        (sleep 0.3; ls -l /proc/self/fd/3 | grep -c hostname) &
+        exec 3<&-
+        wait
+    "#;
+    let out = expect(&img.sh(script), 0);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, vec!["/tmp", "1"], "{out}");
+}
+
+#[test]
 fn identity_is_root_under_s_and_the_given_ids_under_change_id() {
     let img = Image::default("identity");
     let out = expect(&img.run(&["-S"], &["id"]), 0);

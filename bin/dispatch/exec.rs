@@ -26,8 +26,6 @@ const O_CLOEXEC: u64 = 0o2000000;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const X_OK: u64 = 1;
-const CLONE_VM: u64 = 0x100;
-const CLONE_THREAD: u64 = 0x10000;
 const PT_INTERP: u32 = 3;
 const PR_SET_NAME: u64 = 15;
 /// Nested `#!` interpreters followed, as Linux's binfmt_script does (BINPRM_MAX_RECURSION).
@@ -541,11 +539,11 @@ impl Engine {
         undo.push((path_addr, original));
         self.close_on_exec(pid);
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
-        if let Some(parent) = p.vm_parent.take() {
-            // The strings live in memory the parent shares until the exec is done: put the
-            // parent's bytes back then.
+        if hostio::same_vm(p.parent, pid) == Some(true) {
+            // vfork/posix_spawn: the strings live in memory the parent shares until the
+            // exec is done: put the parent's bytes back then.
             self.restore = Some(Restore {
-                parent,
+                parent: p.parent,
                 child: pid,
                 undo,
             });
@@ -587,23 +585,6 @@ impl Engine {
         for (addr, bytes) in r.undo.iter().rev() {
             let _ = hostio::force_write(r.parent, *addr, bytes);
         }
-    }
-
-    pub(super) fn clone(&mut self, pid: u32, flags: u64) -> Reply {
-        if flags & CLONE_THREAD == 0
-            && let Err(e) = self.procs.fork(pid, flags & CLONE_VM != 0)
-        {
-            return Reply::Fail(e);
-        }
-        Reply::Continue
-    }
-
-    pub(super) fn clone3(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
-        let mut flags = [0u8; 8];
-        if let Err(e) = guest.read(args[0], &mut flags) {
-            return Reply::Fail(e);
-        }
-        self.clone(pid, u64::from_le_bytes(flags))
     }
 
     pub(super) fn exit_group(&mut self, pid: u32) -> Reply {

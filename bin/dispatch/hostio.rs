@@ -158,6 +158,48 @@ pub fn same_vm(a: u32, b: u32) -> Option<bool> {
     (r >= 0).then_some(r == 0)
 }
 
+/// Whether FD `fd` of `a` and of `b` are the same open file (kcmp KCMP_FILE); None when
+/// either does not have it.
+pub fn same_file(a: u32, b: u32, fd: i32) -> Option<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers and touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(a),
+            libc::c_long::from(b),
+            KCMP_FILE,
+            libc::c_long::from(fd),
+            libc::c_long::from(fd),
+        )
+    };
+    (r >= 0).then_some(r == 0)
+}
+
+/// Whether process `pid` has FD `fd` open.
+pub fn has_fd(pid: u32, fd: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/fdinfo/{fd}")).exists()
+}
+
+/// The children of thread `tid` and of the main thread of `pid` (CONFIG_PROC_CHILDREN;
+/// empty where the kernel lacks it).
+pub fn children(pid: u32, tid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut read = |t: u32| {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|v| v.parse::<u32>().ok()),
+            );
+        }
+    };
+    read(tid);
+    if tid != pid {
+        read(pid);
+    }
+    out
+}
+
 /// Whether the process behind `pidfd` has exited.
 pub fn exited(pidfd: &OwnedFd) -> bool {
     let mut fds = [rustix::event::PollFd::new(

@@ -193,8 +193,6 @@ impl Engine {
             nr,
             g::EXECVE
                 | g::EXECVEAT
-                | g::CLONE
-                | g::CLONE3
                 | g::EXIT_GROUP
                 | g::SYNC
                 | g::SYNCFS
@@ -210,6 +208,9 @@ impl Engine {
                 | g::UMOUNT2
         ) {
             guest.slow();
+        }
+        if changes_inherited_state(nr) && self.inherited_change(pid, nr, args) {
+            self.procs.before_change(pid, guest.tid());
         }
         match nr {
             g::OPENAT => self.open(guest, pid, args).into(),
@@ -230,8 +231,6 @@ impl Engine {
             g::FSYNC | g::FDATASYNC => self.fsync(pid, nr, args[0]),
             g::EXECVE => self.execve(guest, pid, files::AT_FDCWD, args[0], args[1], args[2], 0),
             g::EXECVEAT => self.execve(guest, pid, args[0], args[1], args[2], args[3], args[4]),
-            g::CLONE => self.clone(pid, args[0]),
-            g::CLONE3 => self.clone3(guest, pid, args),
             g::EXIT_GROUP => self.exit_group(pid),
             g::READLINKAT => self.readlinkat(guest, pid, args),
             g::UNAME => self.uname(guest, pid, args[0]),
@@ -251,6 +250,44 @@ impl Engine {
                 let _ = host_nr;
                 Reply::Fail(Errno::ENOSYS)
             }
+        }
+    }
+}
+
+/// Calls that change state a forked child inherits from its parent's kernel task.
+fn changes_inherited_state(nr: u32) -> bool {
+    matches!(
+        nr,
+        g::CLOSE
+            | g::CLOSE_RANGE
+            | g::DUP3
+            | g::CHDIR
+            | g::FCHDIR
+            | g::CHROOT
+            | g::UMASK
+            | g::SETUID
+            | g::SETGID
+            | g::SETREUID
+            | g::SETREGID
+            | g::SETRESUID
+            | g::SETRESGID
+            | g::SETFSUID
+            | g::SETFSGID
+            | g::SETGROUPS
+            | g::EXECVE
+            | g::EXECVEAT
+            | g::EXIT_GROUP
+    )
+}
+
+impl Engine {
+    /// Whether this particular call changes inherited kernel state (closing or replacing a
+    /// host-only FD does not).
+    fn inherited_change(&self, pid: u32, nr: u32, args: [u64; 6]) -> bool {
+        match nr {
+            g::CLOSE => self.served(pid, fd_arg(args[0])).is_some(),
+            g::DUP3 => self.served(pid, fd_arg(args[1])).is_some(),
+            _ => true,
         }
     }
 }

@@ -99,6 +99,12 @@ pub const HOST: &[&str] = &[
     "getsid",
     "setpgid",
     "setsid",
+    // Process creation: the child's kernel task is made when it first calls in
+    // (procs.rs); a notified fork could be turned into EINTR by a signal.
+    "clone",
+    "clone3",
+    "fork",
+    "vfork",
     "exit",
     "wait4",
     "waitid",

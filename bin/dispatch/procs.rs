@@ -2,7 +2,7 @@
 //! in the kernel library, forked from its parent's task at the moment the parent called
 //! fork/clone, so FD tables, cwd, umask and credentials follow Linux's fork semantics.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -29,12 +29,10 @@ pub struct Proc {
     pub cwd_bind: Option<Vec<u8>>,
     /// Directory FDs opened in a bind, with their guest paths (for `*at` and fchdir).
     pub bind_fds: HashMap<i32, Vec<u8>>,
-    /// Tasks forked at this process's clone calls, not yet claimed by the new process.
-    pending: VecDeque<Forked>,
+    /// The host pid of the parent (when the process appeared).
+    pub parent: u32,
     /// The guest path of the program running, for /proc/self/exe.
     pub exe: CString,
-    /// Set while this process shares its parent's memory (vfork, CLONE_VM) until it execs.
-    pub vm_parent: Option<u32>,
     /// Relative names the kernel gave a script's interpreter (see exec.rs), to their guest
     /// paths.
     pub aliases: Vec<(CString, CString)>,
@@ -48,7 +46,6 @@ struct Forked {
     cwd_bind: Option<Vec<u8>>,
     bind_fds: HashMap<i32, Vec<u8>>,
     exe: CString,
-    vm_shared: bool,
 }
 
 fn empty_table() -> Box<FdTable> {
@@ -76,6 +73,10 @@ pub struct Procs {
     procs: HashMap<u32, Proc>,
     /// Host thread id to thread group id.
     tids: HashMap<u32, u32>,
+    /// For children a process forked (fork runs on the host, unnotified) and that have not
+    /// made a call yet: the parent's state as it was before the parent changed it, by
+    /// child pid.
+    snapshots: HashMap<u32, Forked>,
 }
 
 impl Procs {
@@ -84,6 +85,7 @@ impl Procs {
             root: Some(root),
             procs: HashMap::new(),
             tids: HashMap::new(),
+            snapshots: HashMap::new(),
         }
     }
 
@@ -96,56 +98,54 @@ impl Procs {
     }
 
     /// The process of host thread `tid`, creating its state the first time it is seen.
+    ///
+    /// fork, vfork and clone run on the host without a notification (a notified fork could
+    /// be interrupted into EINTR by a signal before kbox received it). A new process takes
+    /// its parent's kernel state: a snapshot if the parent changed that state since
+    /// (`before_change`), else the parent's state now; FDs the parent opened after the fork
+    /// are then dropped by comparing the two processes' FD tables (kcmp).
     pub fn attach(&mut self, tid: u32, shadows: &mut Shadows) -> Option<u32> {
         if let Some(&pid) = self.tids.get(&tid) {
             return Some(pid);
         }
-        // pidfd_open succeeds only for a thread-group leader: a new process. When exactly
-        // one process has a fork pending, it is the parent, and /proc need not be read
-        // (that read is the costliest part of a fork).
-        let leader_pidfd = hostio::pidfd_open(tid);
-        let sole_forker = {
-            let mut forkers = self.procs.iter().filter(|(_, p)| !p.pending.is_empty());
-            match (forkers.next(), forkers.next()) {
-                (Some((&pid, _)), None) => Some(pid),
-                _ => None,
-            }
-        };
-        let (tgid, ppid) = match (&leader_pidfd, sole_forker) {
-            (Some(_), Some(parent)) => (tid, parent),
-            _ => hostio::thread_ids(tid)?,
-        };
+        let (tgid, ppid) = hostio::thread_ids(tid)?;
         if self.procs.contains_key(&tgid) {
             self.tids.insert(tid, tgid);
             return Some(tgid);
         }
         self.sweep(shadows);
-        let forked = self
-            .procs
-            .get_mut(&ppid)
-            .and_then(|p| p.pending.pop_front());
+        // A parent that has made no call yet (a subshell that only forked) is met first,
+        // so that its child inherits from it and not from the image root.
+        if !self.procs.contains_key(&ppid) && !self.snapshots.contains_key(&tgid) && is_guest(ppid)
+        {
+            let _ = self.attach(ppid, shadows);
+        }
+        let forked = match self.snapshots.remove(&tgid) {
+            Some(f) => Some(f),
+            None => self.procs.get(&ppid).and_then(|p| snapshot(p).ok()),
+        };
         let proc = match forked {
-            Some(f) => Proc {
-                task: f.task,
-                fds: f.fds,
-                writable: f.writable,
-                sockets: f.sockets,
-                cwd_bind: f.cwd_bind,
-                bind_fds: f.bind_fds,
-                pidfd: leader_pidfd,
-                pending: VecDeque::new(),
-                exe: f.exe,
-                vm_parent: f.vm_shared.then_some(ppid),
-                aliases: Vec::new(),
-            },
-            None => {
-                // A process kbox did not see being forked: the first command, or one whose
-                // parent is not a guest. It starts from the image root's state.
-                let parent = match self.procs.get(&ppid) {
-                    Some(p) => &p.task,
-                    None => self.root.as_ref()?,
+            Some(f) => {
+                let mut proc = Proc {
+                    task: f.task,
+                    fds: f.fds,
+                    writable: f.writable,
+                    sockets: f.sockets,
+                    cwd_bind: f.cwd_bind,
+                    bind_fds: f.bind_fds,
+                    pidfd: hostio::pidfd_open(tgid),
+                    parent: ppid,
+                    exe: f.exe,
+                    aliases: Vec::new(),
                 };
-                let task = fork_task(parent).ok()?;
+                reconcile(&mut proc, tgid, ppid);
+                proc
+            }
+            None => {
+                // A process whose parent kbox does not know: the first command (or one
+                // reparented after its parent died without kbox seeing it fork). It starts
+                // from the image root's state.
+                let task = fork_task(self.root.as_ref()?).ok()?;
                 Proc {
                     task,
                     fds: empty_table(),
@@ -154,9 +154,8 @@ impl Procs {
                     cwd_bind: None,
                     bind_fds: HashMap::new(),
                     pidfd: hostio::pidfd_open(tgid),
-                    pending: VecDeque::new(),
+                    parent: ppid,
                     exe: CString::default(),
-                    vm_parent: None,
                     aliases: Vec::new(),
                 }
             }
@@ -166,23 +165,21 @@ impl Procs {
         Some(tgid)
     }
 
-    /// Records a fork of `pid` happening now: the child's task is forked before the host
-    /// runs the clone, so the child starts from exactly this state.
-    pub fn fork(&mut self, pid: u32, vm_shared: bool) -> Result<(), Errno> {
-        let p = self.procs.get_mut(&pid).ok_or(Errno::ESRCH)?;
-        let task = fork_task(&p.task)?;
-        let forked = Forked {
-            task,
-            fds: copy_table(&p.fds),
-            writable: p.writable.clone(),
-            sockets: p.sockets.clone(),
-            cwd_bind: p.cwd_bind.clone(),
-            bind_fds: p.bind_fds.clone(),
-            exe: p.exe.clone(),
-            vm_shared,
-        };
-        p.pending.push_back(forked);
-        Ok(())
+    /// Process `pid` (thread `tid`) is about to change kernel state its children inherit
+    /// (close an FD, cd, umask, credentials, exec, exit): children it forked that kbox has
+    /// not met yet get a snapshot of the state they were forked with.
+    pub fn before_change(&mut self, pid: u32, tid: u32) {
+        let kids = hostio::children(pid, tid);
+        for kid in kids {
+            if self.procs.contains_key(&kid) || self.snapshots.contains_key(&kid) {
+                continue;
+            }
+            if let Some(p) = self.procs.get(&pid)
+                && let Ok(f) = snapshot(p)
+            {
+                self.snapshots.insert(kid, f);
+            }
+        }
     }
 
     /// The process called exit_group: write its files back and forget it.
@@ -204,6 +201,9 @@ impl Procs {
         for pid in dead {
             self.exit(pid, shadows);
         }
+        // Snapshots for children that died before their first call.
+        self.snapshots
+            .retain(|&kid, _| std::path::Path::new(&format!("/proc/{kid}")).exists());
     }
 
     pub fn flush_all(&mut self, _shadows: &mut Shadows) {
@@ -219,6 +219,7 @@ impl Procs {
         for pid in pids {
             self.exit(pid, shadows);
         }
+        self.snapshots.clear();
         self.root = None;
     }
 
@@ -241,6 +242,62 @@ impl Procs {
 
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
+    }
+}
+
+/// Whether host process `pid` descends from kbox (a guest), walking up parent pids.
+fn is_guest(pid: u32) -> bool {
+    let me = std::process::id();
+    let mut at = pid;
+    for _ in 0..64 {
+        if at <= 1 {
+            return false;
+        }
+        match hostio::thread_ids(at) {
+            Some((_, parent)) if parent == me => return true,
+            Some((_, parent)) => at = parent,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The kernel state a child forked from `p` now starts with.
+fn snapshot(p: &Proc) -> Result<Forked, Errno> {
+    Ok(Forked {
+        task: fork_task(&p.task)?,
+        fds: copy_table(&p.fds),
+        writable: p.writable.clone(),
+        sockets: p.sockets.clone(),
+        cwd_bind: p.cwd_bind.clone(),
+        bind_fds: p.bind_fds.clone(),
+        exe: p.exe.clone(),
+    })
+}
+
+/// Drops from a new process's inherited table the FDs it does not actually hold: those
+/// its parent opened (or replaced) after the fork. An FD counts as held when the child's
+/// host FD is the same file as the parent's (kcmp), or the parent has closed it since.
+fn reconcile(proc: &mut Proc, child: u32, parent: u32) {
+    let fds: Vec<i32> = proc.fds.iter().map(|(g, _)| g.as_raw()).collect();
+    for fd in fds {
+        let held = match hostio::same_file(child, parent, fd) {
+            Some(same) => same,
+            None => hostio::has_fd(child, fd),
+        };
+        if held {
+            continue;
+        }
+        if let Ok(g) = GuestFd::from_raw(fd) {
+            let _ = proc.fds.remove(g);
+        }
+        proc.writable.remove(&fd);
+        proc.sockets.remove(&fd);
+        proc.bind_fds.remove(&fd);
+        let _ = proc.task.syscall(
+            kbox_core::sysno::generic::CLOSE,
+            [usize::try_from(fd).unwrap_or(usize::MAX), 0, 0, 0, 0, 0],
+        );
     }
 }
 
