@@ -1,10 +1,10 @@
 # `make bench`: numbers, never tests. The guest micro-benchmark and workloads natively, under
 # kbox's tiers and under proot, side by side in one run (scripts/bench/bench.py).
 #   BENCH_CALLS=N   calls per batch of the micro-benchmark (default 20000)
-#   BENCH_RUNS=N    runs per workload, the median is reported (default 3)
+#   BENCH_RUNS=N    runs per workload, the median is reported (default 5)
 #   SAVE=1          also write the table to bench/results/<date>-<cpu>.md
 BENCH_CALLS ?= 20000
-BENCH_RUNS ?= 3
+BENCH_RUNS ?= 5
 BENCH_PY := python3 $(TOP)/scripts/bench/bench.py --kbox $(KBOX_BIN) --image $(ROOTFS_IMG) \
   --debian $(DEBIAN_IMG)
 .PHONY: bench-guest check-bench

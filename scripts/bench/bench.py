@@ -208,7 +208,8 @@ def main():
                 denvs.append(Env("proot", tree=dtree))
             for e in denvs:
                 print(f"bench: {e.name}: python3", file=sys.stderr)
-                py[e.name] = python_workload(e, a.runs)
+                # Start-up is short and the machine noisy: more runs for a steady median.
+                py[e.name] = python_workload(e, max(a.runs, 10))
         startup, rss = kbox_startup_and_rss(a.kbox, image, max(a.runs, 5))
 
     cols = [e.name for e in envs]
