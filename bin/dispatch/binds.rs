@@ -18,7 +18,7 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::Errno;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use super::files::AT_FDCWD;
+use super::linux::{AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW};
 use super::{Engine, Guest, Reply, fd_arg, hostio, lkl, ptr};
 
 pub struct Bind {
@@ -215,13 +215,12 @@ impl Engine {
 
     /// stat/lstat/fstatat of a path in a bind, in the host's layout (the guest's own).
     pub(super) fn bind_stat(&self, bind: usize, rel: &[u8], flags: u64) -> Result<Vec<u8>, Errno> {
-        const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
         if flags & AT_SYMLINK_NOFOLLOW != 0 && !rel.is_empty() {
             let (dir, base) = self.binds.parent(bind, rel)?;
             return hostio::stat_raw(dir.as_fd(), &base, AT_SYMLINK_NOFOLLOW);
         }
         let fd = self.binds.open(bind, rel, OFlags::PATH, 0)?;
-        hostio::stat_raw(fd.as_fd(), c"", 0x1000)
+        hostio::stat_raw(fd.as_fd(), c"", AT_EMPTY_PATH)
     }
 
     pub(super) fn bind_statx(
@@ -231,7 +230,6 @@ impl Engine {
         flags: u64,
         mask: u64,
     ) -> Result<Vec<u8>, Errno> {
-        const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
         if flags & AT_SYMLINK_NOFOLLOW != 0 && !rel.is_empty() {
             let (dir, base) = self.binds.parent(bind, rel)?;
             return hostio::statx_raw(dir.as_fd(), &base, flags, mask);
@@ -240,7 +238,7 @@ impl Engine {
         hostio::statx_raw(
             fd.as_fd(),
             c"",
-            (flags & !AT_SYMLINK_NOFOLLOW) | 0x1000,
+            (flags & !AT_SYMLINK_NOFOLLOW) | AT_EMPTY_PATH,
             mask,
         )
     }
@@ -288,7 +286,7 @@ impl Engine {
                         dirfd_of(&fd),
                         ptr(c"".as_ptr()),
                         args[2],
-                        flags | 0x1000,
+                        flags | AT_EMPTY_PATH,
                         0,
                         0,
                     ],
@@ -371,7 +369,7 @@ impl Engine {
                         ptr(c"".as_ptr()),
                         args[2],
                         args[3],
-                        0x1000,
+                        AT_EMPTY_PATH,
                         0,
                     ],
                 )
@@ -388,7 +386,7 @@ impl Engine {
                 let fd = b.open(bind, rel, OFlags::PATH, 0)?;
                 hostio::at_call(
                     libc::SYS_utimensat,
-                    [dirfd_of(&fd), ptr(c"".as_ptr()), tp, 0x1000, 0, 0],
+                    [dirfd_of(&fd), ptr(c"".as_ptr()), tp, AT_EMPTY_PATH, 0, 0],
                 )
             }
             g::TRUNCATE => {

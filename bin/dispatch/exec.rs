@@ -19,15 +19,11 @@ use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
-use super::files::{AT_FDCWD, Route};
+use super::files::Route;
+use super::linux::{AT_FDCWD, O_CLOEXEC, PR_SET_NAME, S_IFMT, S_IFREG, X_OK};
 use super::{Engine, Guest, Reply, fdv, hostio, lkl, ptr};
 
-const O_CLOEXEC: u64 = 0o2000000;
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const X_OK: u64 = 1;
 const PT_INTERP: u32 = 3;
-const PR_SET_NAME: u64 = 15;
 /// Nested `#!` interpreters followed, as Linux's binfmt_script does (BINPRM_MAX_RECURSION).
 const MAX_SCRIPT_DEPTH: usize = 4;
 const SHEBANG_MAX: usize = 256;
@@ -205,20 +201,8 @@ impl ExecDir {
         let iname = relative_name(interp).ok_or(Errno::ENOEXEC)?;
         let icstr = CString::new(interp).map_err(|_| Errno::ENOEXEC)?;
         let iimg = Image::open(task, AT_FDCWD, &icstr)?;
-        let mut ihead = [0u8; SHEBANG_MAX];
-        let n = lkl(
-            task,
-            g::PREAD64,
-            [
-                fdv(iimg.kfd),
-                ptr(ihead.as_mut_ptr()),
-                SHEBANG_MAX as u64,
-                0,
-                0,
-                0,
-            ],
-        );
-        let ihead = &ihead[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
+        let ihead = iimg.head(task);
+        let ihead = ihead.as_slice();
         let r = if ihead.starts_with(b"\x7fELF") {
             self.prepare_elf(task, &iimg, &iname)
         } else if ihead.starts_with(b"#!") {
@@ -335,6 +319,25 @@ impl Image {
             self.st.st_mtime_nsec,
             self.st.st_size
         )
+    }
+
+    /// The first bytes (enough for an ELF magic or a `#!` line).
+    fn head(&self, task: &Task) -> Vec<u8> {
+        let mut head = vec![0u8; SHEBANG_MAX];
+        let n = lkl(
+            task,
+            g::PREAD64,
+            [
+                fdv(self.kfd),
+                ptr(head.as_mut_ptr()),
+                SHEBANG_MAX as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        head.truncate(n.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
+        head
     }
 
     fn read_all(&self, task: &Task) -> Result<Vec<u8>, Errno> {
@@ -617,20 +620,8 @@ fn prepare_image(
     name: &[u8],
 ) -> Result<Option<Vec<u8>>, Errno> {
     let img = Image::open(task, dirfd, path)?;
-    let mut head = [0u8; SHEBANG_MAX];
-    let n = lkl(
-        task,
-        g::PREAD64,
-        [
-            fdv(img.kfd),
-            ptr(head.as_mut_ptr()),
-            SHEBANG_MAX as u64,
-            0,
-            0,
-            0,
-        ],
-    );
-    let head = &head[..n.map_or(0, |n| usize::try_from(n).unwrap_or(0))];
+    let head = img.head(task);
+    let head = head.as_slice();
     let mut alias = None;
     let prepared = if head.starts_with(b"\x7fELF") {
         exec.prepare_elf(task, &img, name)

@@ -13,6 +13,11 @@ use kbox_lkl::{Errno, Task};
 use rustix::fs::OFlags;
 
 use super::binds::Place;
+pub use super::linux::AT_FDCWD;
+use super::linux::{
+    AT_EMPTY_PATH, CLOSE_RANGE_CLOEXEC, F_DUPFD, F_DUPFD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC,
+    O_NONBLOCK, O_PATH, O_RDWR, O_WRONLY, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, STATX_SIZE,
+};
 use super::shadow::{self, Writable};
 use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
 
@@ -22,23 +27,6 @@ pub enum Route {
     Host(usize, Vec<u8>),
 }
 
-pub const AT_FDCWD: u64 = 0u64.wrapping_sub(100);
-const AT_EMPTY_PATH: u64 = 0x1000;
-const O_ACCMODE: u64 = 0o3;
-const O_WRONLY: u64 = 0o1;
-const O_RDWR: u64 = 0o2;
-const O_APPEND: u64 = 0o2000;
-const O_NONBLOCK: u64 = 0o4000;
-const O_CLOEXEC: u64 = 0o2000000;
-const O_PATH: u64 = 0o10000000;
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const S_IFDIR: u32 = 0o40000;
-const S_IFCHR: u32 = 0o20000;
-const F_DUPFD: u64 = 0;
-const F_DUPFD_CLOEXEC: u64 = 1030;
-const CLOSE_RANGE_CLOEXEC: u64 = 4;
-const STATX_SIZE: usize = 256;
 /// Largest directory read handed to the kernel library at once.
 const DIRENT_CHUNK: usize = 64 << 10;
 
@@ -69,6 +57,15 @@ fn host_device(rdev: u64) -> Option<String> {
         (136, n) => format!("/dev/pts/{n}"),
         _ => return None,
     })
+}
+
+/// A `*at` call's path argument; with AT_EMPTY_PATH a NULL pointer means "" (Linux 6.11+).
+fn path_or_empty(guest: &dyn Guest, addr: u64, empty_ok: bool) -> Result<CString, Errno> {
+    if addr == 0 && empty_ok {
+        Ok(CString::default())
+    } else {
+        guest.read_path(addr)
+    }
 }
 
 fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
@@ -518,13 +515,9 @@ impl Engine {
 
     pub(super) fn fstatat(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
         let empty_ok = args[3] & AT_EMPTY_PATH != 0;
-        let path = if args[1] == 0 && empty_ok {
-            std::ffi::CString::default()
-        } else {
-            match guest.read_path(args[1]) {
-                Ok(p) => p,
-                Err(e) => return Reply::Fail(e),
-            }
+        let path = match path_or_empty(guest, args[1], empty_ok) {
+            Ok(p) => p,
+            Err(e) => return Reply::Fail(e),
         };
         if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
             return self.fstat(guest, pid, [args[0], args[2], 0, 0, 0, 0]);
@@ -584,13 +577,9 @@ impl Engine {
 
     pub(super) fn statx(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
         let empty_ok = args[2] & AT_EMPTY_PATH != 0;
-        let mut path = if args[1] == 0 && empty_ok {
-            std::ffi::CString::default()
-        } else {
-            match guest.read_path(args[1]) {
-                Ok(p) => p,
-                Err(e) => return Reply::Fail(e),
-            }
+        let mut path = match path_or_empty(guest, args[1], empty_ok) {
+            Ok(p) => p,
+            Err(e) => return Reply::Fail(e),
         };
         let fd = fd_arg(args[0]);
         let dirfd = if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {

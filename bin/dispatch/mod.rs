@@ -16,6 +16,7 @@ mod exec;
 mod files;
 mod forward;
 mod hostio;
+mod linux;
 pub mod policy;
 mod procs;
 mod shadow;

@@ -15,19 +15,12 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task, TaskKind};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use super::linux::{
+    AF_INET, AF_INET6, AF_UNIX, SHUT_RDWR, SHUT_WR, SO_ACCEPTCONN, SO_TYPE, SOCK_CLOEXEC,
+    SOCK_DGRAM, SOCK_NONBLOCK, SOCK_SEQPACKET, SOCK_STREAM, SOCK_TYPE_MASK, SOL_SOCKET,
+};
 use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
 
-const AF_UNIX: u64 = 1;
-const AF_INET: u64 = 2;
-const AF_INET6: u64 = 10;
-const SOCK_STREAM: u64 = 1;
-const SOCK_DGRAM: u64 = 2;
-const SOCK_SEQPACKET: u64 = 5;
-const SOCK_TYPE_MASK: u64 = 0xf;
-const SOCK_NONBLOCK: u64 = 0o4000;
-const SOCK_CLOEXEC: u64 = 0o2000000;
-const SHUT_WR: u64 = 1;
-const SHUT_RDWR: u64 = 2;
 /// Largest socket address (sizeof(struct sockaddr_storage)).
 const ADDR_MAX: usize = 128;
 const ADDR_MAX_U32: u32 = 128;
@@ -356,8 +349,6 @@ impl Engine {
     /// last FD of a listening socket must wake an accept waiting on it in another task;
     /// a connected socket is left to its pumps, which flush what the guest wrote.
     pub(super) fn socket_closed(&mut self, pid: u32, fd: i32) {
-        const SOL_SOCKET: u64 = 1;
-        const SO_ACCEPTCONN: u64 = 30;
         let Some(p) = self.procs.get_mut(pid) else {
             return;
         };
@@ -496,8 +487,6 @@ fn accept_on(
 }
 
 fn lkl_sock_type(task: &Task, kfd: i32) -> u64 {
-    const SOL_SOCKET: u64 = 1;
-    const SO_TYPE: u64 = 3;
     let mut ty: i32 = 1;
     let mut len: u32 = 4;
     let _ = lkl(
