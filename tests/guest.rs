@@ -510,6 +510,21 @@ fn interactive_shell_keeps_the_terminal_and_job_control() {
 }
 
 #[test]
+fn named_pipes_in_the_image_connect_guest_processes() {
+    let img = Image::default("fifo");
+    let script = r#"
+        mkfifo /p && test -p /p && echo is-fifo
+        (cat /p > /tmp/out) & sleep 0.2
+        echo reader-first > /p; wait; cat /tmp/out
+        (echo writer-first > /p) & sleep 0.2
+        cat /p; wait
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(out, "is-fifo\nreader-first\nwriter-first\n");
+    img.assert_clean();
+}
+
+#[test]
 fn exit_statuses_follow_the_guest() {
     let img = Image::default("exits");
     expect(&img.sh("exit 3"), 3);

@@ -70,6 +70,23 @@ impl ExecDir {
         &self.empty
     }
 
+    /// The host FIFO standing for image FIFO (dev, ino), made on first use.
+    pub fn fifo_path(&self, dev: u64, ino: u64) -> Result<PathBuf, Errno> {
+        let dir = self.base.join("fifo");
+        fs::create_dir_all(&dir).map_err(|_| Errno::EIO)?;
+        let path = dir.join(format!("{dev}-{ino}"));
+        match rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_bits_truncate(0o600),
+            0,
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(path),
+            Err(e) => Err(hostio::errno(e)),
+        }
+    }
+
     /// Where shadows of files over --shadow-limit live (unlinked files on disk).
     pub fn spill_dir(&self) -> &Path {
         &self.base

@@ -16,7 +16,7 @@ use super::binds::Place;
 pub use super::linux::AT_FDCWD;
 use super::linux::{
     AT_EMPTY_PATH, CLOSE_RANGE_CLOEXEC, F_DUPFD, F_DUPFD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC,
-    O_NONBLOCK, O_PATH, O_RDWR, O_WRONLY, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, STATX_SIZE,
+    O_NONBLOCK, O_PATH, O_RDWR, O_WRONLY, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG, STATX_SIZE,
 };
 use super::shadow::{self, Writable};
 use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
@@ -58,6 +58,9 @@ fn host_device(rdev: u64) -> Option<String> {
         _ => return None,
     })
 }
+
+/// O_CREAT | O_TRUNC | O_EXCL, which an O_PATH open must not carry.
+const O_CREAT_TRUNC: u64 = 0o100 | 0o1000 | 0o200;
 
 /// A `*at` call's path argument; with AT_EMPTY_PATH a NULL pointer means "" (Linux 6.11+).
 fn path_or_empty(guest: &dyn Guest, addr: u64, empty_ok: bool) -> Result<CString, Errno> {
@@ -146,8 +149,11 @@ impl Engine {
             Route::Kernel(dirfd, path) => (dirfd, path),
         };
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
-        // The kernel library's description never appends: write-back writes at offsets.
-        let kflags = flags & !O_APPEND;
+        // The kernel library's description never appends (write-back writes at offsets)
+        // and never blocks: a FIFO's open waits for its other end, which only the host
+        // FIFO standing in for it can do (open_fifo); elsewhere the flag changes nothing
+        // kbox does with the kernel FD.
+        let kflags = (flags & !O_APPEND) | O_NONBLOCK;
         let open = |kflags: u64| {
             lkl(
                 &p.task,
@@ -164,7 +170,13 @@ impl Engine {
             }
         } else {
             open(kflags)
-        }?;
+        };
+        // ENXIO: a write-only, non-blocking open of a FIFO nobody reads; O_PATH still gives
+        // kbox the FIFO to hand to open_fifo.
+        let kfd = match kfd {
+            Err(Errno::ENXIO) => open((kflags & !O_ACCMODE & !O_CREAT_TRUNC) | O_PATH)?,
+            other => other?,
+        };
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
         match self.install(guest, pid, kfd, flags, cloexec) {
             Ok(fd) => Ok(i64::from(fd)),
@@ -218,6 +230,12 @@ impl Engine {
     ) -> Result<i32, Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         let mut st = lkl_stat(&p.task, kfd)?;
+        if st.st_mode & S_IFMT == S_IFIFO {
+            let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+            self.open_fifo(guest, &st, flags, cloexec)?;
+            // Answered by the thread that waits for the other end.
+            return Ok(0);
+        }
         let id = FileId {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -296,6 +314,39 @@ impl Engine {
             p.writable.insert(n, w);
         }
         Ok(n)
+    }
+
+    /// A FIFO in the image: guests meet at one host FIFO per image FIFO (in kbox's private
+    /// directory), so data and end-of-file behave as on Linux. Opening one waits for the
+    /// other end, so it happens on a thread of its own, which answers the guest.
+    fn open_fifo(
+        &self,
+        guest: &dyn Guest,
+        st: &GenericStat,
+        flags: u64,
+        cloexec: bool,
+    ) -> Result<(), Errno> {
+        let path = self.exec.fifo_path(st.st_dev, st.st_ino)?;
+        let mut oflags = match flags & O_ACCMODE {
+            O_WRONLY => OFlags::WRONLY,
+            O_RDWR => OFlags::RDWR,
+            _ => OFlags::RDONLY,
+        };
+        if flags & O_NONBLOCK != 0 {
+            oflags |= OFlags::NONBLOCK;
+        }
+        let answer = guest.defer().ok_or(Errno::ENXIO)?;
+        let spawned = std::thread::Builder::new()
+            .name("kbox-fifo".into())
+            .spawn(
+                move || match hostio::open_host(&path.to_string_lossy(), oflags) {
+                    Ok(fd) => answer.with_fd(fd.as_fd(), cloexec),
+                    Err(e) => answer.fail(e),
+                },
+            );
+        // A thread that could not start drops the answer, which answers ENOSYS.
+        drop(spawned);
+        Ok(())
     }
 
     /// Under -v, says that a file too large for a memory shadow got one on disk.

@@ -18,6 +18,7 @@ pub const S_IFMT: u32 = 0o170000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFDIR: u32 = 0o40000;
 pub const S_IFCHR: u32 = 0o20000;
+pub const S_IFIFO: u32 = 0o10000;
 
 pub const F_DUPFD: u64 = 0;
 pub const F_DUPFD_CLOEXEC: u64 = 1030;
