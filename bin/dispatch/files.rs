@@ -204,7 +204,17 @@ impl Engine {
         let Some(tail) = tail else { return Ok(None) };
         if !matches!(
             tail,
-            b"maps" | b"smaps" | b"mem" | b"auxv" | b"pagemap" | b"stat" | b"statm"
+            b"maps"
+                | b"smaps"
+                | b"mem"
+                | b"auxv"
+                | b"pagemap"
+                | b"stat"
+                | b"statm"
+                | b"exe"
+                | b"cmdline"
+                | b"environ"
+                | b"limits"
         ) {
             return Ok(None);
         }
