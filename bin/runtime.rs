@@ -228,6 +228,7 @@ fn run_booted(
     let settings = dispatch::Settings {
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
+        image: config.image.clone(),
         binds: config
             .binds
             .iter()

@@ -55,6 +55,9 @@ impl Image {
     /// Runs kbox on this image with `opts` before `--` and `cmd` after it.
     fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
         let mut c = Command::new(KBOX);
+        // kbox keeps exec copies per image under $HOME/.cache; every test image is a new
+        // file, so keep those stores with the build, not in the user's home.
+        c.env("HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("home"));
         c.args(opts).arg(self.arg()).arg("--").args(cmd);
         c.stdin(Stdio::null());
         run_with_timeout(c, Duration::from_secs(120))

@@ -44,16 +44,22 @@ pub struct ExecDir {
 }
 
 impl ExecDir {
-    pub fn create() -> std::io::Result<ExecDir> {
+    /// `image` names the image the guest runs from: copies of its programs are kept across
+    /// runs in a per-image store (see `persistent_store`).
+    pub fn create(image: &Path) -> std::io::Result<ExecDir> {
         let base = pick_base()?;
         let dir = |name: &str| -> std::io::Result<PathBuf> {
             let p = base.join(name);
             fs::create_dir_all(&p)?;
             Ok(p)
         };
+        let store = match persistent_store(image) {
+            Some(s) => s,
+            None => dir("store")?,
+        };
         Ok(ExecDir {
             root: dir("root")?,
-            store: dir("store")?,
+            store,
             empty: dir("empty")?,
             base,
             linked: HashMap::new(),
@@ -104,7 +110,9 @@ impl ExecDir {
         }
         let stored = self.store.join(key);
         if !stored.exists() {
-            let tmp = self.store.join(format!("{key}.tmp"));
+            // Another kbox may be storing the same copy: each writes its own temporary
+            // file and renames it into place, which is atomic.
+            let tmp = self.store.join(format!("{key}.tmp.{}", std::process::id()));
             fs::write(&tmp, content()?).map_err(|_| Errno::EIO)?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|_| Errno::EIO)?;
             fs::rename(&tmp, &stored).map_err(|_| Errno::EIO)?;
@@ -114,7 +122,7 @@ impl ExecDir {
             fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
         }
         let _ = fs::remove_file(&at);
-        fs::hard_link(&stored, &at).map_err(|_| Errno::EIO)?;
+        std::os::unix::fs::symlink(&stored, &at).map_err(|_| Errno::EIO)?;
         self.linked.insert(name.to_vec(), key.to_string());
         Ok(())
     }
@@ -257,6 +265,60 @@ impl Drop for ExecDir {
     }
 }
 
+/// The store of exec copies kept across runs for `image`: `$HOME/.cache/kbox/exec/<dev>-<ino>`
+/// of the image file (copies are named by the guest file's inode, times and size, so a
+/// changed file gets a new copy). None when there is no such exec-allowed directory; the
+/// run then keeps its copies to itself.
+fn persistent_store(image: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(image).ok()?;
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let stores = home.join(".cache/kbox/exec");
+    prune_stores(&stores);
+    let dir = stores.join(format!("{}-{}", meta.dev(), meta.ino()));
+    fs::create_dir_all(&dir).ok()?;
+    // Marks the store as used (pruning goes by the directory's mtime).
+    let _ = rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &dir,
+        &rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        },
+        rustix::fs::AtFlags::empty(),
+    );
+    let noexec = rustix::fs::statvfs(&dir)
+        .map(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC))
+        .unwrap_or(true);
+    (!noexec).then_some(dir)
+}
+
+/// Removes stores of images not run for two weeks (images come and go; copies of their
+/// programs should not pile up).
+fn prune_stores(stores: &Path) {
+    const UNUSED: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+    let Ok(entries) = fs::read_dir(stores) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNUSED);
+        if old {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A directory on a filesystem that allows exec, private to this kbox.
 fn pick_base() -> std::io::Result<PathBuf> {
     let mut candidates = vec![std::env::temp_dir()];
@@ -329,11 +391,13 @@ impl Image {
 
     fn key(&self, tag: &str) -> String {
         format!(
-            "{}-{}-{}.{}-{}{tag}",
+            "{}-{}-{}.{}-{}.{}-{}{tag}",
             self.st.st_dev,
             self.st.st_ino,
             self.st.st_mtime,
             self.st.st_mtime_nsec,
+            self.st.st_ctime,
+            self.st.st_ctime_nsec,
             self.st.st_size
         )
     }

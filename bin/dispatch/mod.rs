@@ -92,6 +92,8 @@ pub trait Answer: Send {
 pub struct Settings {
     pub verbose: bool,
     pub shadow_limit: u64,
+    /// The image file (exec copies are kept per image across runs).
+    pub image: std::path::PathBuf,
     /// `-b HOST:GUEST` pairs, GUEST absolute without `..`.
     pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
@@ -114,7 +116,7 @@ impl Engine {
         Ok(Engine {
             procs: Procs::new(root),
             shadows: shadow::Shadows::new(settings.shadow_limit),
-            exec: exec::ExecDir::create()?,
+            exec: exec::ExecDir::create(&settings.image)?,
             binds: binds::Binds::new(&settings.binds)?,
             settings,
             restore: None,

@@ -100,11 +100,18 @@ class Env:
             return ["proot", "-r", self.tree, "-b", "/proc", "-b", "/dev", "-w", "/"] + prog_args
         return [self.kbox, "-S", self.image, "--"] + prog_args
 
+    def env(self):
+        """kbox keeps exec copies per image under $HOME/.cache; the bench's image copies are
+        temporary, so their stores go with them."""
+        if self.kbox:
+            return dict(os.environ, HOME=os.path.dirname(self.image))
+        return None
+
     def sh(self, script):
         if self.name == "native":
             env = dict(os.environ, PATH=f"{self.tree}/bin:{self.tree}/usr/bin:{self.tree}/sbin")
             return [self.tree + "/bin/busybox", "sh", "-c", script], env
-        return self.argv(["/bin/sh", "-c", script]), None
+        return self.argv(["/bin/sh", "-c", script]), self.env()
 
 
 def micro(env, calls):
@@ -118,7 +125,7 @@ def micro(env, calls):
             argv = env.argv(["/opt/kbox-tests/bench", work, str(calls)])
         else:
             argv = env.argv(["/bin/sh", "-c", f"mkdir -p {work} && exec /opt/kbox-tests/bench {work} {calls}"])
-    _, out = run(argv)
+    _, out = run(argv, env=env.env())
     return {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.strip()}
 
 
@@ -144,13 +151,14 @@ def python_workload(env, runs):
         argv = [env.tree + "/usr/bin/python3", "-c", PYTHON_SCRIPT]
     else:
         argv = env.argv(["/usr/bin/python3", "-c", PYTHON_SCRIPT])
-    return statistics.median(run(argv)[0] for _ in range(runs))
+    return statistics.median(run(argv, env=env.env())[0] for _ in range(runs))
 
 
 def kbox_startup_and_rss(kbox, image, runs):
-    times = [run([kbox, "-S", image, "--", "/bin/true"])[0] for _ in range(runs)]
+    home = dict(os.environ, HOME=os.path.dirname(image))
+    times = [run([kbox, "-S", image, "--", "/bin/true"], env=home)[0] for _ in range(runs)]
     p = subprocess.Popen([kbox, "-S", image, "--", "/bin/sh", "-c", "find / -xdev -type f | wc -l"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=home)
     _, status, usage = os.wait4(p.pid, 0)
     if status != 0:
         die("kbox find run failed")
