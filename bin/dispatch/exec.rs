@@ -15,11 +15,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
+use kbox_core::abi::stat::GenericStat;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
-use super::files::Route;
+use super::files::{Route, lkl_stat};
 use super::linux::{AT_FDCWD, O_CLOEXEC, PR_SET_NAME, S_IFMT, S_IFREG, X_OK};
 use super::{Engine, Guest, Reply, fdv, hostio, lkl, ptr};
 
@@ -363,30 +363,24 @@ impl Image {
             [dirfd, ptr(path.as_ptr()), O_CLOEXEC, 0, 0, 0],
         )?;
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
-        let img = Image {
-            kfd,
-            st: GenericStat::default(),
-        };
-        let mut buf = [0u8; GENERIC_STAT_SIZE];
-        lkl(
-            task,
-            g::FSTAT,
-            [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
-        )?;
-        let st = GenericStat::from_bytes(&buf);
-        if st.st_mode & S_IFMT != S_IFREG {
-            let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
-            return Err(Errno::EACCES);
+        let checked = lkl_stat(task, kfd).and_then(|st| {
+            if st.st_mode & S_IFMT != S_IFREG {
+                return Err(Errno::EACCES);
+            }
+            lkl(
+                task,
+                g::FACCESSAT,
+                [dirfd, ptr(path.as_ptr()), X_OK, 0, 0, 0],
+            )?;
+            Ok(st)
+        });
+        match checked {
+            Ok(st) => Ok(Image { kfd, st }),
+            Err(e) => {
+                let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+                Err(e)
+            }
         }
-        lkl(
-            task,
-            g::FACCESSAT,
-            [dirfd, ptr(path.as_ptr()), X_OK, 0, 0, 0],
-        )
-        .inspect_err(|_| {
-            let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
-        })?;
-        Ok(Image { st, ..img })
     }
 
     fn key(&self, tag: &str) -> String {

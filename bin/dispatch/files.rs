@@ -71,7 +71,8 @@ fn path_or_empty(guest: &dyn Guest, addr: u64, empty_ok: bool) -> Result<CString
     }
 }
 
-fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
+/// The kernel library's `struct stat` of FD `kfd` in `task`.
+pub(super) fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
     let mut buf = [0u8; GENERIC_STAT_SIZE];
     lkl(
         task,
