@@ -510,7 +510,8 @@ pub struct Restore {
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)] // reason: execveat's five arguments plus context
+    /// execve/execveat: `path_addr` and `argv` are the guest's pointers (envp and flags
+    /// pass to the host untouched).
     pub(super) fn execve(
         &mut self,
         guest: &dyn Guest,
@@ -518,8 +519,6 @@ impl Engine {
         dirfd: u64,
         path_addr: u64,
         argv: u64,
-        _envp: u64,
-        _flags: u64,
     ) -> Reply {
         match self.exec_prepare(guest, pid, dirfd, path_addr, argv) {
             Ok(()) => Reply::Continue,

@@ -121,29 +121,39 @@ pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
     let len = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
     {
         let map = Mapping::new(fd.as_fd(), len, true)?;
-        let mut done = 0usize;
-        while done < len {
-            let n = lkl(
-                task,
-                g::PREAD64,
-                [
-                    fdv(kfd),
-                    map.addr() + done as u64,
-                    (len - done) as u64,
-                    done as u64,
-                    0,
-                    0,
-                ],
-            )?;
-            if n <= 0 {
-                // The file shrank under us: keep what was read.
-                rustix::fs::ftruncate(&fd, done as u64).map_err(hostio::errno)?;
-                break;
-            }
-            done += usize::try_from(n).unwrap_or(0);
+        let done = kernel_io(task, g::PREAD64, kfd, map.addr(), len)?;
+        if done < len {
+            // The file shrank under us: keep what was read.
+            rustix::fs::ftruncate(&fd, done as u64).map_err(hostio::errno)?;
         }
     }
     Ok(fd)
+}
+
+/// pread64/pwrite64 (`nr`) of `len` bytes at offset 0 of `kfd`, between it and our memory at
+/// `addr`, looping over short transfers; returns how much moved (less than `len` only at end
+/// of file).
+fn kernel_io(task: &Task, nr: u32, kfd: i32, addr: u64, len: usize) -> Result<usize, Errno> {
+    let mut done = 0usize;
+    while done < len {
+        let n = lkl(
+            task,
+            nr,
+            [
+                fdv(kfd),
+                addr + done as u64,
+                (len - done) as u64,
+                done as u64,
+                0,
+                0,
+            ],
+        )?;
+        if n <= 0 {
+            break;
+        }
+        done += usize::try_from(n).unwrap_or(0);
+    }
+    Ok(done)
 }
 
 /// Like [`fill`], for files over the shadow limit: an unlinked file in kbox's private
@@ -256,24 +266,8 @@ impl Writable {
         }
         let len = usize::try_from(st.st_size).unwrap_or(0);
         let map = Mapping::new(self.fd.as_fd(), len, false)?;
-        let mut done = 0usize;
-        while done < map.len() {
-            let n = lkl(
-                task,
-                g::PWRITE64,
-                [
-                    fdv(kfd),
-                    map.addr() + done as u64,
-                    (len - done) as u64,
-                    done as u64,
-                    0,
-                    0,
-                ],
-            )?;
-            if n <= 0 {
-                return Err(Errno::EIO);
-            }
-            done += usize::try_from(n).unwrap_or(0);
+        if kernel_io(task, g::PWRITE64, kfd, map.addr(), map.len())? < map.len() {
+            return Err(Errno::EIO);
         }
         match lkl(task, g::FTRUNCATE, [fdv(kfd), len as u64, 0, 0, 0, 0]) {
             // Pseudo files (sysctl) take writes but not truncation.
