@@ -23,6 +23,12 @@ for bin in "$@"; do
   if [ ! -x "$bin" ]; then
     echo "FAIL $name: $bin is missing or not executable"; fail=1; continue
   fi
+  if [ "$name" = efault ] && [ ${#runner[@]} -gt 0 ]; then
+    # qemu-user answers bad pointers itself, not as Linux does (it checks whole buffers
+    # first, skips NULL copies, leaks a pipe's fds on EFAULT): the test is about Linux's
+    # answers, so it runs on a Linux kernel only (natively here, or under qemu-system).
+    echo "SKIP efault: qemu-user's pointer checks are not Linux's"; continue
+  fi
   work=$root/$name
   mkdir "$work"
   timeout 60 "${runner[@]}" "$bin" "$work" >"$root/$name.out" 2>&1
