@@ -5,6 +5,7 @@ mod cli;
 mod dispatch;
 mod error;
 mod exit;
+mod image_lock;
 mod runtime;
 mod seccomp;
 

@@ -47,6 +47,8 @@ pub enum RuntimeError {
         errno: Errno,
     },
     ExecDir(std::io::Error),
+    /// Another kbox holds the image.
+    Lock(crate::image_lock::LockError),
     Filter(kbox_core::bpf::BpfError),
     Spawn(SpawnError),
     Notify(NotifyError),
@@ -60,6 +62,7 @@ impl fmt::Display for RuntimeError {
             Self::Mount(e) => write!(f, "cannot mount the image: {e}"),
             Self::Setup { what, errno } => write!(f, "cannot {what}: {errno}"),
             Self::ExecDir(e) => write!(f, "cannot create kbox's private exec directory: {e}"),
+            Self::Lock(e) => e.fmt(f),
             Self::Filter(e) => write!(f, "cannot build the seccomp filter: {e:?}"),
             Self::Spawn(e) => write!(f, "cannot start the guest: {e}"),
             Self::Notify(e) => write!(f, "lost contact with the guest: {e}"),
@@ -170,6 +173,9 @@ pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
     block_forwarded_signals();
     crate::seccomp::sys_ignore_terminal_stops();
+    // Held until kbox exits, after the image is unmounted.
+    let _lock = crate::image_lock::ImageLock::take(&config.image, !read_only)
+        .map_err(RuntimeError::Lock)?;
     let disk = kbox_lkl::add_disk(&config.image, read_only).map_err(RuntimeError::Disk)?;
     let (memory_mib, cmdline) = split_memory(&config.kernel_cmdline);
     let kernel = Kernel::boot(&BootConfig {
@@ -243,18 +249,27 @@ fn run_booted(
         .map_err(RuntimeError::Spawn)?;
     cmd.current_dir(lock(&engine).host_cwd())
         .map_err(RuntimeError::Spawn)?;
+    cmd.root(lock(&engine).host_root())
+        .map_err(RuntimeError::Spawn)?;
     let prog = Program::compile(&dispatch::policy::rules(), Action::Notify)
         .map_err(RuntimeError::Filter)?;
     let (mut guest, notify) = child::spawn(&cmd, &prog).map_err(RuntimeError::Spawn)?;
+    // Before the first notification (the guest's exec) is answered.
+    lock(&engine).set_rooted(guest.rooted());
     // Deferred answers (accept) reach it from other threads for as long as kbox runs.
     let notify: &'static NotifyFd = Box::leak(Box::new(notify));
     let sync_wakeup = notify.set_sync_wakeup().unwrap_or(false);
     if config.verbose {
         eprintln!(
-            "kbox: seccomp filter of {} instructions; killable wait {}; synchronous wake-up {}",
+            "kbox: seccomp filter of {} instructions; killable wait {}; synchronous wake-up {}; exec {}",
             prog.len(),
             yes(guest.killable_wait()),
-            yes(sync_wakeup)
+            yes(sync_wakeup),
+            if guest.rooted() {
+                "rooted (guests chrooted into kbox's copies, guest memory never written)"
+            } else {
+                "by path rewrite (no chroot possible here: see docs/dispatch.md)"
+            }
         );
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());

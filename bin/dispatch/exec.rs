@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kbox_core::abi::stat::GenericStat;
+use kbox_core::shadow::FileId;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
@@ -27,49 +28,113 @@ const PT_INTERP: u32 = 3;
 /// Nested `#!` interpreters followed, as Linux's binfmt_script does (BINPRM_MAX_RECURSION).
 const MAX_SCRIPT_DEPTH: usize = 4;
 const SHEBANG_MAX: usize = 256;
+/// FS_IOC_GETVERSION, _IOR('v', 1, long): an inode's generation number.
+const FS_IOC_GETVERSION: u64 = 0x8008_7601;
 
-/// kbox's private host directory: `root/` holds the exec copies under relative guest paths
-/// (it is the guest processes' host cwd), `store/` the copies by file version, `empty/` the
-/// directory placeholder.
+/// How the host finds the copies of guest programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecMode {
+    /// The guest processes' host root is kbox's `root/` directory (chroot, in a user
+    /// namespace when kbox is not root): a program's copy sits at its guest path there, so
+    /// the host resolves the guest's own path, PT_INTERP and `#!` lines unchanged and kbox
+    /// never writes guest memory.
+    Rooted,
+    /// No chroot was possible: the guest's path string is overwritten in place with a
+    /// relative name of the copy (see docs/dispatch.md for what that costs).
+    Rewrite,
+}
+
+/// How deep the guest processes' host working directory lies below `root/`: relative exec
+/// paths with up to this many leading `..` stay in the part of the tree kept for them.
+const REL_DEPTH: usize = 32;
+
+/// kbox's private host directory: `root/` is the guest processes' host root in rooted mode
+/// (programs at their guest paths; relative ones below `root/.kbox-rel/d/d/...`, the host
+/// cwd), `store/` the copies of this run only, `empty/` the directory placeholder.
 pub struct ExecDir {
     base: PathBuf,
     root: PathBuf,
-    store: PathBuf,
+    /// The host working directory of every guest process.
+    cwd: PathBuf,
+    /// Copies kept across runs for files of the image's own filesystem.
+    persistent: Option<Persistent>,
+    /// Copies of this run only (files on other filesystems, or changed during the run).
+    private: PathBuf,
     empty: PathBuf,
-    /// Relative name in `root` to the store key linked there.
-    linked: HashMap<Vec<u8>, String>,
+    mode: ExecMode,
+    /// Link location to the store key placed there.
+    linked: HashMap<PathBuf, String>,
     /// Each program version's PT_INTERP (path, file offset, length), once read.
     interps: HashMap<String, Option<(Vec<u8>, usize, usize)>>,
+    /// Files changed during this run (write-back, truncate, unlink): their copies are
+    /// made per run, named by how often they changed, never taken from or put in the
+    /// persistent store (the image's coarse timestamps could not tell the versions apart).
+    changes: HashMap<FileId, u32>,
+    /// Names whose link depends on the calling process (relative paths, /proc/self/exe),
+    /// with the thread whose exec may still be walking it.
+    pending: HashMap<PathBuf, u32>,
     generated: u32,
 }
 
+/// The persistent store of one image filesystem and that filesystem's device number in
+/// the kernel library.
+struct Persistent {
+    dir: PathBuf,
+    dev: u64,
+}
+
 impl ExecDir {
-    /// `image` names the image the guest runs from: copies of its programs are kept across
-    /// runs in a per-image store (see `persistent_store`).
-    pub fn create(image: &Path) -> std::io::Result<ExecDir> {
+    /// `image` names the image the guest runs from and `image_dev` its root filesystem's
+    /// device in the kernel library: copies of its programs are kept across runs in a
+    /// store named by the filesystem's UUID (see `persistent_store`).
+    pub fn create(image: &Path, image_dev: u64) -> std::io::Result<ExecDir> {
         let base = pick_base()?;
         let dir = |name: &str| -> std::io::Result<PathBuf> {
             let p = base.join(name);
             fs::create_dir_all(&p)?;
             Ok(p)
         };
-        let store = match persistent_store(image) {
-            Some(s) => s,
-            None => dir("store")?,
-        };
+        let root = dir("root")?;
+        let mut cwd = root.join(".kbox-rel");
+        for _ in 0..REL_DEPTH {
+            cwd.push("d");
+        }
+        fs::create_dir_all(&cwd)?;
         Ok(ExecDir {
-            root: dir("root")?,
-            store,
+            persistent: persistent_store(image).map(|dir| Persistent {
+                dir,
+                dev: image_dev,
+            }),
+            private: dir("store")?,
             empty: dir("empty")?,
+            root,
+            cwd,
             base,
+            mode: ExecMode::Rooted,
             linked: HashMap::new(),
             interps: HashMap::new(),
+            changes: HashMap::new(),
+            pending: HashMap::new(),
             generated: 0,
         })
     }
 
-    pub fn path(&self) -> &Path {
+    /// The host directory that is the guest processes' root in rooted mode.
+    pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The guest processes' host working directory.
+    pub fn path(&self) -> &Path {
+        &self.cwd
+    }
+
+    pub fn set_mode(&mut self, mode: ExecMode) {
+        self.mode = mode;
+    }
+
+    pub fn mode(&self) -> ExecMode {
+        self.mode
     }
 
     pub fn empty_dir(&self) -> &Path {
@@ -98,65 +163,204 @@ impl ExecDir {
         &self.base
     }
 
-    /// Makes `root/<name>` the file `content` (stored once per `key`).
+    /// File `id` changed (or lost a name and may give its inode number to another file).
+    pub fn changed(&mut self, id: FileId) {
+        *self.changes.entry(id).or_insert(0) += 1;
+        self.interps.retain(|k, _| !k.starts_with(&key_prefix(id)));
+    }
+
+    /// Every file may have changed (a mount or unmount).
+    pub fn forget_all(&mut self) {
+        self.interps.clear();
+        self.linked.clear();
+        for n in self.changes.values_mut() {
+            *n += 1;
+        }
+    }
+
+    /// Where the host finds guest path `name` (as the guest's exec, PT_INTERP or `#!`
+    /// line names it): below `root/` for absolute paths in rooted mode, below the host
+    /// cwd otherwise.
+    fn location(&self, name: &[u8]) -> PathBuf {
+        let rel = std::ffi::OsStr::from_bytes(name);
+        match (self.mode, name.first()) {
+            (ExecMode::Rooted, Some(b'/')) => {
+                let trimmed: &[u8] = {
+                    let mut p = name;
+                    while let Some(rest) = p.strip_prefix(b"/") {
+                        p = rest;
+                    }
+                    p
+                };
+                self.root.join(std::ffi::OsStr::from_bytes(trimmed))
+            }
+            _ => self.cwd.join(rel),
+        }
+    }
+
+    /// The store file for `key` of `img`, and whether it is the persistent store's.
+    fn stored(&self, img: &Image, key: &str) -> PathBuf {
+        let changed = self.changes.get(&img.id()).copied().unwrap_or(0);
+        match &self.persistent {
+            Some(p) if changed == 0 && img.st.st_dev == p.dev => p.dir.join(key),
+            _ => self
+                .private
+                .join(format!("{}-{key}-c{changed}", img.st.st_dev)),
+        }
+    }
+
+    /// Makes the host find `content` (stored once per `key` of file `img`) at guest path
+    /// `name`. `exact`: the content is the file's own bytes, so a stored copy is checked
+    /// against the file before use. `dependent`: the name means different files for
+    /// different processes (relative paths, /proc/self/exe), so a link another process's
+    /// exec may still be walking is not replaced under it.
+    #[allow(clippy::too_many_arguments)]
     fn link(
         &mut self,
+        task: &Task,
+        img: &Image,
         name: &[u8],
         key: &str,
+        exact: bool,
+        dependent: Option<u32>,
         content: &dyn Fn() -> Result<Vec<u8>, Errno>,
     ) -> Result<(), Errno> {
-        if self.linked.get(name).is_some_and(|k| k == key) {
+        let at = self.location(name);
+        let stored = self.stored(img, key);
+        if self
+            .linked
+            .get(&at)
+            .is_some_and(|k| *k == stored.to_string_lossy())
+        {
+            if let Some(tid) = dependent {
+                self.pending.insert(at, tid);
+            }
             return Ok(());
         }
-        let stored = self.store.join(key);
-        if !stored.exists() {
+        if !(stored.exists() && (!exact || img.matches(task, &stored))) {
             // Another kbox may be storing the same copy: each writes its own temporary
             // file and renames it into place, which is atomic.
-            let tmp = self.store.join(format!("{key}.tmp.{}", std::process::id()));
+            let tmp = tmp_name(&stored);
             fs::write(&tmp, content()?).map_err(|_| Errno::EIO)?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|_| Errno::EIO)?;
             fs::rename(&tmp, &stored).map_err(|_| Errno::EIO)?;
         }
-        let at = self.root.join(std::ffi::OsStr::from_bytes(name));
-        if let Some(parent) = at.parent() {
-            fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
+        if let Some(tid) = dependent {
+            self.wait_for_pending(&at, tid);
         }
-        let _ = fs::remove_file(&at);
-        std::os::unix::fs::symlink(&stored, &at).map_err(|_| Errno::EIO)?;
-        self.linked.insert(name.to_vec(), key.to_string());
+        self.place(&stored, &at)?;
+        self.linked
+            .insert(at.clone(), stored.to_string_lossy().into_owned());
+        if let Some(tid) = dependent {
+            self.pending.insert(at, tid);
+        }
         Ok(())
     }
 
-    /// Makes `root/<name>` a symlink to host file `host` (programs in `-b` binds).
-    fn link_host(&mut self, name: &[u8], host: &Path) -> Result<(), Errno> {
-        let key = format!("host:{}", host.display());
-        if self.linked.get(name).is_some_and(|k| *k == key) {
-            return Ok(());
-        }
-        let at = self.root.join(std::ffi::OsStr::from_bytes(name));
+    /// Puts `stored` at `at`, replacing what was there in one step (a concurrent exec sees
+    /// the old file or the new one, never none). Rooted: a hard link, or a copy where the
+    /// store is on another filesystem, since a symlink out of the root would not resolve.
+    fn place(&self, stored: &Path, at: &Path) -> Result<(), Errno> {
         if let Some(parent) = at.parent() {
             fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
         }
-        let _ = fs::remove_file(&at);
-        std::os::unix::fs::symlink(host, &at).map_err(|_| Errno::EIO)?;
-        self.linked.insert(name.to_vec(), key);
+        let tmp = tmp_name(at);
+        let _ = fs::remove_file(&tmp);
+        let made = match self.mode {
+            ExecMode::Rooted => fs::hard_link(stored, &tmp)
+                .or_else(|_| fs::copy(stored, &tmp).map(|_| ()))
+                .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))),
+            ExecMode::Rewrite => std::os::unix::fs::symlink(stored, &tmp),
+        };
+        made.and_then(|()| fs::rename(&tmp, at)).map_err(|_| {
+            let _ = fs::remove_file(&tmp);
+            Errno::EIO
+        })
+    }
+
+    /// Waits (a little) until the exec of another thread that may still be walking `at`
+    /// has got past it.
+    fn wait_for_pending(&mut self, at: &Path, tid: u32) {
+        let Some(&other) = self.pending.get(at) else {
+            return;
+        };
+        if other == tid {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while in_exec(other) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        self.pending.remove(at);
+    }
+
+    /// Makes guest path `name` the host file `host` (programs in `-b` binds): a symlink in
+    /// rewrite mode; rooted, a hard link or copy (a symlink would leave the root).
+    fn link_host(&mut self, name: &[u8], host: &Path, tid: u32) -> Result<(), Errno> {
+        let at = self.location(name);
+        self.wait_for_pending(&at, tid);
+        match self.mode {
+            ExecMode::Rewrite => {
+                if let Some(parent) = at.parent() {
+                    fs::create_dir_all(parent).map_err(|_| Errno::EIO)?;
+                }
+                let tmp = tmp_name(&at);
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(host, &tmp)
+                    .and_then(|()| fs::rename(&tmp, &at))
+                    .map_err(|_| Errno::EIO)?;
+            }
+            ExecMode::Rooted => self.place(host, &at)?,
+        }
+        self.linked.remove(&at);
+        self.pending.insert(at, tid);
         Ok(())
     }
 
-    /// A short generated name for paths that cannot be used relative to `root`.
+    /// A short generated name for paths that cannot be used relative to the cwd.
     fn generate(&mut self) -> Vec<u8> {
         self.generated += 1;
         format!("_{}", self.generated).into_bytes()
     }
 }
 
+/// A temporary name beside `path`, unique to this kbox.
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp.{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Whether thread `tid` is (still) in execve or execveat.
+fn in_exec(tid: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const EXECS: [&str; 2] = ["59", "322"];
+    #[cfg(target_arch = "aarch64")]
+    const EXECS: [&str; 2] = ["221", "281"];
+    std::fs::read_to_string(format!("/proc/{tid}/syscall")).is_ok_and(|t| {
+        t.split_whitespace()
+            .next()
+            .is_some_and(|nr| EXECS.contains(&nr))
+    })
+}
+
+/// The start of every store key of file `id` (see `Image::key`).
+fn key_prefix(id: FileId) -> String {
+    format!("{}-{}-", id.dev, id.ino)
+}
+
 impl ExecDir {
-    /// Prepares the host copy of the ELF program `path` and returns its relative name.
-    /// Links the host copy of ELF program `img` at `name` (and its interpreter's copy at
-    /// the interpreter's relative name). Files are read only when their version is not in
-    /// the store yet, so a repeated exec costs a few stats.
-    fn prepare_elf(&mut self, task: &Task, img: &Image, name: &[u8]) -> Result<(), Errno> {
-        let key = img.key("");
+    /// Makes the host find ELF program `img` at guest path `name` (and, for a dynamic
+    /// program, its interpreter where the host will look for it). Files are read only when
+    /// their version is not stored yet, so a repeated exec costs a few stats.
+    fn prepare_elf(
+        &mut self,
+        task: &Task,
+        img: &Image,
+        name: &[u8],
+        dependent: Option<u32>,
+    ) -> Result<(), Errno> {
+        let key = img.key(task, "");
         let interp = match self.interps.get(&key) {
             Some(i) => i.clone(),
             None => {
@@ -174,16 +378,27 @@ impl ExecDir {
             }
         };
         let Some((ipath, off, len)) = interp else {
-            return self.link(name, &key, &|| img.read_all(task));
+            return self.link(task, img, name, &key, true, dependent, &|| {
+                img.read_all(task)
+            });
         };
-        let iname = relative_name(&ipath).ok_or(Errno::ENOEXEC)?;
-        if iname.len() >= len {
-            return Err(Errno::ENOEXEC);
-        }
+        // Rooted, the interpreter is found at its own path; rewriting, at a relative name
+        // patched into the program's copy.
+        let iname = match self.mode {
+            ExecMode::Rooted => ipath.clone(),
+            ExecMode::Rewrite => {
+                let n = relative_name(&ipath).ok_or(Errno::ENOEXEC)?;
+                if n.len() >= len {
+                    return Err(Errno::ENOEXEC);
+                }
+                n
+            }
+        };
         let icstr = CString::new(ipath).map_err(|_| Errno::ENOEXEC)?;
         let iimg = Image::open(task, AT_FDCWD, &icstr)
             .map_err(|e| if e == Errno::EACCES { e } else { Errno::ENOENT })?;
-        let linked = self.link(&iname, &iimg.key(""), &|| {
+        let ikey = iimg.key(task, "");
+        let linked = self.link(task, &iimg, &iname, &ikey, true, None, &|| {
             let bytes = iimg.read_all(task)?;
             // An interpreter that wants an interpreter is not loadable (Linux: ELIBBAD).
             match interp_range(&bytes)? {
@@ -193,7 +408,13 @@ impl ExecDir {
         });
         iimg.close(task);
         linked?;
-        self.link(name, &img.key("-i"), &|| {
+        if self.mode == ExecMode::Rooted {
+            return self.link(task, img, name, &key, true, dependent, &|| {
+                img.read_all(task)
+            });
+        }
+        let pkey = img.key(task, "-i");
+        self.link(task, img, name, &pkey, false, dependent, &|| {
             let mut patched = img.read_all(task)?;
             let slot = patched.get_mut(off..off + len).ok_or(Errno::ENOEXEC)?;
             slot.fill(0);
@@ -202,6 +423,7 @@ impl ExecDir {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn prepare_script(
         &mut self,
         task: &Task,
@@ -209,6 +431,7 @@ impl ExecDir {
         name: &[u8],
         head: &[u8],
         depth: usize,
+        dependent: Option<u32>,
     ) -> Result<(), Errno> {
         if depth >= MAX_SCRIPT_DEPTH {
             return Err(Errno::ELOOP);
@@ -223,20 +446,30 @@ impl ExecDir {
         if interp.is_empty() {
             return Err(Errno::ENOEXEC);
         }
-        let iname = relative_name(interp).ok_or(Errno::ENOEXEC)?;
+        let iname = match self.mode {
+            ExecMode::Rooted => interp.to_vec(),
+            ExecMode::Rewrite => relative_name(interp).ok_or(Errno::ENOEXEC)?,
+        };
         let icstr = CString::new(interp).map_err(|_| Errno::ENOEXEC)?;
         let iimg = Image::open(task, AT_FDCWD, &icstr)?;
         let ihead = iimg.head(task);
         let ihead = ihead.as_slice();
         let r = if ihead.starts_with(b"\x7fELF") {
-            self.prepare_elf(task, &iimg, &iname)
+            self.prepare_elf(task, &iimg, &iname, None)
         } else if ihead.starts_with(b"#!") {
-            self.prepare_script(task, &iimg, &iname, ihead, depth + 1)
+            self.prepare_script(task, &iimg, &iname, ihead, depth + 1, None)
         } else {
             Err(Errno::ENOEXEC)
         };
         iimg.close(task);
         r?;
+        if self.mode == ExecMode::Rooted {
+            // The host reads the `#!` line itself and finds the interpreter at its path.
+            let key = img.key(task, "");
+            return self.link(task, img, name, &key, true, dependent, &|| {
+                img.read_all(task)
+            });
+        }
         let whole = img.read_all(task)?;
         let rest = &whole[line_end.min(whole.len())..];
         let mut copy = b"#!".to_vec();
@@ -254,8 +487,16 @@ impl ExecDir {
         if copy.len() > SHEBANG_MAX && copy[..SHEBANG_MAX].iter().all(|&b| b != b'\n') {
             return Err(Errno::ENOEXEC);
         }
-        let key = img.key(&format!("-s{}", iname.len()));
-        self.link(name, &key, &|| Ok(copy.clone()))
+        let key = img.key(task, &format!("-s{}", iname.len()));
+        self.link(
+            task,
+            img,
+            name,
+            &key,
+            false,
+            dependent,
+            &|| Ok(copy.clone()),
+        )
     }
 }
 
@@ -265,17 +506,19 @@ impl Drop for ExecDir {
     }
 }
 
-/// The store of exec copies kept across runs for `image`: `$HOME/.cache/kbox/exec/<dev>-<ino>`
-/// of the image file (copies are named by the guest file's inode, times and size, so a
-/// changed file gets a new copy). None when there is no such exec-allowed directory; the
-/// run then keeps its copies to itself.
+/// The store of exec copies kept across runs for `image`:
+/// `$HOME/.cache/kbox/exec/<filesystem UUID>`. Host inode numbers are reused and an image
+/// may be copied or rewritten, so the image file's identity is not used; the UUID in its
+/// superblock names the filesystem, and copies in it are named by the guest file's inode,
+/// generation, times and size, and checked against the file before use. None when the
+/// image has no ext2/3/4 superblock or there is no exec-allowed directory; the run then
+/// keeps its copies to itself.
 fn persistent_store(image: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(image).ok()?;
+    let uuid = ext_uuid(image)?;
     let home = PathBuf::from(std::env::var_os("HOME")?);
     let stores = home.join(".cache/kbox/exec");
     prune_stores(&stores);
-    let dir = stores.join(format!("{}-{}", meta.dev(), meta.ino()));
+    let dir = stores.join(uuid);
     fs::create_dir_all(&dir).ok()?;
     // Marks the store as used (pruning goes by the directory's mtime).
     let _ = rustix::fs::utimensat(
@@ -299,6 +542,25 @@ fn persistent_store(image: &Path) -> Option<PathBuf> {
     (!noexec).then_some(dir)
 }
 
+/// The UUID of the ext2/3/4 filesystem in `image`, as 32 hex digits.
+fn ext_uuid(image: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    const SUPERBLOCK: u64 = 1024;
+    const MAGIC: usize = 0x38;
+    const UUID: usize = 0x68;
+    let file = fs::File::open(image).ok()?;
+    let mut sb = [0u8; 0x78];
+    file.read_exact_at(&mut sb, SUPERBLOCK).ok()?;
+    if sb[MAGIC..MAGIC + 2] != [0x53, 0xef] {
+        return None;
+    }
+    let uuid = &sb[UUID..UUID + 16];
+    if uuid.iter().all(|&b| b == 0) {
+        return None;
+    }
+    Some(uuid.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Removes stores of images not run for two weeks (images come and go; copies of their
 /// programs should not pile up).
 fn prune_stores(stores: &Path) {
@@ -319,12 +581,16 @@ fn prune_stores(stores: &Path) {
     }
 }
 
-/// A directory on a filesystem that allows exec, private to this kbox.
+/// A directory on a filesystem that allows exec, private to this kbox: under
+/// `~/.cache/kbox/run` first (the persistent store's filesystem, so rooted copies are hard
+/// links), else under $TMPDIR. Directories of kbox processes that no longer run are removed
+/// first: a killed kbox cannot clean up after itself.
 fn pick_base() -> std::io::Result<PathBuf> {
-    let mut candidates = vec![std::env::temp_dir()];
+    let mut candidates = Vec::new();
     if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/kbox"));
+        candidates.push(PathBuf::from(home).join(".cache/kbox/run"));
     }
+    candidates.push(std::env::temp_dir());
     let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
     for c in candidates {
         if fs::create_dir_all(&c).is_err() {
@@ -336,8 +602,8 @@ fn pick_base() -> std::io::Result<PathBuf> {
         if noexec {
             continue;
         }
-        let dir = c.join(format!("kbox-run-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        remove_abandoned(&c);
+        let dir = c.join(format!("kbox-run-{}-{}", std::process::id(), unique()));
         match fs::create_dir(&dir) {
             Ok(()) => {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
@@ -347,6 +613,38 @@ fn pick_base() -> std::io::Result<PathBuf> {
         }
     }
     Err(last)
+}
+
+/// A number that differs between runs that get the same pid.
+fn unique() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
+}
+
+/// Removes `kbox-run-PID-*` directories in `dir` whose kbox is gone (no process PID, or
+/// PID is not a kbox: pids are reused).
+fn remove_abandoned(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kbox-run-")) else {
+            continue;
+        };
+        let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        // A live kbox (any build of it) under that pid keeps its directory.
+        let alive = pid.is_some_and(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                exe.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("kbox"))
+            })
+        });
+        if !alive {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A file opened in the kernel library for exec: its FD, stat and first bytes.
@@ -383,17 +681,70 @@ impl Image {
         }
     }
 
-    fn key(&self, tag: &str) -> String {
+    fn id(&self) -> FileId {
+        FileId {
+            dev: self.st.st_dev,
+            ino: self.st.st_ino,
+        }
+    }
+
+    /// The name of this file version's copy: device, inode, the inode's generation (a
+    /// reused inode number gets a new one on ext4), mtime, ctime and size.
+    fn key(&self, task: &Task, tag: &str) -> String {
+        let mut generation: u64 = 0;
+        // FS_IOC_GETVERSION: filesystems without it (tmpfs) leave 0, and their files are
+        // never kept across runs anyway.
+        let _ = lkl(
+            task,
+            g::IOCTL,
+            [
+                fdv(self.kfd),
+                FS_IOC_GETVERSION,
+                ptr(&raw mut generation),
+                0,
+                0,
+                0,
+            ],
+        );
         format!(
-            "{}-{}-{}.{}-{}.{}-{}{tag}",
-            self.st.st_dev,
-            self.st.st_ino,
+            "{}{}-{}.{}-{}.{}-{}{tag}",
+            key_prefix(self.id()),
+            generation & 0xffff_ffff,
             self.st.st_mtime,
             self.st.st_mtime_nsec,
             self.st.st_ctime,
             self.st.st_ctime_nsec,
             self.st.st_size
         )
+    }
+
+    /// Whether host file `stored` is an intact copy of this file: same size, same first and
+    /// last bytes (a store entry reached through a reused name, a copied image or an
+    /// interrupted write fails this).
+    fn matches(&self, task: &Task, stored: &Path) -> bool {
+        use std::os::unix::fs::FileExt;
+        const SAMPLE: u64 = 4096;
+        let Ok(file) = fs::File::open(stored) else {
+            return false;
+        };
+        let size = u64::try_from(self.st.st_size).unwrap_or(0);
+        if file.metadata().map(|m| m.len()).ok() != Some(size) {
+            return false;
+        }
+        let tail = size.saturating_sub(SAMPLE);
+        [0, tail].iter().all(|&at| {
+            let len = usize::try_from(SAMPLE.min(size - at)).unwrap_or(0);
+            let mut mine = vec![0u8; len];
+            let mut theirs = vec![0u8; len];
+            let read = lkl(
+                task,
+                g::PREAD64,
+                [fdv(self.kfd), ptr(mine.as_mut_ptr()), len as u64, at, 0, 0],
+            );
+            read.is_ok_and(|n| usize::try_from(n) == Ok(len))
+                && file.read_exact_at(&mut theirs, at).is_ok()
+                && mine == theirs
+        })
     }
 
     /// The first bytes (enough for an ELF magic or a `#!` line).
@@ -520,13 +871,90 @@ impl Engine {
         path_addr: u64,
         argv: u64,
     ) -> Reply {
-        match self.exec_prepare(guest, pid, dirfd, path_addr, argv) {
+        let r = match self.exec.mode() {
+            ExecMode::Rooted => self.exec_rooted(guest, pid, dirfd, path_addr),
+            ExecMode::Rewrite => self.exec_rewrite(guest, pid, dirfd, path_addr, argv),
+        };
+        match r {
             Ok(()) => Reply::Continue,
             Err(e) => Reply::Fail(e),
         }
     }
 
-    fn exec_prepare(
+    /// Rooted exec: the host walks the guest's own path string inside kbox's root, where
+    /// kbox has just put the program's copy; guest memory is only read.
+    fn exec_rooted(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        dirfd: u64,
+        path_addr: u64,
+    ) -> Result<(), Errno> {
+        // A directory FD's host file is a placeholder outside the root, from which the
+        // host would resolve the path; glibc's fexecve falls back to /proc/self/fd/N on
+        // ENOSYS, which is served like any path.
+        if dirfd != AT_FDCWD && super::fd_arg(dirfd) != -100 {
+            return Err(Errno::ENOSYS);
+        }
+        let path = guest.read_path(path_addr)?;
+        if path.as_bytes().is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let self_exe = matches!(
+            path.as_bytes(),
+            b"/proc/self/exe" | b"/proc/thread-self/exe"
+        ) && !p.exe.as_bytes().is_empty();
+        let kpath = if self_exe {
+            p.exe.clone()
+        } else {
+            path.clone()
+        };
+        // What a relative path or a /proc path names depends on the calling process.
+        let name = path.as_bytes();
+        let dependent =
+            (name.first() != Some(&b'/') || name.starts_with(b"/proc/")).then_some(guest.tid());
+        let guest_path = match self.route(pid, AT_FDCWD, kpath)? {
+            Route::Host(bind, rel) => {
+                let host = self.bind_exec_path(bind, &rel)?;
+                self.exec.link_host(name, &host, guest.tid())?;
+                CString::new(self.binds_guest_path(bind, &rel)).map_err(|_| Errno::EINVAL)?
+            }
+            Route::Kernel(d, kp) => {
+                let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
+                prepare_image(&mut self.exec, task, d, &kp, name, dependent)?;
+                absolute(task, &kp)?
+            }
+        };
+        self.exec_done(pid, guest_path)
+    }
+
+    /// What every exec that is about to happen changes in the engine: the task's name,
+    /// close-on-exec FDs, /proc/self/exe.
+    fn exec_done(&mut self, pid: u32, guest_path: CString) -> Result<(), Errno> {
+        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
+        // The task's name, as /proc/self/status and ps show it, is the program's (comm is
+        // 15 bytes at most, as Linux truncates it).
+        let base = guest_path
+            .as_bytes()
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or(b"");
+        let comm = CString::new(&base[..base.len().min(15)]).unwrap_or_default();
+        let _ = lkl(
+            task,
+            g::PRCTL,
+            [PR_SET_NAME, ptr(comm.as_ptr()), 0, 0, 0, 0],
+        );
+        self.close_on_exec(pid);
+        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
+        p.exe = guest_path;
+        Ok(())
+    }
+
+    /// Rewrite exec (no chroot possible): the guest's path string is overwritten with the
+    /// copy's name relative to the host cwd.
+    fn exec_rewrite(
         &mut self,
         guest: &dyn Guest,
         pid: u32,
@@ -561,37 +989,18 @@ impl Engine {
         if name.len() > buffer_len {
             return Err(Errno::ENAMETOOLONG);
         }
-        let path = kpath;
-        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
-        let (alias, guest_path) = if let Some((bind, rel)) = in_bind {
+        let tid = guest.tid();
+        let guest_path = if let Some((bind, rel)) = in_bind {
             // A program in a bind is the host's file: the host runs it as it is.
             let host = self.bind_exec_path(bind, &rel)?;
-            self.exec.link_host(&name, &host)?;
-            (
-                None,
-                CString::new(self.binds_guest_path(bind, &rel)).map_err(|_| Errno::EINVAL)?,
-            )
+            self.exec.link_host(&name, &host, tid)?;
+            CString::new(self.binds_guest_path(bind, &rel)).map_err(|_| Errno::EINVAL)?
         } else {
-            let exec = &mut self.exec;
-            let alias = prepare_image(exec, task, dirfd, &path, &name)?;
-            (alias, absolute(task, &path)?)
+            let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
+            prepare_image(&mut self.exec, task, dirfd, &kpath, &name, Some(tid))?;
+            absolute(task, &kpath)?
         };
-        let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
-        // The task's name, as /proc/self/status and ps show it, is the program's (comm is
-        // 15 bytes at most, as Linux truncates it).
-        let base = guest_path
-            .as_bytes()
-            .rsplit(|&b| b == b'/')
-            .next()
-            .unwrap_or(b"");
-        let comm = CString::new(&base[..base.len().min(15)]).unwrap_or_default();
-        let _ = lkl(
-            task,
-            g::PRCTL,
-            [PR_SET_NAME, ptr(comm.as_ptr()), 0, 0, 0, 0],
-        );
         // The relative name replaces the guest's path string for the host's execve.
-        let tid = guest.tid();
         let mut undo = Vec::new();
         let mut original = vec![0u8; buffer_len + 1];
         hostio::force_read(tid, path_addr, &mut original)?;
@@ -614,26 +1023,17 @@ impl Engine {
         with_nul.push(0);
         hostio::force_write(tid, path_addr, &with_nul)?;
         undo.push((path_addr, original));
-        self.close_on_exec(pid);
-        let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
-        if hostio::same_vm(p.parent, pid) == Some(true) {
+        let parent = self.procs.get(pid).ok_or(Errno::ESRCH)?.parent;
+        if hostio::same_vm(parent, pid) == Some(true) {
             // vfork/posix_spawn: the strings live in memory the parent shares until the
             // exec is done: put the parent's bytes back then.
             self.restore = Some(Restore {
-                parent: p.parent,
+                parent,
                 child: pid,
                 undo,
             });
         }
-        p.aliases.clear();
-        if let Some(a) = alias {
-            p.aliases.push((
-                CString::new(a).map_err(|_| Errno::EINVAL)?,
-                guest_path.clone(),
-            ));
-        }
-        p.exe = guest_path;
-        Ok(())
+        self.exec_done(pid, guest_path)
     }
 
     /// The kernel side of close-on-exec: served FDs the host will close at this exec.
@@ -684,30 +1084,28 @@ fn scratch_below_sp(tid: u32, len: usize) -> Result<u64, Errno> {
     Ok(sp.checked_sub(1024 + len as u64).ok_or(Errno::EFAULT)? & !15)
 }
 
-/// Opens the image's program `path` and links its host copy at `name`; returns the alias
-/// a script's interpreter will open it by.
+/// Opens the image's program `path` and puts its host copy where the host will look for
+/// `name`.
 fn prepare_image(
     exec: &mut ExecDir,
     task: &Task,
     dirfd: u64,
     path: &CStr,
     name: &[u8],
-) -> Result<Option<Vec<u8>>, Errno> {
+    dependent: Option<u32>,
+) -> Result<(), Errno> {
     let img = Image::open(task, dirfd, path)?;
     let head = img.head(task);
     let head = head.as_slice();
-    let mut alias = None;
     let prepared = if head.starts_with(b"\x7fELF") {
-        exec.prepare_elf(task, &img, name)
+        exec.prepare_elf(task, &img, name, dependent)
     } else if head.starts_with(b"#!") {
-        alias = Some(name.to_vec());
-        exec.prepare_script(task, &img, name, head, 0)
+        exec.prepare_script(task, &img, name, head, 0, dependent)
     } else {
         Err(Errno::ENOEXEC)
     };
     img.close(task);
-    prepared?;
-    Ok(alias)
+    prepared
 }
 
 /// `path` made absolute against the task's cwd (for /proc/self/exe).

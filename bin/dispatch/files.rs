@@ -16,7 +16,8 @@ use super::binds::Place;
 pub use super::linux::AT_FDCWD;
 use super::linux::{
     AT_EMPTY_PATH, CLOSE_RANGE_CLOEXEC, F_DUPFD, F_DUPFD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC,
-    O_NONBLOCK, O_PATH, O_RDWR, O_WRONLY, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG, STATX_SIZE,
+    O_NONBLOCK, O_PATH, O_RDWR, O_TRUNC, O_WRONLY, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
+    STATX_SIZE,
 };
 use super::shadow::{self, Writable};
 use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
@@ -80,6 +81,38 @@ pub(super) fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
         [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
     )?;
     Ok(GenericStat::from_bytes(&buf))
+}
+
+/// The kernel library's `struct stat` of `path` in `task`.
+pub(super) fn lkl_stat_path(task: &Task, path: &std::ffi::CStr) -> Result<GenericStat, Errno> {
+    let mut buf = [0u8; GENERIC_STAT_SIZE];
+    lkl(
+        task,
+        g::NEWFSTATAT,
+        [AT_FDCWD, ptr(path.as_ptr()), ptr(buf.as_mut_ptr()), 0, 0, 0],
+    )?;
+    Ok(GenericStat::from_bytes(&buf))
+}
+
+/// Rewrites getdents64 records (ino, off, reclen, type, name) as `struct linux_dirent`
+/// (ino, off, reclen, name, NUL, ..., type in the record's last byte), in place.
+fn to_legacy_dirents(buf: &mut [u8]) {
+    const NAME64: usize = 19;
+    const NAME: usize = 18;
+    let mut at = 0;
+    while at + NAME64 <= buf.len() {
+        let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+        if reclen < NAME64 + 1 || at + reclen > buf.len() {
+            break;
+        }
+        let rec = &mut buf[at..at + reclen];
+        let kind = rec[NAME64 - 1];
+        let name_len = rec[NAME64..].iter().position(|&b| b == 0).unwrap_or(0);
+        rec.copy_within(NAME64..NAME64 + name_len, NAME);
+        rec[NAME + name_len..].fill(0);
+        rec[reclen - 1] = kind;
+        at += reclen;
+    }
 }
 
 /// Writes a kernel-library `struct stat` to the guest in the host arch's layout.
@@ -252,10 +285,14 @@ impl Engine {
             ino: st.st_ino,
         };
         if st.st_mode & S_IFMT == S_IFREG && self.procs.any_writable() {
-            self.procs.sync_file(id);
+            self.procs.sync_file(id, &mut self.shadows);
             st = lkl_stat(&p.task, kfd)?;
         }
         let acc = flags & O_ACCMODE;
+        if st.st_mode & S_IFMT == S_IFREG && flags & O_TRUNC != 0 && acc != 0 {
+            // The kernel emptied the file: readers that have it open see that at once.
+            self.shadows.resized(id, &st);
+        }
         let mut writable = None;
         let (host, kind): (OwnedFd, FdKind) = match st.st_mode & S_IFMT {
             _ if flags & O_PATH != 0 => (self.placeholder()?, FdKind::Kernel),
@@ -296,7 +333,7 @@ impl Engine {
                     oflags |= OFlags::APPEND;
                 }
                 let guest_side = hostio::reopen(memfd.as_fd(), oflags)?;
-                writable = Some(Arc::new(Writable::new(memfd, id, false)?));
+                writable = Some(Arc::new(Writable::new(memfd, id, acc == O_RDWR, false)?));
                 (guest_side, FdKind::WritebackShadow)
             }
             S_IFCHR => {
@@ -392,7 +429,7 @@ impl Engine {
             return;
         }
         if let Some(w) = p.writable.remove(&fd) {
-            let _ = w.write_back(&p.task, fd);
+            let _ = self.shadows.write_back(&w, &p.task, fd);
         }
         self.socket_closed(pid, fd);
         let Some(p) = self.procs.get_mut(pid) else {
@@ -557,12 +594,12 @@ impl Engine {
         }
     }
 
-    fn stat_into(&self, guest: &dyn Guest, pid: u32, fd: i32, addr: u64) -> Reply {
+    fn stat_into(&mut self, guest: &dyn Guest, pid: u32, fd: i32, addr: u64) -> Reply {
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
         if let Some(w) = p.writable.get(&fd) {
-            let _ = w.write_back(&p.task, fd);
+            let _ = self.shadows.write_back(w, &p.task, fd);
         }
         let mut buf = [0u8; GENERIC_STAT_SIZE];
         let r = lkl(
@@ -614,10 +651,13 @@ impl Engine {
         .and_then(|_| {
             let st = GenericStat::from_bytes(&buf);
             if self.procs.any_writable() && st.st_mode & S_IFMT == S_IFREG {
-                self.procs.sync_file(FileId {
-                    dev: st.st_dev,
-                    ino: st.st_ino,
-                });
+                self.procs.sync_file(
+                    FileId {
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    },
+                    &mut self.shadows,
+                );
                 lkl(
                     &p.task,
                     g::NEWFSTATAT,
@@ -686,7 +726,15 @@ impl Engine {
         r.into()
     }
 
-    pub(super) fn getdents(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
+    /// getdents64, or getdents (`legacy`): the two record formats have the same length for
+    /// the same name, so the records are rewritten in place.
+    pub(super) fn getdents(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        args: [u64; 6],
+        legacy: bool,
+    ) -> Reply {
         let fd = fd_arg(args[0]);
         if self.served(pid, fd).is_none() {
             return Reply::Continue;
@@ -716,6 +764,9 @@ impl Engine {
         )
         .and_then(|n| {
             let n = usize::try_from(n).unwrap_or(0).min(len);
+            if legacy {
+                to_legacy_dirents(&mut buf[..n]);
+            }
             guest
                 .write(args[1], &buf[..n])
                 .map(|()| i64::try_from(n).unwrap_or(0))
@@ -755,7 +806,7 @@ impl Engine {
             return Reply::Fail(Errno::ESRCH);
         };
         if let Some(w) = p.writable.get(&fd)
-            && let Err(e) = w.write_back(&p.task, fd)
+            && let Err(e) = self.shadows.write_back(w, &p.task, fd)
         {
             return Reply::Fail(e);
         }

@@ -3,11 +3,14 @@
 
 use std::ffi::CString;
 
+use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
+use kbox_core::shadow::FileId;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::Errno;
 
 use super::binds::Place;
 use super::files::AT_FDCWD;
+use super::linux::{AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, RENAME_EXCHANGE, S_IFMT, S_IFREG};
 use super::{Engine, Guest, Reply, fd_arg, lkl, ptr};
 
 /// What one argument is.
@@ -134,13 +137,15 @@ impl Engine {
         let Some(shape) = shape(nr) else {
             return Reply::Fail(Errno::ENOSYS);
         };
-        match self.forward_shaped(guest, pid, nr, shape, args) {
+        match self.forward_shaped(guest, pid, nr, shape, args, None) {
             Ok(Some(v)) => Reply::Value(v),
             Ok(None) => Reply::Continue,
             Err(e) => Reply::Fail(e),
         }
     }
 
+    /// `given`: the bytes of one In/InFixed argument that kbox has already read (and
+    /// converted) itself, by argument index.
     fn forward_shaped(
         &mut self,
         guest: &dyn Guest,
@@ -148,7 +153,13 @@ impl Engine {
         nr: u32,
         shape: &[A],
         args: [u64; 6],
+        mut given: Option<(usize, Vec<u8>)>,
     ) -> Result<Option<i64>, Errno> {
+        // utimensat(AT_FDCWD, NULL, ...) has no file to act on: Linux faults on the NULL
+        // name (a NULL name with a real directory FD means that FD itself).
+        if nr == g::UTIMENSAT && args[1] == 0 && (args[0] == AT_FDCWD || fd_arg(args[0]) == -100) {
+            return Err(Errno::EFAULT);
+        }
         let mut strings: Vec<CString> = Vec::new();
         let mut bufs: Vec<Vec<u8>> = Vec::new();
         let mut out: Vec<(usize, u64, bool)> = Vec::new(); // (buf index, guest addr, by result)
@@ -210,6 +221,12 @@ impl Engine {
                     kargs[i] = ptr(b.as_mut_ptr());
                     bufs.push(b);
                 }
+                InFixed(_) if given.as_ref().is_some_and(|(at, _)| *at == i) => {
+                    if let Some((_, mut b)) = given.take() {
+                        kargs[i] = ptr(b.as_mut_ptr());
+                        bufs.push(b);
+                    }
+                }
                 InFixed(len) => {
                     if args[i] != 0 {
                         let mut b = vec![0u8; len];
@@ -227,8 +244,11 @@ impl Engine {
                 }
                 OutLen(n) => {
                     let len = cap_arg(args[usize::from(n)]);
+                    // Always kbox's own buffer: the kernel library has no MMU, so a guest
+                    // address handed to it would be written as kbox's memory. A bad guest
+                    // address fails when the result is copied out, with EFAULT.
                     let mut b = vec![0u8; len];
-                    kargs[i] = if args[i] == 0 { 0 } else { ptr(b.as_mut_ptr()) };
+                    kargs[i] = ptr(b.as_mut_ptr());
                     out.push((bufs.len(), args[i], true));
                     bufs.push(b);
                 }
@@ -262,14 +282,13 @@ impl Engine {
             guest.write(args[0], &text)?;
             return Ok(Some(i64::try_from(text.len()).unwrap_or(0)));
         }
+        let victim = file_replaced_by(&p.task, nr, kargs);
         let ret = lkl(&p.task, nr, kargs)?;
         if nr == g::CHDIR {
             p.cwd_bind = None;
         }
+        self.after_change(pid, nr, kargs, victim);
         for (b, addr, by_result) in out {
-            if addr == 0 {
-                continue;
-            }
             let buf = &bufs[b];
             let n = if by_result {
                 usize::try_from(ret).unwrap_or(0).min(buf.len())
@@ -278,7 +297,9 @@ impl Engine {
             } else {
                 buf.len()
             };
-            guest.write(addr, &buf[..n])?;
+            if n > 0 {
+                guest.write(addr, &buf[..n])?;
+            }
         }
         Ok(Some(ret))
     }
@@ -312,9 +333,53 @@ impl Engine {
             g::READLINKAT,
             &[Dir, Path, OutLen(3), Int],
             args,
+            None,
         )
         .map(|v| v.unwrap_or(0))
         .into()
+    }
+
+    /// utime, utimes and futimesat, lowered to utimensat (`args` in its order): the guest's
+    /// `struct utimbuf` (`seconds`) or two timevals become two timespecs.
+    pub(super) fn legacy_utimes(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        args: [u64; 6],
+        seconds: bool,
+    ) -> Reply {
+        let mut given = None;
+        if args[2] != 0 {
+            let mut raw = [0u8; 32];
+            if let Err(e) = guest.read(args[2], &mut raw[..if seconds { 16 } else { 32 }]) {
+                return Reply::Fail(e);
+            }
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+                i64::from_ne_bytes(w)
+            };
+            let pairs = if seconds {
+                [(word(0), 0), (word(1), 0)]
+            } else {
+                [(word(0), word(1)), (word(2), word(3))]
+            };
+            let mut ts = Vec::with_capacity(32);
+            for (sec, usec) in pairs {
+                if !(0..1_000_000).contains(&usec) {
+                    return Reply::Fail(Errno::EINVAL);
+                }
+                ts.extend_from_slice(&sec.to_ne_bytes());
+                ts.extend_from_slice(&(usec * 1000).to_ne_bytes());
+            }
+            given = Some((2, ts));
+        }
+        let shape = shape(g::UTIMENSAT).unwrap_or(&[]);
+        match self.forward_shaped(guest, pid, g::UTIMENSAT, shape, args, given) {
+            Ok(Some(v)) => Reply::Value(v),
+            Ok(None) => Reply::Continue,
+            Err(e) => Reply::Fail(e),
+        }
     }
 
     /// uname from the kernel library (its hostname, which the guest may set), with the
@@ -337,6 +402,61 @@ impl Engine {
         match guest.write(addr, &buf) {
             Ok(()) => Reply::Value(0),
             Err(e) => Reply::Fail(e),
+        }
+    }
+}
+
+/// The regular file that call `nr` (with kernel-side arguments `kargs`) is about to unlink
+/// or rename another file over, if any.
+fn file_replaced_by(task: &kbox_lkl::Task, nr: u32, kargs: [u64; 6]) -> Option<FileId> {
+    let (dirfd, path) = match nr {
+        g::UNLINKAT if kargs[2] & AT_REMOVEDIR == 0 => (kargs[0], kargs[1]),
+        g::RENAMEAT => (kargs[2], kargs[3]),
+        g::RENAMEAT2 if kargs[4] & RENAME_EXCHANGE == 0 => (kargs[2], kargs[3]),
+        _ => return None,
+    };
+    let st = stat_at(task, dirfd, path, AT_SYMLINK_NOFOLLOW).ok()?;
+    (st.st_mode & S_IFMT == S_IFREG).then_some(FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
+
+/// newfstatat in the kernel library, `path` being a pointer to our own memory.
+fn stat_at(task: &kbox_lkl::Task, dirfd: u64, path: u64, flags: u64) -> Result<GenericStat, Errno> {
+    let mut buf = [0u8; GENERIC_STAT_SIZE];
+    lkl(
+        task,
+        g::NEWFSTATAT,
+        [dirfd, path, ptr(buf.as_mut_ptr()), flags, 0, 0],
+    )?;
+    Ok(GenericStat::from_bytes(&buf))
+}
+
+impl Engine {
+    /// Keeps the shadow cache true to the image after a successful call that changed a
+    /// file's contents or names (see shadow.rs: kbox, the image's only writer, updates
+    /// copies itself instead of trusting timestamps).
+    fn after_change(&mut self, pid: u32, nr: u32, kargs: [u64; 6], victim: Option<FileId>) {
+        if let Some(id) = victim {
+            self.shadows.unlinked(id);
+        }
+        match nr {
+            g::TRUNCATE => {
+                let Some(p) = self.procs.get(pid) else { return };
+                if let Ok(st) = stat_at(&p.task, AT_FDCWD, kargs[0], 0) {
+                    let id = FileId {
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    };
+                    self.shadows.resized(id, &st);
+                }
+            }
+            g::MOUNT | g::UMOUNT2 => {
+                self.shadows.forget_all();
+                self.exec.forget_all();
+            }
+            _ => {}
         }
     }
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use kbox_lkl::Errno;
-use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
 pub fn errno(e: rustix::io::Errno) -> Errno {
@@ -27,15 +27,6 @@ pub fn memfd(size: u64) -> Result<OwnedFd, Errno> {
     .map_err(errno)?;
     rustix::fs::ftruncate(&fd, size).map_err(errno)?;
     Ok(fd)
-}
-
-/// Forbids every further change to a memfd's contents and size.
-pub fn seal(fd: &OwnedFd) -> Result<(), Errno> {
-    rustix::fs::fcntl_add_seals(
-        fd,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )
-    .map_err(errno)
 }
 
 /// A new open file description of the file `fd` refers to, with its own access mode and
@@ -77,6 +68,25 @@ impl Mapping {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The mapped bytes. Another process may change them meanwhile (the file is shared),
+    /// which for plain bytes is a changed value, never undefined behaviour of ours.
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `addr` is a live mapping of `len` readable bytes until `self` drops.
+        unsafe { core::slice::from_raw_parts(self.addr.cast::<u8>(), self.len) }
+    }
+
+    /// The mapped bytes, writable (the mapping must have been made writable).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only slice of the mapping.
+        unsafe { core::slice::from_raw_parts_mut(self.addr.cast::<u8>(), self.len) }
     }
 }
 

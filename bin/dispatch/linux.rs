@@ -5,10 +5,13 @@
 pub const AT_FDCWD: u64 = 0u64.wrapping_sub(100);
 pub const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 pub const AT_EMPTY_PATH: u64 = 0x1000;
+pub const AT_REMOVEDIR: u64 = 0x200;
+pub const RENAME_EXCHANGE: u64 = 2;
 
 pub const O_ACCMODE: u64 = 0o3;
 pub const O_WRONLY: u64 = 0o1;
 pub const O_RDWR: u64 = 0o2;
+pub const O_TRUNC: u64 = 0o1000;
 pub const O_APPEND: u64 = 0o2000;
 pub const O_NONBLOCK: u64 = 0o4000;
 pub const O_CLOEXEC: u64 = 0o2000000;

@@ -113,10 +113,11 @@ pub struct Engine {
 impl Engine {
     /// `root` is the task every first guest process is forked from (chrooted into the image).
     pub fn new(root: Task, settings: Settings) -> Result<Engine, std::io::Error> {
+        let image_dev = files::lkl_stat_path(&root, c"/").map_or(0, |st| st.st_dev);
         Ok(Engine {
             procs: Procs::new(root),
             shadows: shadow::Shadows::new(settings.shadow_limit),
-            exec: exec::ExecDir::create(&settings.image)?,
+            exec: exec::ExecDir::create(&settings.image, image_dev)?,
             binds: binds::Binds::new(&settings.binds)?,
             settings,
             restore: None,
@@ -124,9 +125,24 @@ impl Engine {
         })
     }
 
-    /// The host directory the guest's processes run in (exec copies live there).
+    /// The host directory the guest's processes run in.
     pub fn host_cwd(&self) -> &std::path::Path {
         self.exec.path()
+    }
+
+    /// The host directory that is the guest processes' root when the tier can chroot them
+    /// (then kbox never writes guest memory to exec).
+    pub fn host_root(&self) -> &std::path::Path {
+        self.exec.root()
+    }
+
+    /// Whether the guest processes run chrooted into [`Engine::host_root`].
+    pub fn set_rooted(&mut self, rooted: bool) {
+        self.exec.set_mode(if rooted {
+            exec::ExecMode::Rooted
+        } else {
+            exec::ExecMode::Rewrite
+        });
     }
 
     /// Host pids of the guest processes the engine knows.
@@ -229,11 +245,23 @@ impl Engine {
             g::FSTAT => self.fstat(guest, pid, args),
             g::NEWFSTATAT => self.fstatat(guest, pid, args),
             g::STATX => self.statx(guest, pid, args),
-            g::GETDENTS64 => self.getdents(guest, pid, args),
+            g::GETDENTS64 => self.getdents(guest, pid, args, conv == Conv::LegacyDirents),
+            g::UTIMENSAT if matches!(conv, Conv::Utimbuf | Conv::Timeval) => {
+                self.legacy_utimes(guest, pid, args, conv == Conv::Utimbuf)
+            }
             g::FCHDIR => self.fchdir(pid, args[0]),
             g::FSYNC | g::FDATASYNC => self.fsync(pid, nr, args[0]),
-            g::EXECVE => self.execve(guest, pid, files::AT_FDCWD, args[0], args[1]),
-            g::EXECVEAT => self.execve(guest, pid, args[0], args[1], args[2]),
+            g::EXECVE | g::EXECVEAT => {
+                match self.shadows.take_changes() {
+                    Some(ids) => ids.into_iter().for_each(|id| self.exec.changed(id)),
+                    None => self.exec.forget_all(),
+                }
+                if nr == g::EXECVE {
+                    self.execve(guest, pid, files::AT_FDCWD, args[0], args[1])
+                } else {
+                    self.execve(guest, pid, args[0], args[1], args[2])
+                }
+            }
             g::EXIT_GROUP => self.exit_group(pid),
             g::READLINKAT => self.readlinkat(guest, pid, args),
             g::UNAME => self.uname(guest, pid, args[0]),
@@ -301,6 +329,12 @@ enum Conv {
     None,
     /// dup2: same-number dup2 succeeds where dup3 fails.
     Dup2,
+    /// getdents: getdents64's records rewritten as `struct linux_dirent`.
+    LegacyDirents,
+    /// utime: a `struct utimbuf` (seconds) instead of two timespecs.
+    Utimbuf,
+    /// utimes, futimesat: two timevals instead of two timespecs.
+    Timeval,
 }
 
 /// The asm-generic number and arguments of host call `nr`.
@@ -314,6 +348,34 @@ fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
             nr: g,
             conversion: Conversion::Dup2SameFd,
         } => Some((g, [args[0], args[1], 0, 0, 0, 0], Conv::Dup2)),
+        Lowering::Convert {
+            nr: g,
+            conversion: Conversion::LegacyDirents,
+        } => Some((g, args, Conv::LegacyDirents)),
+        // utime(path, times) and utimes(path, times) act like utimensat(AT_FDCWD, ...);
+        // futimesat(dirfd, path, times) names its directory.
+        Lowering::Convert {
+            nr: g,
+            conversion: Conversion::UtimbufToTimespec,
+        } => Some((
+            g,
+            [files::AT_FDCWD, args[0], args[1], 0, 0, 0],
+            Conv::Utimbuf,
+        )),
+        Lowering::Convert {
+            nr: g,
+            conversion: Conversion::TimevalToTimespec,
+        } if nr == kbox_core::sysno::x86_64::FUTIMESAT => {
+            Some((g, [args[0], args[1], args[2], 0, 0, 0], Conv::Timeval))
+        }
+        Lowering::Convert {
+            nr: g,
+            conversion: Conversion::TimevalToTimespec,
+        } => Some((
+            g,
+            [files::AT_FDCWD, args[0], args[1], 0, 0, 0],
+            Conv::Timeval,
+        )),
         Lowering::Convert { .. } | Lowering::HostOnly | Lowering::Obsolete => None,
     }
 }

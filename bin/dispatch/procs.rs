@@ -33,9 +33,6 @@ pub struct Proc {
     pub parent: u32,
     /// The guest path of the program running, for /proc/self/exe.
     pub exe: CString,
-    /// Relative names the kernel gave a script's interpreter (see exec.rs), to their guest
-    /// paths.
-    pub aliases: Vec<(CString, CString)>,
 }
 
 struct Forked {
@@ -136,7 +133,6 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: f.exe,
-                    aliases: Vec::new(),
                 };
                 reconcile(&mut proc, tgid, ppid);
                 proc
@@ -156,7 +152,6 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: CString::default(),
-                    aliases: Vec::new(),
                 }
             }
         };
@@ -206,9 +201,9 @@ impl Procs {
             .retain(|&kid, _| std::path::Path::new(&format!("/proc/{kid}")).exists());
     }
 
-    pub fn flush_all(&mut self, _shadows: &mut Shadows) {
+    pub fn flush_all(&mut self, shadows: &mut Shadows) {
         for p in self.procs.values() {
-            flush(p);
+            flush(p, shadows);
         }
     }
 
@@ -225,11 +220,11 @@ impl Procs {
 
     /// Writes back every writable shadow of file `id`, in whichever process holds it, so a
     /// new open or stat of the file sees what was written through it.
-    pub fn sync_file(&self, id: kbox_core::shadow::FileId) {
+    pub fn sync_file(&self, id: kbox_core::shadow::FileId, shadows: &mut Shadows) {
         for p in self.procs.values() {
             for (&fd, w) in &p.writable {
                 if w.id == id {
-                    let _ = w.write_back(&p.task, fd);
+                    let _ = shadows.write_back(w, &p.task, fd);
                 }
             }
         }
@@ -306,14 +301,14 @@ fn fork_task(parent: &Task) -> Result<Task, Errno> {
 }
 
 /// Writes back every writable shadow of `p`.
-fn flush(p: &Proc) {
+fn flush(p: &Proc, shadows: &mut Shadows) {
     for (&fd, w) in &p.writable {
-        let _ = w.write_back(&p.task, fd);
+        let _ = shadows.write_back(w, &p.task, fd);
     }
 }
 
-fn finish(p: Proc, _shadows: &mut Shadows) {
-    flush(&p);
+fn finish(p: Proc, shadows: &mut Shadows) {
+    flush(&p, shadows);
     // Dropping the task closes its kernel FDs and ends it.
 }
 

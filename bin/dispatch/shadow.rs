@@ -1,12 +1,19 @@
 //! Shadow memfds: host copies of image files that the guest reads, writes and maps natively.
 //!
-//! Read-only opens share one sealed memfd per file version (the core's LRU cache keyed by
-//! device, inode, mtime and size, seed 001); each open gets its own read-only open file
-//! description of it, so offsets are private and a write fails with EBADF as on Linux (seed
-//! 004). Writable opens get a private unsealed memfd, written back to the kernel library on
-//! close, fsync, exec and exit.
+//! Read-only opens share one memfd per file (the core's LRU cache keyed by device and inode,
+//! seed 001); each open gets its own read-only open file description of it, so offsets are
+//! private and a write fails with EBADF as on Linux (seed 004). Writable opens get a private
+//! memfd, written back to the kernel library on close, fsync, exec and exit.
+//!
+//! kbox is the only writer of the image, so it keeps the shared copies current itself rather
+//! than trusting timestamps (the kernel library's are one tick coarse, and a same-size
+//! rewrite within a tick looks unchanged): every path that changes a file's contents
+//! (write-back, O_TRUNC, truncate) updates the cached copy *in place*, so read-only FDs
+//! opened before the change read the new data, as they would on Linux; a file that loses a
+//! name (unlink, rename over it) is dropped from the cache, because its inode number may
+//! be reused by a new file. The (mtime, size) check on lookup stays as a second line.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use kbox_core::abi::stat::GenericStat;
 use kbox_core::shadow::{FileId, FileVersion, Insert, Lookup, ShadowCache, ShadowLimit};
@@ -24,7 +31,14 @@ pub struct Shadows {
     cache: ShadowCache<u32>,
     slab: Vec<Option<OwnedFd>>,
     limit: u64,
+    /// Files changed since the exec copies last looked (see `take_changes`).
+    changes: Vec<FileId>,
+    /// More changes than `changes` keeps came: treat every file as changed.
+    changes_overflowed: bool,
 }
+
+/// Changed files remembered between two execs, at most.
+const CHANGES_KEPT: usize = 4096;
 
 impl Shadows {
     pub fn new(limit: u64) -> Shadows {
@@ -33,6 +47,8 @@ impl Shadows {
             cache: ShadowCache::new(limit),
             slab: Vec::new(),
             limit: limit.bytes(),
+            changes: Vec::new(),
+            changes_overflowed: false,
         }
     }
 
@@ -60,35 +76,142 @@ impl Shadows {
             dev: st.st_dev,
             ino: st.st_ino,
         };
-        let version = FileVersion {
-            mtime_sec: st.st_mtime,
-            mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-            size,
-        };
-        match self.cache.lookup(id, version) {
+        let version = version_of(st);
+        let h = match self.cache.lookup(id, version) {
             Lookup::Hit(h) => {
                 if let Some(Some(fd)) = self.slab.get(slot(h)) {
                     return hostio::reopen(fd.as_fd(), OFlags::RDONLY);
                 }
+                self.release(h);
+                None
             }
-            Lookup::Stale(h) => self.release(h),
+            // Changed behind kbox's back: the FDs sharing the copy get the new data too.
+            Lookup::Stale(h) => Some(h),
             Lookup::TooLarge => return Err(Errno::EFBIG),
-            Lookup::Miss => {}
-        }
+            Lookup::Miss => None,
+        };
         slow();
-        let fd = fill(task, kfd, size)?;
-        hostio::seal(&fd)?;
-        let ro = hostio::reopen(fd.as_fd(), OFlags::RDONLY)?;
-        let h = self.store(fd);
+        let h = match h.and_then(|h| Some((h, self.slab.get(slot(h))?.as_ref()?))) {
+            Some((h, fd)) => {
+                if let Err(e) = fill_into(task, kfd, size, fd.as_fd()) {
+                    self.release(h);
+                    return Err(e);
+                }
+                h
+            }
+            None => {
+                let fd = fill(task, kfd, size)?;
+                self.store(fd)
+            }
+        };
+        let ro = match self.slab.get(slot(h)) {
+            Some(Some(fd)) => hostio::reopen(fd.as_fd(), OFlags::RDONLY),
+            _ => Err(Errno::EIO),
+        };
+        self.keep(id, version, h);
+        ro
+    }
+
+    /// The files changed since the last call (None: too many to list, assume all).
+    pub fn take_changes(&mut self) -> Option<Vec<FileId>> {
+        let overflowed = std::mem::take(&mut self.changes_overflowed);
+        let changes = std::mem::take(&mut self.changes);
+        (!overflowed).then_some(changes)
+    }
+
+    fn note_change(&mut self, id: FileId) {
+        if self.changes.last() == Some(&id) {
+            return;
+        }
+        if self.changes.len() >= CHANGES_KEPT {
+            self.changes_overflowed = true;
+            self.changes.clear();
+        } else if !self.changes_overflowed {
+            self.changes.push(id);
+        }
+    }
+
+    /// Caches handle `h` as the copy of `id` at `version`, closing whatever that pushes out.
+    fn keep(&mut self, id: FileId, version: FileVersion, h: u32) {
         match self.cache.insert(id, version, h) {
             Insert::Cached { evicted } => {
-                if let Some(old) = evicted {
+                if let Some(old) = evicted.filter(|&old| old != h) {
                     self.release(old);
                 }
             }
             Insert::Refused(h) => self.release(h),
         }
-        Ok(ro)
+    }
+
+    /// Writes writable shadow `w` (open as `kfd` in `task`) back to its file if it changed,
+    /// and gives the file's cached copy the same contents.
+    pub fn write_back(&mut self, w: &Writable, task: &Task, kfd: i32) -> Result<(), Errno> {
+        if !w.write_back(task, kfd)? {
+            return Ok(());
+        }
+        self.note_change(w.id);
+        let Some(h) = self.cache.remove(w.id) else {
+            return Ok(());
+        };
+        let st = super::files::lkl_stat(task, kfd);
+        let copied = st.and_then(|st| {
+            let fd = self
+                .slab
+                .get(slot(h))
+                .and_then(Option::as_ref)
+                .ok_or(Errno::EIO)?;
+            copy_into(w.fd.as_fd(), fd.as_fd())?;
+            Ok(st)
+        });
+        match copied {
+            Ok(st) => self.keep(w.id, version_of(&st), h),
+            // A copy that could not be brought up to date must not be found again.
+            Err(e) => {
+                self.release(h);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// File `id` was truncated (truncate, O_TRUNC) and now has `st`'s size: so does its
+    /// cached copy.
+    pub fn resized(&mut self, id: FileId, st: &GenericStat) {
+        self.note_change(id);
+        let Some(h) = self.cache.remove(id) else {
+            return;
+        };
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let ok = self
+            .slab
+            .get(slot(h))
+            .and_then(Option::as_ref)
+            .is_some_and(|fd| rustix::fs::ftruncate(fd, size).is_ok());
+        if ok {
+            self.keep(id, version_of(st), h);
+        } else {
+            self.release(h);
+        }
+    }
+
+    /// File `id` lost a name (unlink, rename over it): once its last FD closes, its inode
+    /// number may be given to a new file, so its copy must not be found by that number any
+    /// more. FDs already open keep reading it, as they keep the inode on Linux.
+    pub fn unlinked(&mut self, id: FileId) {
+        self.note_change(id);
+        if let Some(h) = self.cache.remove(id) {
+            self.release(h);
+        }
+    }
+
+    /// Forgets every copy (a mount or unmount may give a device number to another
+    /// filesystem).
+    pub fn forget_all(&mut self) {
+        let mut dropped = Vec::new();
+        self.cache.drain(|h| dropped.push(h));
+        for h in dropped {
+            self.release(h);
+        }
     }
 
     fn store(&mut self, fd: OwnedFd) -> u32 {
@@ -114,20 +237,45 @@ fn slot(h: u32) -> usize {
     usize::try_from(h).unwrap_or(usize::MAX)
 }
 
-/// A memfd holding the first `size` bytes of `kfd` (read straight into a shared mapping:
-/// the kernel library copies from its page cache into the memfd's pages once).
+/// The version a cached copy of a file with metadata `st` is of.
+fn version_of(st: &GenericStat) -> FileVersion {
+    FileVersion {
+        mtime_sec: st.st_mtime,
+        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+    }
+}
+
+/// A memfd holding the first `size` bytes of `kfd`.
 pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
     let fd = hostio::memfd(size)?;
-    let len = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
-    {
-        let map = Mapping::new(fd.as_fd(), len, true)?;
-        let done = kernel_io(task, g::PREAD64, kfd, map.addr(), len)?;
-        if done < len {
-            // The file shrank under us: keep what was read.
-            rustix::fs::ftruncate(&fd, done as u64).map_err(hostio::errno)?;
-        }
-    }
+    fill_into(task, kfd, size, fd.as_fd())?;
     Ok(fd)
+}
+
+/// Makes memfd `fd` hold the first `size` bytes of `kfd` (read straight into a shared
+/// mapping: the kernel library copies from its page cache into the memfd's pages once).
+fn fill_into(task: &Task, kfd: i32, size: u64, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let len = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
+    rustix::fs::ftruncate(fd, size).map_err(hostio::errno)?;
+    let map = Mapping::new(fd, len, true)?;
+    let done = kernel_io(task, g::PREAD64, kfd, map.addr(), len)?;
+    if done < len {
+        // The file shrank under us: keep what was read.
+        rustix::fs::ftruncate(fd, done as u64).map_err(hostio::errno)?;
+    }
+    Ok(())
+}
+
+/// Makes memfd `to` a copy of memfd `from`.
+fn copy_into(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
+    let st = rustix::fs::fstat(from).map_err(hostio::errno)?;
+    let len = usize::try_from(st.st_size).map_err(|_| Errno::EFBIG)?;
+    rustix::fs::ftruncate(to, len as u64).map_err(hostio::errno)?;
+    let src = Mapping::new(from, len, false)?;
+    let mut dst = Mapping::new(to, len, true)?;
+    dst.bytes_mut().copy_from_slice(src.bytes());
+    Ok(())
 }
 
 /// pread64/pwrite64 (`nr`) of `len` bytes at offset 0 of `kfd`, between it and our memory at
@@ -228,12 +376,14 @@ pub struct Writable {
     pub fd: OwnedFd,
     /// The file it shadows, so other opens of it can bring it up to date first.
     pub id: FileId,
+    /// Opened for reading too: the guest may have mapped it and written through the mapping.
+    pub readable: bool,
 }
 
 impl Writable {
     /// `dirty`: the copy already differs from the file (O_TRUNC, O_CREAT of a new file).
-    pub fn new(fd: OwnedFd, id: FileId, dirty: bool) -> Result<Writable, Errno> {
-        let w = Writable { fd, id };
+    pub fn new(fd: OwnedFd, id: FileId, readable: bool, dirty: bool) -> Result<Writable, Errno> {
+        let w = Writable { fd, id, readable };
         if !dirty {
             w.mark_clean()?;
         }
@@ -258,14 +408,21 @@ impl Writable {
     }
 
     /// Copies the shadow back into the file open as `kfd` in `task` if it changed: contents,
-    /// then size.
-    pub fn write_back(&self, task: &Task, kfd: i32) -> Result<(), Errno> {
+    /// then size. Returns whether the file changed.
+    ///
+    /// Writes through a shared mapping set the memfd's mtime only at the first fault on a
+    /// page, so a copy that is mapped may have changed with its mtime still parked: a
+    /// readable copy whose mtime says "clean" is compared with the file instead.
+    pub fn write_back(&self, task: &Task, kfd: i32) -> Result<bool, Errno> {
         let st = rustix::fs::fstat(&self.fd).map_err(hostio::errno)?;
-        if st.st_mtime == 0 && st.st_mtime_nsec == 0 {
-            return Ok(());
-        }
         let len = usize::try_from(st.st_size).unwrap_or(0);
         let map = Mapping::new(self.fd.as_fd(), len, false)?;
+        if st.st_mtime == 0
+            && st.st_mtime_nsec == 0
+            && !(self.readable && differs(task, kfd, &map)?)
+        {
+            return Ok(false);
+        }
         if kernel_io(task, g::PWRITE64, kfd, map.addr(), map.len())? < map.len() {
             return Err(Errno::EIO);
         }
@@ -274,6 +431,42 @@ impl Writable {
             Ok(_) | Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
             Err(e) => return Err(e),
         }
-        self.mark_clean()
+        self.mark_clean()?;
+        Ok(true)
     }
+}
+
+/// Whether the file open as `kfd` in `task` differs from the bytes of `map`.
+fn differs(task: &Task, kfd: i32, map: &Mapping) -> Result<bool, Errno> {
+    const CHUNK: usize = 64 << 10;
+    let st = super::files::lkl_stat(task, kfd)?;
+    if u64::try_from(st.st_size).ok() != Some(map.len() as u64) {
+        return Ok(true);
+    }
+    let mut buf = vec![0u8; CHUNK.min(map.len())];
+    let mut at = 0usize;
+    while at < map.len() {
+        let want = CHUNK.min(map.len() - at);
+        let n = lkl(
+            task,
+            g::PREAD64,
+            [
+                fdv(kfd),
+                ptr(buf.as_mut_ptr()),
+                want as u64,
+                at as u64,
+                0,
+                0,
+            ],
+        )?;
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return Ok(true);
+        }
+        if map.bytes().get(at..at + n) != Some(&buf[..n]) {
+            return Ok(true);
+        }
+        at += n;
+    }
+    Ok(false)
 }

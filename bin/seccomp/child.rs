@@ -110,6 +110,17 @@ pub struct Command {
     envp_ptrs: Vec<*const c_char>,
     /// Host working directory of the child (set before the filter, so not intercepted).
     cwd: Option<CString>,
+    /// Host directory to chroot the child into (see [`Command::root`]).
+    root: Option<Root>,
+}
+
+/// A chroot for the child, with the identity maps of the user namespace it enters when it
+/// may not chroot where it is.
+#[derive(Debug)]
+struct Root {
+    dir: CString,
+    uid_map: CString,
+    gid_map: CString,
 }
 
 impl Command {
@@ -145,7 +156,25 @@ impl Command {
             _argv: argv,
             _envp: envp,
             cwd: None,
+            root: None,
         })
+    }
+
+    /// Chroots the child into host directory `dir` (after changing to the working
+    /// directory, which must lie inside it). Without the privilege to chroot, the child first
+    /// enters a user namespace of its own, where its uid and gid map to themselves (so it is
+    /// no more privileged on the host); where that fails too, it runs unrooted and
+    /// [`Child::rooted`] says so.
+    pub fn root(&mut self, dir: &std::path::Path) -> Result<(), SpawnError> {
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        let c = |s: String| CString::new(s).map_err(|_| SpawnError::Nul);
+        self.root = Some(Root {
+            dir: CString::new(dir.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul)?,
+            uid_map: c(format!("{uid} {uid} 1\n"))?,
+            gid_map: c(format!("{gid} {gid} 1\n"))?,
+        });
+        Ok(())
     }
 
     /// Runs the child in host directory `dir`.
@@ -178,6 +207,11 @@ impl Child {
     /// Whether the filter has SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV.
     pub fn killable_wait(&self) -> bool {
         self.killable_wait
+    }
+
+    /// Whether the child is chrooted into the root its command gave.
+    pub fn rooted(&self) -> bool {
+        self.handoff.get().rooted.load(Ordering::Acquire) == 1
     }
 
     pub fn kill(&self) -> io::Result<()> {
@@ -302,6 +336,35 @@ fn wait_for_listener(child: &mut Child) -> Result<i32, SpawnError> {
     }
 }
 
+/// chroot into `root.dir`, in a user namespace of the child's own when chroot needs a
+/// privilege the child lacks. Raw syscalls on prepared strings only (the child of a fork).
+fn enter_root(root: &Root) -> rustix::io::Result<()> {
+    match rustix::process::chroot(root.dir.as_c_str()) {
+        Err(rustix::io::Errno::PERM) => {}
+        other => return other,
+    }
+    // SAFETY: CLONE_NEWUSER alone shares nothing new and unshares nothing the process
+    // relies on (files, memory and the fs context stay as they are); it only changes which
+    // user namespace this single-threaded child's credentials belong to.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }?;
+    let write = |path: &std::ffi::CStr, text: &std::ffi::CStr| -> rustix::io::Result<()> {
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        rustix::io::write(&fd, text.to_bytes()).map(|_| ())
+    };
+    // gid_map may only be written once setgroups is denied (unprivileged maps).
+    match write(c"/proc/self/setgroups", c"deny") {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e),
+    }
+    write(c"/proc/self/uid_map", &root.uid_map)?;
+    write(c"/proc/self/gid_map", &root.gid_map)?;
+    rustix::process::chroot(root.dir.as_c_str())
+}
+
 /// The child between fork and exec: async-signal-safe calls only, never returns.
 fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
     let h = handoff.get();
@@ -320,6 +383,11 @@ fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
             e.raw_os_error(),
             EXIT_SETUP_FAILED,
         )
+    }
+    if let Some(root) = &cmd.root
+        && enter_root(root).is_ok()
+    {
+        h.rooted.store(1, Ordering::Release);
     }
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =

@@ -283,6 +283,8 @@ pub struct Handoff {
     /// Which step failed (`HANDOFF_STEP_*`) and its errno.
     pub step: AtomicU32,
     pub errno: AtomicI32,
+    /// 1 when the child is chrooted into the root it was given.
+    pub rooted: AtomicU32,
 }
 
 pub const HANDOFF_PENDING: u32 = 0;
