@@ -835,3 +835,42 @@ fn a_second_writer_of_an_image_is_refused() {
     // Once the first is gone, the image is free again.
     expect(&img.sh("true"), 0);
 }
+
+/// Where kbox cannot chroot its guests (no root, no user namespaces; forced here with
+/// KBOX_NO_CHROOT=1), exec falls back to rewriting the path string: programs, scripts,
+/// relative paths and /proc/self/exe still run, with argv intact, and kbox says so.
+#[test]
+fn exec_without_a_chroot_falls_back_to_path_rewriting() {
+    let img = Image::default("no-chroot");
+    let mut c = Command::new(KBOX);
+    c.env("HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("home"))
+        .env("KBOX_NO_CHROOT", "1")
+        .args(["-S", img.arg(), "--", "/bin/sh", "-c"])
+        .arg(
+            "printf '#!/bin/sh\\necho script $1\\n' > /s.sh && chmod +x /s.sh && /s.sh arg && \
+             cd /opt && ./kbox-tests/hello rel | head -2 | tail -1 && \
+             /opt/kbox-tests/hello 'a b' | tail -1 && \
+             i=0; while [ $i -lt 50 ]; do /bin/true || exit 9; i=$((i+1)); done; echo $i",
+        )
+        .stdin(Stdio::null());
+    let out = run_with_timeout(c, Duration::from_secs(120));
+    let err = text(&out.stderr);
+    assert_eq!(
+        expect(&out, 0),
+        "script arg\nargv[0]=./kbox-tests/hello\nargv[1]=a b\n50\n"
+    );
+    assert!(err.contains("cannot chroot the guest here"), "{err}");
+    img.assert_clean();
+}
+
+/// tests/guest/sigstress.c (native first): file calls while a thread floods the process
+/// with SIGUSR1 and children exit all the time; with SA_RESTART handlers no call may fail.
+#[test]
+fn file_calls_survive_a_storm_of_signals() {
+    let img = Image::default("sigstress");
+    let out = expect(
+        &img.run(&["-S"], &["/opt/kbox-tests/sigstress", "/tmp", "3000"]),
+        0,
+    );
+    assert!(out.starts_with("ok sigstress: 3000 rounds"), "{out}");
+}
