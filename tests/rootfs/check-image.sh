@@ -111,6 +111,12 @@ if command -v proot >/dev/null; then
   mkdir -p "$t/tmp/guest-work"
   for g in "$@"; do
     n=$(basename "$g")
+    if [ "$n" = efault ]; then
+      # proot serves path calls itself and does not answer bad pointers as Linux does;
+      # efault runs natively (check-guest-native) and under kbox instead.
+      echo "skip /opt/kbox-tests/efault under proot (its pointer checks are not Linux's)"
+      continue
+    fi
     mkdir -p "$t/tmp/guest-work/$n"
     out=$(in_image "/opt/kbox-tests/$n" "/tmp/guest-work/$n")
     rc=$?
