@@ -34,6 +34,8 @@ pub const BPF_JMP_JA: u16 = 0x05;
 pub const BPF_JMP_JEQ_K: u16 = 0x15;
 /// BPF_JMP | BPF_JGE | BPF_K
 pub const BPF_JMP_JGE_K: u16 = 0x35;
+/// BPF_JMP | BPF_JSET | BPF_K
+pub const BPF_JMP_JSET_K: u16 = 0x45;
 /// BPF_RET | BPF_K
 pub const BPF_RET_K: u16 = 0x06;
 
@@ -48,6 +50,11 @@ const RET_ALLOW: u32 = 0x7fff_0000;
 /// Offsets in `struct seccomp_data`.
 pub const SECCOMP_DATA_NR: u32 = 0;
 pub const SECCOMP_DATA_ARCH: u32 = 4;
+/// `args[0]`; each argument is 8 bytes, its low 32 bits first on the little-endian arches
+/// kbox supports.
+pub const SECCOMP_DATA_ARGS: u32 = 16;
+/// Argument checks one filter may hold.
+pub const MAX_ARG_RULES: usize = 32;
 
 /// The kernel's limit on a filter's length (BPF_MAXINSNS).
 pub const MAX_INSNS: usize = 4096;
@@ -113,6 +120,25 @@ pub struct Rule {
     pub action: Action,
 }
 
+/// A test on the low 32 bits of one syscall argument (flags and ioctl commands are there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgTest {
+    /// Any of these bits is set.
+    AnyBit(u32),
+    /// Equal to this value.
+    Equals(u32),
+}
+
+/// For syscall `nr`, when argument `arg` (0..6) passes `test`, `then` applies instead of the
+/// syscall's own action. Several checks on one syscall are tried in the order given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgRule {
+    pub nr: u32,
+    pub arg: u8,
+    pub test: ArgTest,
+    pub then: Action,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BpfError {
     /// More than [`MAX_RULES`] rules.
@@ -121,22 +147,48 @@ pub enum BpfError {
     DuplicateRule { nr: u32 },
     /// The program does not fit the output buffer (or the kernel's 4096 limit).
     ProgramTooLong { needed: usize, capacity: usize },
+    /// More than [`MAX_ARG_RULES`] argument checks, or one on an argument past the sixth.
+    BadArgRules,
 }
 
-/// Where the action changes on the number line: numbers from `start` up to the next
-/// segment's start get `action`.
+/// What a leaf of the search tree does: return an action, or test arguments first
+/// (`checks` is the range of the sorted argument rules for that one syscall).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Ret(Action),
+    Checked {
+        base: Action,
+        first: usize,
+        count: usize,
+    },
+}
+
+/// Where the leaf changes on the number line: numbers from `start` up to the next
+/// segment's start get `leaf`.
 #[derive(Clone, Copy)]
 struct Segment {
     start: u32,
-    action: Action,
+    leaf: Leaf,
 }
 
-type Segments = Vec<Segment, { 2 * MAX_RULES + 1 }>;
+type Segments = Vec<Segment, { 2 * (MAX_RULES + MAX_ARG_RULES) + 1 }>;
 
 /// Compiles the filter into `out`, returning how many instructions it used.
 pub fn compile(
     arch: AuditArch,
     rules: &[Rule],
+    default: Action,
+    out: &mut [SockFilter],
+) -> Result<usize, BpfError> {
+    compile_checked(arch, rules, &[], default, out)
+}
+
+/// [`compile`] with argument checks: a syscall named in `arg_rules` gets, at its leaf, a
+/// test of each argument in turn before its own action (or the default).
+pub fn compile_checked(
+    arch: AuditArch,
+    rules: &[Rule],
+    arg_rules: &[ArgRule],
     default: Action,
     out: &mut [SockFilter],
 ) -> Result<usize, BpfError> {
@@ -146,7 +198,20 @@ pub fn compile(
     if let Some(w) = sorted.windows(2).find(|w| w[0].nr == w[1].nr) {
         return Err(BpfError::DuplicateRule { nr: w[0].nr });
     }
-    let segments = segments(&sorted, default);
+    let mut checks: Vec<ArgRule, MAX_ARG_RULES> =
+        Vec::from_slice(arg_rules).map_err(|_| BpfError::BadArgRules)?;
+    if checks.iter().any(|c| c.arg >= 6) {
+        return Err(BpfError::BadArgRules);
+    }
+    // A stable insertion sort (no allocator here): checks on one syscall keep their order.
+    for i in 1..checks.len() {
+        let mut j = i;
+        while j > 0 && checks[j - 1].nr > checks[j].nr {
+            checks.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let segments = segments(&sorted, &checks, default);
 
     let mut prologue: Vec<SockFilter, 6> = Vec::new();
     let mut push = |insn| prologue.push(insn).ok();
@@ -165,36 +230,75 @@ pub fn compile(
         return Err(BpfError::ProgramTooLong { needed, capacity });
     }
     out[..prologue.len()].copy_from_slice(&prologue);
-    let end = emit_tree(&segments, &mut out[prologue.len()..needed]);
+    let end = emit_tree(&segments, &checks, &mut out[prologue.len()..needed]);
     debug_assert_eq!(end, needed - prologue.len());
     Ok(needed)
 }
 
-/// Cuts `0..=u32::MAX` into segments of equal action; `rules` is sorted and unique.
-fn segments(rules: &[Rule], default: Action) -> Segments {
-    fn push(segs: &mut Segments, start: u32, action: Action) {
+/// Cuts `0..=u32::MAX` into segments of equal leaf; `rules` and `checks` are sorted by
+/// number and `rules` is unique.
+fn segments(rules: &[Rule], checks: &[ArgRule], default: Action) -> Segments {
+    fn push(segs: &mut Segments, start: u32, leaf: Leaf) {
         if segs.last().is_some_and(|s| s.start == start) {
             segs.pop();
         }
-        if segs.last().is_some_and(|s| s.action == action) {
+        if segs.last().is_some_and(|s| s.leaf == leaf) {
             return;
         }
-        // Capacity is 2 per rule plus one, and each rule pushes at most two segments.
-        let _ = segs.push(Segment { start, action });
+        // Capacity is 2 per numbered syscall plus one, and each pushes at most two.
+        let _ = segs.push(Segment { start, leaf });
     }
+    let leaf_of = |nr: u32, base: Action| {
+        let first = checks.iter().position(|c| c.nr == nr);
+        match first {
+            Some(first) => Leaf::Checked {
+                base,
+                first,
+                count: checks[first..].iter().take_while(|c| c.nr == nr).count(),
+            },
+            None => Leaf::Ret(base),
+        }
+    };
+    // Every syscall with a rule or a check, in order.
+    let mut numbers: Vec<u32, { MAX_RULES + MAX_ARG_RULES }> = Vec::new();
+    for nr in rules
+        .iter()
+        .map(|r| r.nr)
+        .chain(checks.iter().map(|c| c.nr))
+    {
+        if !numbers.contains(&nr) {
+            let _ = numbers.push(nr);
+        }
+    }
+    numbers.sort_unstable();
     let mut segs = Segments::new();
-    push(&mut segs, 0, default);
-    for r in rules {
-        push(&mut segs, r.nr, r.action);
-        if let Some(after) = r.nr.checked_add(1) {
-            push(&mut segs, after, default);
+    push(&mut segs, 0, Leaf::Ret(default));
+    for nr in numbers {
+        let base = rules
+            .iter()
+            .find(|r| r.nr == nr)
+            .map_or(default, |r| r.action);
+        push(&mut segs, nr, leaf_of(nr, base));
+        if let Some(after) = nr.checked_add(1) {
+            push(&mut segs, after, Leaf::Ret(default));
         }
     }
     segs
 }
 
+/// Instructions of a leaf: a `ret`, or per check a load, a test and a `ret`, then a `ret`.
+fn leaf_len(leaf: Leaf) -> usize {
+    match leaf {
+        Leaf::Ret(_) => 1,
+        Leaf::Checked { count, .. } => 3 * count + 1,
+    }
+}
+
 fn tree_len(segs: &[Segment]) -> usize {
-    if segs.len() <= 1 {
+    if let [only] = segs {
+        return leaf_len(only.leaf);
+    }
+    if segs.is_empty() {
         return 1;
     }
     let (left, right) = segs.split_at(segs.len() / 2);
@@ -208,7 +312,7 @@ fn node_len(left_len: usize) -> usize {
 }
 
 /// Writes the search tree over `segs` at the start of `out`; returns its length.
-fn emit_tree(segs: &[Segment], out: &mut [SockFilter]) -> usize {
+fn emit_tree(segs: &[Segment], checks: &[ArgRule], out: &mut [SockFilter]) -> usize {
     let [only] = segs else {
         let (left, right) = segs.split_at(segs.len() / 2);
         let pivot = right[0].start;
@@ -225,12 +329,31 @@ fn emit_tree(segs: &[Segment], out: &mut [SockFilter]) -> usize {
                 2
             }
         };
-        at += emit_tree(left, &mut out[at..]);
-        at += emit_tree(right, &mut out[at..]);
+        at += emit_tree(left, checks, &mut out[at..]);
+        at += emit_tree(right, checks, &mut out[at..]);
         return at;
     };
-    out[0] = stmt(BPF_RET_K, only.action.ret_value());
-    1
+    match only.leaf {
+        Leaf::Ret(action) => {
+            out[0] = stmt(BPF_RET_K, action.ret_value());
+            1
+        }
+        Leaf::Checked { base, first, count } => {
+            let mut at = 0;
+            for c in &checks[first..first + count] {
+                out[at] = stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARGS + 8 * u32::from(c.arg));
+                // Taken: fall through to the `ret` of this check; else skip it.
+                out[at + 1] = match c.test {
+                    ArgTest::AnyBit(mask) => jump(BPF_JMP_JSET_K, mask, 0, 1),
+                    ArgTest::Equals(v) => jump(BPF_JMP_JEQ_K, v, 0, 1),
+                };
+                out[at + 2] = stmt(BPF_RET_K, c.then.ret_value());
+                at += 3;
+            }
+            out[at] = stmt(BPF_RET_K, base.ret_value());
+            at + 1
+        }
+    }
 }
 
 const fn stmt(code: u16, k: u32) -> SockFilter {

@@ -3,7 +3,7 @@
 //! `ret` on every path), for random rule sets on both arches.
 
 use kbox_core::Errno;
-use kbox_core::bpf::{self, Action, AuditArch, BpfError, Rule, SockFilter};
+use kbox_core::bpf::{self, Action, ArgRule, ArgTest, AuditArch, BpfError, Rule, SockFilter};
 use kbox_core::sysno;
 use proptest::prelude::*;
 
@@ -11,6 +11,11 @@ const KILL_PROCESS: u32 = 0x8000_0000;
 
 /// Runs `prog` on a `seccomp_data` with this arch and nr; returns the filter's verdict.
 fn run(prog: &[SockFilter], arch: u32, nr: u32) -> u32 {
+    run_args(prog, arch, nr, [0; 6])
+}
+
+/// [`run`] with the call's arguments.
+fn run_args(prog: &[SockFilter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     let mut acc = 0u32;
     let mut pc = 0usize;
     loop {
@@ -23,6 +28,14 @@ fn run(prog: &[SockFilter], arch: u32, nr: u32) -> u32 {
                 acc = match insn.k {
                     bpf::SECCOMP_DATA_NR => nr,
                     bpf::SECCOMP_DATA_ARCH => arch,
+                    k if (16..64).contains(&k) => {
+                        let a = args[(k as usize - 16) / 8];
+                        if k % 8 == 0 {
+                            a as u32
+                        } else {
+                            (a >> 32) as u32
+                        }
+                    }
                     k => panic!("load from unexpected offset {k}"),
                 };
                 next
@@ -35,6 +48,9 @@ fn run(prog: &[SockFilter], arch: u32, nr: u32) -> u32 {
                     acc >= insn.k
                 };
                 next + usize::from(if taken { insn.jt } else { insn.jf })
+            }
+            bpf::BPF_JMP_JSET_K => {
+                next + usize::from(if acc & insn.k != 0 { insn.jt } else { insn.jf })
             }
             bpf::BPF_RET_K => return insn.k,
             code => panic!("unexpected opcode {code:#x} at {pc}"),
@@ -245,6 +261,183 @@ proptest! {
         let neighbours = rules.keys().flat_map(|&nr| [nr.saturating_sub(1), nr, nr + 1]);
         for nr in neighbours.chain(probes).chain([0, u32::MAX]) {
             prop_assert_eq!(run(&prog, arch.value(), nr), expect(nr), "nr {}", nr);
+        }
+    }
+}
+
+fn compile_checked(
+    arch: AuditArch,
+    rules: &[Rule],
+    checks: &[ArgRule],
+    default: Action,
+) -> Vec<SockFilter> {
+    let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let n = bpf::compile_checked(arch, rules, checks, default, &mut out).expect("compiles");
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn argument_checks_apply_to_their_syscall_and_argument_only() {
+    const CLONE: u32 = 56;
+    const IOCTL: u32 = 16;
+    const NEW_NAMESPACES: u32 = 0x7e02_0080;
+    let eperm = errno(1);
+    let prog = compile_checked(
+        AuditArch::X86_64,
+        &[
+            Rule {
+                nr: CLONE,
+                action: Action::Allow,
+            },
+            Rule {
+                nr: IOCTL,
+                action: Action::Allow,
+            },
+        ],
+        &[
+            ArgRule {
+                nr: IOCTL,
+                arg: 1,
+                test: ArgTest::Equals(0x5412),
+                then: eperm,
+            },
+            ArgRule {
+                nr: CLONE,
+                arg: 0,
+                test: ArgTest::AnyBit(NEW_NAMESPACES),
+                then: eperm,
+            },
+            ArgRule {
+                nr: IOCTL,
+                arg: 1,
+                test: ArgTest::Equals(0x541c),
+                then: errno(2),
+            },
+            // A check on a syscall without a rule: its base is the default.
+            ArgRule {
+                nr: 500,
+                arg: 5,
+                test: ArgTest::Equals(7),
+                then: Action::Allow,
+            },
+        ],
+        Action::Notify,
+    );
+    let arch = AuditArch::X86_64.value();
+    let allow = Action::Allow.ret_value();
+    // fork-like and thread-like clones pass, any namespace flag is refused.
+    assert_eq!(run_args(&prog, arch, CLONE, [0x11, 0, 0, 0, 0, 0]), allow);
+    assert_eq!(
+        run_args(&prog, arch, CLONE, [0x3d0f00, 0, 0, 0, 0, 0]),
+        allow
+    );
+    for flag in [
+        0x20000u64,
+        0x0200_0000,
+        0x0400_0000,
+        0x0800_0000,
+        0x1000_0000,
+        0x2000_0000,
+        0x4000_0000,
+        0x80,
+    ] {
+        assert_eq!(
+            run_args(&prog, arch, CLONE, [0x11 | flag, 0, 0, 0, 0, 0]),
+            eperm.ret_value(),
+            "{flag:#x}"
+        );
+    }
+    // Only the low 32 bits are tested (what the kernel reads of an int or these flags).
+    assert_eq!(
+        run_args(
+            &prog,
+            arch,
+            CLONE,
+            [0x11 | (0x1000_0000 << 32), 0, 0, 0, 0, 0]
+        ),
+        allow
+    );
+    assert_eq!(
+        run_args(&prog, arch, IOCTL, [0, 0x5412, 0, 0, 0, 0]),
+        eperm.ret_value()
+    );
+    assert_eq!(
+        run_args(&prog, arch, IOCTL, [0, 0x541c, 0, 0, 0, 0]),
+        errno(2).ret_value()
+    );
+    assert_eq!(
+        run_args(&prog, arch, IOCTL, [0x5412, 0x5401, 0, 0, 0, 0]),
+        allow
+    );
+    assert_eq!(run_args(&prog, arch, 500, [0, 0, 0, 0, 0, 7]), allow);
+    assert_eq!(
+        run_args(&prog, arch, 500, [0, 0, 0, 0, 0, 8]),
+        Action::Notify.ret_value()
+    );
+    // Neighbours keep their own actions.
+    for nr in [CLONE - 1, CLONE + 1, IOCTL - 1, IOCTL + 1, 499, 501] {
+        assert_eq!(
+            run_args(&prog, arch, nr, [u64::MAX; 6]),
+            Action::Notify.ret_value(),
+            "{nr}"
+        );
+    }
+}
+
+#[test]
+fn bad_argument_checks_are_refused() {
+    let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let check = ArgRule {
+        nr: 1,
+        arg: 6,
+        test: ArgTest::Equals(0),
+        then: Action::Allow,
+    };
+    assert_eq!(
+        bpf::compile_checked(AuditArch::X86_64, &[], &[check], Action::Allow, &mut out),
+        Err(BpfError::BadArgRules)
+    );
+    let many = vec![ArgRule { arg: 0, ..check }; bpf::MAX_ARG_RULES + 1];
+    assert_eq!(
+        bpf::compile_checked(AuditArch::X86_64, &[], &many, Action::Allow, &mut out),
+        Err(BpfError::BadArgRules)
+    );
+}
+
+fn arg_test() -> impl Strategy<Value = ArgTest> {
+    prop_oneof![
+        any::<u32>().prop_map(ArgTest::AnyBit),
+        (0..8u32).prop_map(ArgTest::Equals),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn argument_checks_match_a_model(
+        rules in prop::collection::btree_map(0..300u32, action(), 0..100),
+        checks in prop::collection::vec((0..300u32, 0..6u8, arg_test(), action()), 0..bpf::MAX_ARG_RULES),
+        default in action(),
+        probes in prop::collection::vec((0..300u32, prop::array::uniform6(0..8u64)), 64),
+    ) {
+        let list: Vec<Rule> = rules.iter().map(|(&nr, &action)| Rule { nr, action }).collect();
+        let checks: Vec<ArgRule> = checks
+            .into_iter()
+            .map(|(nr, arg, test, then)| ArgRule { nr, arg, test, then })
+            .collect();
+        let prog = compile_checked(AuditArch::Aarch64, &list, &checks, default);
+        for (nr, args) in probes {
+            let low = |a: u8| args[usize::from(a)] as u32;
+            let expect = checks
+                .iter()
+                .filter(|c| c.nr == nr)
+                .find(|c| match c.test {
+                    ArgTest::AnyBit(m) => low(c.arg) & m != 0,
+                    ArgTest::Equals(v) => low(c.arg) == v,
+                })
+                .map(|c| c.then)
+                .unwrap_or_else(|| rules.get(&nr).copied().unwrap_or(default));
+            prop_assert_eq!(run_args(&prog, AuditArch::Aarch64.value(), nr, args), expect.ret_value(), "nr {} args {:?}", nr, args);
         }
     }
 }
