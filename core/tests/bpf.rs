@@ -30,11 +30,8 @@ fn run_args(prog: &[SockFilter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
                     bpf::SECCOMP_DATA_ARCH => arch,
                     k if (16..64).contains(&k) => {
                         let a = args[(k as usize - 16) / 8];
-                        if k % 8 == 0 {
-                            a as u32
-                        } else {
-                            (a >> 32) as u32
-                        }
+                        let word = if k % 8 == 0 { a } else { a >> 32 };
+                        u32::try_from(word & 0xffff_ffff).unwrap_or(0)
                     }
                     k => panic!("load from unexpected offset {k}"),
                 };
@@ -427,7 +424,7 @@ proptest! {
             .collect();
         let prog = compile_checked(AuditArch::Aarch64, &list, &checks, default);
         for (nr, args) in probes {
-            let low = |a: u8| args[usize::from(a)] as u32;
+            let low = |a: u8| u32::try_from(args[usize::from(a)] & 0xffff_ffff).unwrap_or(0);
             let expect = checks
                 .iter()
                 .filter(|c| c.nr == nr)
