@@ -49,6 +49,8 @@ Options:
       --syscall-mode MODE auto (default) or seccomp; trap and rewrite are not built yet
       --shadow-limit BYTES files up to this size are mapped from a host copy
                           (suffix K, M or G; default 256M; 4K to 4G)
+      --preserve-fds N    pass kbox's FDs 3..3+N-1 to the guest (default 0: every
+                          FD above 2 is closed)
   -v, --verbose           one line per dispatched syscall on stderr
   -h, --help              print this help and exit
       --version           print the version and exit
@@ -156,6 +158,8 @@ pub struct Config {
     pub tier: SyscallTier,
     /// Largest file, in bytes, that gets a host shadow copy.
     pub shadow_limit: u64,
+    /// `--preserve-fds N`: host FDs 3..3+N-1 stay open in the guest.
+    pub preserve_fds: u32,
     /// `-v`: report dispatched syscalls.
     pub verbose: bool,
     /// The guest's argv; never empty.
@@ -176,6 +180,7 @@ enum Opt {
     ChangeId,
     SyscallMode,
     ShadowLimit,
+    PreserveFds,
     Verbose,
     Help,
     Version,
@@ -204,6 +209,7 @@ impl Opt {
             b"change-id" => Self::ChangeId,
             b"syscall-mode" => Self::SyscallMode,
             b"shadow-limit" => Self::ShadowLimit,
+            b"preserve-fds" => Self::PreserveFds,
             b"verbose" => Self::Verbose,
             b"help" => Self::Help,
             b"version" => Self::Version,
@@ -232,6 +238,7 @@ impl Opt {
             Self::ChangeId => "--change-id",
             Self::SyscallMode => "--syscall-mode",
             Self::ShadowLimit => "--shadow-limit",
+            Self::PreserveFds => "--preserve-fds",
             Self::Verbose => "-v/--verbose",
             Self::Help => "-h/--help",
             Self::Version => "--version",
@@ -250,6 +257,7 @@ struct Builder {
     change_id: Option<(u32, u32)>,
     tier: SyscallTier,
     shadow_limit: u64,
+    preserve_fds: u32,
     verbose: bool,
 }
 
@@ -271,6 +279,7 @@ where
         change_id: None,
         tier: SyscallTier::Seccomp,
         shadow_limit: SHADOW_LIMIT_DEFAULT,
+        preserve_fds: 0,
         verbose: false,
     };
     let mut args = args.into_iter();
@@ -379,6 +388,7 @@ impl Builder {
             Opt::ChangeId => self.change_id = Some(parse_ids(&value)?),
             Opt::SyscallMode => self.tier = parse_syscall_mode(&value)?,
             Opt::ShadowLimit => self.shadow_limit = parse_shadow_limit(&value)?,
+            Opt::PreserveFds => self.preserve_fds = parse_preserve_fds(&value)?,
             Opt::RootId | Opt::Verbose | Opt::Help | Opt::Version => {}
         }
         Ok(())
@@ -418,6 +428,7 @@ impl Builder {
             workdir: self.workdir,
             tier: self.tier,
             shadow_limit: self.shadow_limit,
+            preserve_fds: self.preserve_fds,
             verbose: self.verbose,
             command,
         })
@@ -496,6 +507,18 @@ fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
 
 /// Parses a size in bytes with an optional binary suffix (K, M, G in either case) and
 /// checks it against [`SHADOW_LIMIT_MIN`]..=[`SHADOW_LIMIT_MAX`].
+/// Most FDs `--preserve-fds` passes (the guest's RLIMIT_NOFILE is 65536).
+const PRESERVE_FDS_MAX: u32 = 65_000;
+
+fn parse_preserve_fds(value: &OsStr) -> Result<u32, UsageError> {
+    value
+        .to_str()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n <= PRESERVE_FDS_MAX)
+        .ok_or_else(|| UsageError::BadPreserveFds(Box::from(value)))
+}
+
 fn parse_shadow_limit(value: &OsStr) -> Result<u64, UsageError> {
     let bytes = value.as_bytes();
     let (digits, shift) = match bytes.split_last() {
@@ -643,6 +666,7 @@ mod tests {
             workdir: PathBuf::from("/"),
             tier: SyscallTier::Seccomp,
             shadow_limit: 256 << 20,
+            preserve_fds: 0,
             verbose: false,
             command: args(&["/bin/sh"]),
         };
@@ -1136,6 +1160,19 @@ mod tests {
 
     fn shadow(value: &str) -> Result<u64, UsageError> {
         parse_shadow_limit(OsStr::new(value))
+    }
+
+    #[test]
+    fn preserve_fds_takes_a_count() {
+        assert_eq!(config(&["-r", "i", "--preserve-fds", "2"]).preserve_fds, 2);
+        assert_eq!(config(&["-r", "i", "--preserve-fds=0"]).preserve_fds, 0);
+        for bad in ["-1", "x", "65001", "2k"] {
+            assert_eq!(
+                parse(args(&["-r", "i", "--preserve-fds", bad])),
+                Err(UsageError::BadPreserveFds(os(bad))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub enum UsageError {
     BadShadowLimit(Box<OsStr>),
     /// `--shadow-limit` outside the accepted bounds.
     ShadowLimitOutOfRange(Box<OsStr>),
+    /// `--preserve-fds` that is not a count of at most 65000.
+    BadPreserveFds(Box<OsStr>),
     /// `-k` whose value is not UTF-8 text.
     KernelCmdlineNotText(Box<OsStr>),
 }
@@ -113,6 +115,11 @@ impl fmt::Display for UsageError {
                 f,
                 "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
             ),
+            Self::BadPreserveFds(arg) => write!(
+                f,
+                "--preserve-fds {} is not a number of FDs from 0 to 65000",
+                Shown(arg)
+            ),
             Self::BadShadowLimit(arg) => write!(
                 f,
                 "--shadow-limit {} is not a size in bytes (digits, optionally followed by K, M or G)",
@@ -163,6 +170,7 @@ impl UsageError {
             Self::BadShadowLimit(_) | Self::ShadowLimitOutOfRange(_) => {
                 "e.g. --shadow-limit 512M; the default is 256M"
             }
+            Self::BadPreserveFds(_) => "e.g. --preserve-fds 2 passes FDs 3 and 4",
             Self::KernelCmdlineNotText(_) => return None,
         })
     }

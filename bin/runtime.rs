@@ -254,11 +254,32 @@ fn run_booted(
         cmd.root(lock(&engine).host_root())
             .map_err(RuntimeError::Spawn)?;
     }
-    let prog = Program::compile(&dispatch::policy::rules(), Action::Notify)
-        .map_err(RuntimeError::Filter)?;
-    let (mut guest, notify) = child::spawn(&cmd, &prog).map_err(RuntimeError::Spawn)?;
+    cmd.preserve_fds(config.preserve_fds);
+    let compile = |own_ipc| {
+        Program::compile_checked(
+            &dispatch::policy::rules(own_ipc),
+            &dispatch::policy::checks(),
+            Action::Notify,
+        )
+        .map_err(RuntimeError::Filter)
+    };
+    let (own_ipc, host_ipc) = (compile(true)?, compile(false)?);
+    let (mut guest, notify) =
+        child::spawn_with(&cmd, &own_ipc, &host_ipc).map_err(RuntimeError::Spawn)?;
+    let prog = if guest.own_ipc() { &own_ipc } else { &host_ipc };
     // Before the first notification (the guest's exec) is answered.
     lock(&engine).set_rooted(guest.rooted());
+    if config.verbose {
+        eprintln!(
+            "kbox: isolation: SysV IPC {}; signals, priorities and limits reach guest processes only (mediated); FDs above {} closed",
+            if guest.own_ipc() {
+                "in an IPC namespace of the guest's own"
+            } else {
+                "refused (no IPC namespace possible here)"
+            },
+            2 + config.preserve_fds
+        );
+    }
     if !guest.rooted() {
         eprintln!(
             "kbox: warning: cannot chroot the guest here (neither root nor user namespaces): \

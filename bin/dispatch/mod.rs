@@ -20,6 +20,7 @@ mod linux;
 pub mod policy;
 mod procs;
 mod shadow;
+mod signals;
 mod sockets;
 
 use std::ffi::CString;
@@ -108,6 +109,8 @@ pub struct Engine {
     restore: Option<exec::Restore>,
     pumps: sockets::Pumps,
     binds: binds::Binds,
+    /// Host numbers of the calls that name other processes (signals.rs).
+    pid_calls: Vec<u32>,
 }
 
 impl Engine {
@@ -122,6 +125,10 @@ impl Engine {
             settings,
             restore: None,
             pumps: sockets::Pumps::default(),
+            pid_calls: policy::PID_TARGETED
+                .iter()
+                .filter_map(|n| policy::host_nr(n))
+                .collect(),
         })
     }
 
@@ -152,9 +159,16 @@ impl Engine {
 
     /// Serves one syscall `nr` (host arch numbering) with `args`.
     pub fn handle(&mut self, guest: &dyn Guest, nr: u32, args: [u64; 6]) -> Reply {
-        let reply = match lower(nr, args) {
-            Some((gnr, gargs, conv)) => self.dispatch(guest, nr, gnr, gargs, conv),
-            None => Reply::Fail(Errno::ENOSYS),
+        let targeted = self
+            .pid_calls
+            .contains(&nr)
+            .then(|| syscall_name(nr))
+            .flatten()
+            .and_then(|name| self.pid_targeted(guest.tid(), name, args));
+        let reply = match (targeted, lower(nr, args)) {
+            (Some(reply), _) => reply,
+            (None, Some((gnr, gargs, conv))) => self.dispatch(guest, nr, gnr, gargs, conv),
+            (None, None) => Reply::Fail(Errno::ENOSYS),
         };
         if self.settings.verbose {
             self.trace(guest.tid(), nr, args, reply);

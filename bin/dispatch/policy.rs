@@ -4,7 +4,7 @@
 //! that every name exists on at least one arch and every deny name on both where Linux has it).
 
 use kbox_core::Errno;
-use kbox_core::bpf::{Action, Rule};
+use kbox_core::bpf::{Action, ArgRule, ArgTest, Rule};
 
 /// Served by the host kernel without a notification: memory, threads, signals, time,
 /// scheduling, and I/O on FDs the host already holds (shadow memfds, pipes, the terminal).
@@ -32,7 +32,6 @@ pub const HOST: &[&str] = &[
     "fadvise64",
     "readahead",
     "flock",
-    "ioctl",
     "sync_file_range",
     "pipe",
     "pipe2",
@@ -87,7 +86,6 @@ pub const HOST: &[&str] = &[
     "futex_waitv",
     "set_tid_address",
     "set_robust_list",
-    "get_robust_list",
     "rseq",
     "arch_prctl",
     "prctl",
@@ -100,9 +98,8 @@ pub const HOST: &[&str] = &[
     "setpgid",
     "setsid",
     // Process creation: the child's kernel task is made when it first calls in
-    // (procs.rs); a notified fork could be turned into EINTR by a signal.
-    "clone",
-    "clone3",
+    // (procs.rs); a notified fork could be turned into EINTR by a signal. clone is
+    // allowed by an argument check (no namespace flags); clone3 is ENOSYS (below).
     "fork",
     "vfork",
     "exit",
@@ -111,25 +108,12 @@ pub const HOST: &[&str] = &[
     "getrusage",
     "getrlimit",
     "setrlimit",
-    "prlimit64",
     "getcpu",
     "sched_yield",
-    "sched_getaffinity",
-    "sched_setaffinity",
-    "sched_getparam",
-    "sched_setparam",
-    "sched_getscheduler",
-    "sched_setscheduler",
     "sched_get_priority_max",
     "sched_get_priority_min",
-    "sched_rr_get_interval",
-    "sched_getattr",
-    "sched_setattr",
-    "getpriority",
-    "setpriority",
     "capget",
     "personality",
-    "pidfd_open",
     "pidfd_send_signal",
     "times",
     // Signals.
@@ -139,12 +123,7 @@ pub const HOST: &[&str] = &[
     "rt_sigpending",
     "rt_sigtimedwait",
     "rt_sigsuspend",
-    "rt_sigqueueinfo",
-    "rt_tgsigqueueinfo",
     "sigaltstack",
-    "kill",
-    "tkill",
-    "tgkill",
     "pause",
     "alarm",
     "getitimer",
@@ -162,7 +141,40 @@ pub const HOST: &[&str] = &[
     "timer_getoverrun",
     "timer_delete",
     "getrandom",
-    // System V IPC and POSIX message queues live in host memory, like the guest itself.
+];
+
+/// Calls that name another process by pid (or pgid, or user): notified, and the engine
+/// lets the host run them only when the target is a guest process (signals.rs). The
+/// argument checks in [`checks`] let the common "myself" forms (pid 0) through without a
+/// notification.
+pub const PID_TARGETED: &[&str] = &[
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_open",
+    "getpriority",
+    "setpriority",
+    "ioprio_get",
+    "ioprio_set",
+    "prlimit64",
+    "sched_getaffinity",
+    "sched_setaffinity",
+    "sched_getparam",
+    "sched_setparam",
+    "sched_getscheduler",
+    "sched_setscheduler",
+    "sched_rr_get_interval",
+    "sched_getattr",
+    "sched_setattr",
+    "get_robust_list",
+];
+
+/// System V IPC: the host's own calls when the guest has an IPC namespace of its own (its
+/// objects are then its own); refused otherwise, since the host's objects are not the
+/// guest's to attach.
+pub const SYSV_IPC: &[&str] = &[
     "shmget",
     "shmat",
     "shmdt",
@@ -258,8 +270,18 @@ pub fn host_nr(name: &str) -> Option<u32> {
         .map(|(nr, _)| nr)
 }
 
-/// The filter's rules: HOST allowed, DENY refused; everything else (the default) notifies.
-pub fn rules() -> Vec<Rule> {
+/// Every namespace clone can create (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
+/// NEWPID, NEWNET, NEWTIME): a guest creates none.
+pub const CLONE_NEW_ANY: u32 = 0x7e02_0080;
+/// ioctls that act on the terminal beyond the caller: TIOCSTI pushes input into it (the
+/// user's shell would run it), TIOCLINUX reaches the console.
+pub const TIOCSTI: u32 = 0x5412;
+pub const TIOCLINUX: u32 = 0x541c;
+
+/// The filter's rules: HOST allowed, DENY refused, clone3 ENOSYS (libcs fall back to
+/// clone, whose flags the filter can see), SysV IPC allowed only with an IPC namespace of
+/// the guest's own (`own_ipc`); everything else (the default) notifies.
+pub fn rules(own_ipc: bool) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut push = |name: &str, action: Action| {
         if let Some(nr) = host_nr(name)
@@ -271,10 +293,57 @@ pub fn rules() -> Vec<Rule> {
     for name in DENY {
         push(name, Action::Errno(Errno::EPERM));
     }
-    for name in HOST {
+    push("clone3", Action::Errno(Errno::ENOSYS));
+    for name in SYSV_IPC {
+        push(
+            name,
+            if own_ipc {
+                Action::Allow
+            } else {
+                Action::Errno(Errno::ENOSYS)
+            },
+        );
+    }
+    for name in HOST.iter().chain(&["clone", "ioctl"]) {
         push(name, Action::Allow);
     }
     rules
+}
+
+/// The argument checks: clone with a namespace flag is EPERM; TIOCSTI and TIOCLINUX are
+/// EPERM; pid-targeted calls whose target is the caller itself (pid 0) run unnotified.
+pub fn checks() -> Vec<ArgRule> {
+    let eperm = Action::Errno(Errno::EPERM);
+    let mut out = Vec::new();
+    let mut check = |name: &str, arg: u8, test: ArgTest, then: Action| {
+        if let Some(nr) = host_nr(name) {
+            out.push(ArgRule {
+                nr,
+                arg,
+                test,
+                then,
+            });
+        }
+    };
+    check("clone", 0, ArgTest::AnyBit(CLONE_NEW_ANY), eperm);
+    check("ioctl", 1, ArgTest::Equals(TIOCSTI), eperm);
+    check("ioctl", 1, ArgTest::Equals(TIOCLINUX), eperm);
+    for name in [
+        "prlimit64",
+        "sched_getaffinity",
+        "sched_setaffinity",
+        "sched_getparam",
+        "sched_setparam",
+        "sched_getscheduler",
+        "sched_setscheduler",
+        "sched_rr_get_interval",
+        "sched_getattr",
+        "sched_setattr",
+        "get_robust_list",
+    ] {
+        check(name, 0, ArgTest::Equals(0), Action::Allow);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -310,10 +379,24 @@ mod tests {
 
     #[test]
     fn rules_compile_to_a_filter() {
-        let rules = rules();
-        assert!(rules.len() > 150);
-        let mut out = vec![kbox_core::bpf::SockFilter::default(); kbox_core::bpf::MAX_INSNS];
-        let arch = crate::seccomp::filter::HOST_ARCH;
-        assert!(kbox_core::bpf::compile(arch, &rules, Action::Notify, &mut out).is_ok());
+        for own_ipc in [false, true] {
+            let rules = rules(own_ipc);
+            assert!(rules.len() > 150);
+            let mut out = vec![kbox_core::bpf::SockFilter::default(); kbox_core::bpf::MAX_INSNS];
+            let arch = crate::seccomp::filter::HOST_ARCH;
+            assert!(
+                kbox_core::bpf::compile_checked(arch, &rules, &checks(), Action::Notify, &mut out)
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn pid_targeted_calls_are_neither_allowed_nor_denied() {
+        for name in PID_TARGETED {
+            assert!(!HOST.contains(name) && !DENY.contains(name), "{name}");
+            let nr = host_nr(name).unwrap_or_else(|| panic!("{name} has no number"));
+            assert!(rules(true).iter().all(|r| r.nr != nr), "{name} has a rule");
+        }
     }
 }

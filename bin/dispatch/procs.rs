@@ -240,8 +240,13 @@ impl Procs {
     }
 }
 
+/// The thread group (process) host thread `tid` belongs to.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    hostio::thread_ids(tid).map(|(tgid, _)| tgid)
+}
+
 /// Whether host process `pid` descends from kbox (a guest), walking up parent pids.
-fn is_guest(pid: u32) -> bool {
+pub fn is_guest(pid: u32) -> bool {
     let me = std::process::id();
     let mut at = pid;
     for _ in 0..64 {

@@ -112,6 +112,9 @@ pub struct Command {
     cwd: Option<CString>,
     /// Host directory to chroot the child into (see [`Command::root`]).
     root: Option<Root>,
+    /// FDs from 3 up to this one (exclusive) stay open in the child; all others above 2
+    /// are closed before it runs anything (see [`Command::preserve_fds`]).
+    keep_below: u32,
 }
 
 /// A chroot for the child, with the identity maps of the user namespace it enters when it
@@ -157,14 +160,22 @@ impl Command {
             _envp: envp,
             cwd: None,
             root: None,
+            keep_below: 3,
         })
     }
 
+    /// Keeps FDs 3..3+n open in the child (podman's `--preserve-fds`); every other FD the
+    /// caller left open (a shell's `exec 7<file`, a CI runner's pipes) is closed, so the
+    /// guest reaches no host file it was not given.
+    pub fn preserve_fds(&mut self, n: u32) {
+        self.keep_below = 3u32.saturating_add(n);
+    }
+
     /// Chroots the child into host directory `dir` (after changing to the working
-    /// directory, which must lie inside it). Without the privilege to chroot, the child first
-    /// enters a user namespace of its own, where its uid and gid map to themselves (so it is
-    /// no more privileged on the host); where that fails too, it runs unrooted and
-    /// [`Child::rooted`] says so.
+    /// directory, which must lie inside it) and gives it an IPC namespace of its own.
+    /// Without the privilege for either, the child first enters a user namespace of its own,
+    /// where its uid and gid map to themselves (so it is no more privileged on the host);
+    /// whatever still fails, [`Child::rooted`] and [`Child::own_ipc`] say.
     pub fn root(&mut self, dir: &std::path::Path) -> Result<(), SpawnError> {
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
@@ -214,6 +225,11 @@ impl Child {
         self.handoff.get().rooted.load(Ordering::Acquire) == 1
     }
 
+    /// Whether the child has an IPC namespace of its own (and got the filter for that).
+    pub fn own_ipc(&self) -> bool {
+        self.handoff.get().own_ipc.load(Ordering::Acquire) == 1
+    }
+
     pub fn kill(&self) -> io::Result<()> {
         rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL)
             .map_err(io::Error::from)
@@ -261,13 +277,24 @@ impl Drop for Child {
 /// Forks; the child installs `prog` and execs `cmd`. Returns once the supervisor holds the
 /// listener, possibly before the exec: the execve call itself goes through the filter, so
 /// if the filter notifies execve, the caller must answer it.
+#[cfg(test)]
 pub fn spawn(cmd: &Command, prog: &Program) -> Result<(Child, NotifyFd), SpawnError> {
+    spawn_with(cmd, prog, prog)
+}
+
+/// [`spawn`] with one filter for a child that got its own IPC namespace (`own_ipc`) and
+/// another for one that did not (`host_ipc`); the child installs the one that fits.
+pub fn spawn_with(
+    cmd: &Command,
+    own_ipc: &Program,
+    host_ipc: &Program,
+) -> Result<(Child, NotifyFd), SpawnError> {
     let handoff = SharedHandoff::new().map_err(SpawnError::Handoff)?;
     // SAFETY: the child branch below only calls `child_main`, which makes raw syscalls
     // (prctl, seccomp, execve, _exit) and atomic stores, and allocates nothing.
     let pid = unsafe { sys::fork() }.map_err(SpawnError::Fork)?;
     if pid == 0 {
-        child_main(cmd, prog, &handoff);
+        child_main(cmd, [own_ipc, host_ipc], &handoff);
     }
     let pid = Pid::from_raw(pid).ok_or_else(|| SpawnError::Fork(io::ErrorKind::Other.into()))?;
     let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
@@ -336,17 +363,31 @@ fn wait_for_listener(child: &mut Child) -> Result<i32, SpawnError> {
     }
 }
 
-/// chroot into `root.dir`, in a user namespace of the child's own when chroot needs a
-/// privilege the child lacks. Raw syscalls on prepared strings only (the child of a fork).
-fn enter_root(root: &Root) -> rustix::io::Result<()> {
-    match rustix::process::chroot(root.dir.as_c_str()) {
-        Err(rustix::io::Errno::PERM) => {}
-        other => return other,
+/// An IPC namespace of the child's own and a chroot into `root.dir`, entering a user
+/// namespace of its own first when either needs a privilege the child lacks. Returns
+/// (chrooted, own IPC namespace). Raw syscalls on prepared strings only (a fork's child).
+fn isolate(root: &Root) -> (bool, bool) {
+    let unshare = |flags| {
+        // SAFETY: CLONE_NEWIPC and CLONE_NEWUSER unshare no memory, files or fs context
+        // this single-threaded child relies on; they only change which namespaces its
+        // credentials and SysV objects belong to.
+        unsafe { rustix::thread::unshare_unsafe(flags) }
+    };
+    let mut own_ipc = unshare(rustix::thread::UnshareFlags::NEWIPC).is_ok();
+    let mut rooted = rustix::process::chroot(root.dir.as_c_str()).is_ok();
+    if !(own_ipc && rooted) && enter_user_namespace(root, &unshare).is_ok() {
+        own_ipc = own_ipc || unshare(rustix::thread::UnshareFlags::NEWIPC).is_ok();
+        rooted = rooted || rustix::process::chroot(root.dir.as_c_str()).is_ok();
     }
-    // SAFETY: CLONE_NEWUSER alone shares nothing new and unshares nothing the process
-    // relies on (files, memory and the fs context stay as they are); it only changes which
-    // user namespace this single-threaded child's credentials belong to.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }?;
+    (rooted, own_ipc)
+}
+
+/// A user namespace where the child's uid and gid map to themselves.
+fn enter_user_namespace(
+    root: &Root,
+    unshare: &dyn Fn(rustix::thread::UnshareFlags) -> rustix::io::Result<()>,
+) -> rustix::io::Result<()> {
+    unshare(rustix::thread::UnshareFlags::NEWUSER)?;
     let write = |path: &std::ffi::CStr, text: &std::ffi::CStr| -> rustix::io::Result<()> {
         let fd = rustix::fs::open(
             path,
@@ -361,12 +402,11 @@ fn enter_root(root: &Root) -> rustix::io::Result<()> {
         Err(e) => return Err(e),
     }
     write(c"/proc/self/uid_map", &root.uid_map)?;
-    write(c"/proc/self/gid_map", &root.gid_map)?;
-    rustix::process::chroot(root.dir.as_c_str())
+    write(c"/proc/self/gid_map", &root.gid_map)
 }
 
 /// The child between fork and exec: async-signal-safe calls only, never returns.
-fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
+fn child_main(cmd: &Command, progs: [&Program; 2], handoff: &SharedHandoff) -> ! {
     let h = handoff.get();
     let fail = |step: u32, errno: i32, code: i32| -> ! {
         h.step.store(step, Ordering::Relaxed);
@@ -384,10 +424,17 @@ fn child_main(cmd: &Command, prog: &Program, handoff: &SharedHandoff) -> ! {
             EXIT_SETUP_FAILED,
         )
     }
-    if let Some(root) = &cmd.root
-        && enter_root(root).is_ok()
-    {
-        h.rooted.store(1, Ordering::Release);
+    // Every FD the caller left open above the preserved ones goes (the listener comes
+    // later; kbox's own FDs are close-on-exec anyway).
+    let _ = sys::close_from(cmd.keep_below);
+    let mut prog = progs[1];
+    if let Some(root) = &cmd.root {
+        let (rooted, own_ipc) = isolate(root);
+        h.rooted.store(u32::from(rooted), Ordering::Release);
+        h.own_ipc.store(u32::from(own_ipc), Ordering::Release);
+        if own_ipc {
+            prog = progs[0];
+        }
     }
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =

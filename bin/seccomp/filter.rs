@@ -23,9 +23,19 @@ pub struct Program {
 
 impl Program {
     /// Compiles `rules` (syscall numbers of the host arch) with `default` for the rest.
+    #[cfg(test)]
     pub fn compile(rules: &[Rule], default: Action) -> Result<Self, BpfError> {
+        Self::compile_checked(rules, &[], default)
+    }
+
+    /// [`Program::compile`] with argument checks.
+    pub fn compile_checked(
+        rules: &[Rule],
+        checks: &[bpf::ArgRule],
+        default: Action,
+    ) -> Result<Self, BpfError> {
         let mut insns = vec![SockFilter::default(); bpf::MAX_INSNS];
-        let n = bpf::compile(HOST_ARCH, rules, default, &mut insns)?;
+        let n = bpf::compile_checked(HOST_ARCH, rules, checks, default, &mut insns)?;
         insns.truncate(n);
         Ok(Self { insns })
     }

@@ -263,6 +263,19 @@ pub fn ignore_terminal_stops() {
     }
 }
 
+/// Closes every FD from `first` up (close_range(2), Linux 5.9, which seccomp's ADDFD
+/// needs anyway). Async-signal-safe: one raw syscall.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; closing FDs frees nothing this process's
+    // Rust code still uses (the caller is a fork's child about to exec).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(code) }
@@ -285,6 +298,8 @@ pub struct Handoff {
     pub errno: AtomicI32,
     /// 1 when the child is chrooted into the root it was given.
     pub rooted: AtomicU32,
+    /// 1 when the child has an IPC namespace of its own.
+    pub own_ipc: AtomicU32,
 }
 
 pub const HANDOFF_PENDING: u32 = 0;
