@@ -429,7 +429,7 @@ impl Engine {
             return;
         }
         if let Some(w) = p.writable.remove(&fd) {
-            let _ = self.shadows.write_back(&w, &p.task, fd);
+            let _ = self.shadows.write_back(&w, &p.task, fd, true);
         }
         self.socket_closed(pid, fd);
         let Some(p) = self.procs.get_mut(pid) else {
@@ -599,7 +599,7 @@ impl Engine {
             return Reply::Fail(Errno::ESRCH);
         };
         if let Some(w) = p.writable.get(&fd) {
-            let _ = self.shadows.write_back(w, &p.task, fd);
+            let _ = self.shadows.write_back(w, &p.task, fd, false);
         }
         let mut buf = [0u8; GENERIC_STAT_SIZE];
         let r = lkl(
@@ -806,7 +806,7 @@ impl Engine {
             return Reply::Fail(Errno::ESRCH);
         };
         if let Some(w) = p.writable.get(&fd)
-            && let Err(e) = self.shadows.write_back(w, &p.task, fd)
+            && let Err(e) = self.shadows.write_back(w, &p.task, fd, true)
         {
             return Reply::Fail(e);
         }

@@ -224,7 +224,7 @@ impl Procs {
         for p in self.procs.values() {
             for (&fd, w) in &p.writable {
                 if w.id == id {
-                    let _ = shadows.write_back(w, &p.task, fd);
+                    let _ = shadows.write_back(w, &p.task, fd, false);
                 }
             }
         }
@@ -308,7 +308,7 @@ fn fork_task(parent: &Task) -> Result<Task, Errno> {
 /// Writes back every writable shadow of `p`.
 fn flush(p: &Proc, shadows: &mut Shadows) {
     for (&fd, w) in &p.writable {
-        let _ = shadows.write_back(w, &p.task, fd);
+        let _ = shadows.write_back(w, &p.task, fd, true);
     }
 }
 

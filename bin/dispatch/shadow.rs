@@ -145,8 +145,15 @@ impl Shadows {
 
     /// Writes writable shadow `w` (open as `kfd` in `task`) back to its file if it changed,
     /// and gives the file's cached copy the same contents.
-    pub fn write_back(&mut self, w: &Writable, task: &Task, kfd: i32) -> Result<(), Errno> {
-        if !w.write_back(task, kfd)? {
+    /// `thorough`: see [`Writable::write_back`].
+    pub fn write_back(
+        &mut self,
+        w: &Writable,
+        task: &Task,
+        kfd: i32,
+        thorough: bool,
+    ) -> Result<(), Errno> {
+        if !w.write_back(task, kfd, thorough)? {
             return Ok(());
         }
         self.note_change(w.id);
@@ -413,14 +420,18 @@ impl Writable {
     /// Writes through a shared mapping set the memfd's mtime only at the first fault on a
     /// page, so a copy that is mapped may have changed with its mtime still parked: a
     /// readable copy whose mtime says "clean" is compared with the file instead.
-    pub fn write_back(&self, task: &Task, kfd: i32) -> Result<bool, Errno> {
+    ///
+    /// That comparison reads the whole file, so it is made only when `thorough` (the FD's
+    /// close, fsync, exec or exit), not when another open or stat merely syncs the file.
+    pub fn write_back(&self, task: &Task, kfd: i32, thorough: bool) -> Result<bool, Errno> {
         let st = rustix::fs::fstat(&self.fd).map_err(hostio::errno)?;
+        let looks_clean = st.st_mtime == 0 && st.st_mtime_nsec == 0;
+        if looks_clean && !(thorough && self.readable) {
+            return Ok(false);
+        }
         let len = usize::try_from(st.st_size).unwrap_or(0);
         let map = Mapping::new(self.fd.as_fd(), len, false)?;
-        if st.st_mtime == 0
-            && st.st_mtime_nsec == 0
-            && !(self.readable && differs(task, kfd, &map)?)
-        {
+        if looks_clean && !differs(task, kfd, &map)? {
             return Ok(false);
         }
         if kernel_io(task, g::PWRITE64, kfd, map.addr(), map.len())? < map.len() {
