@@ -649,8 +649,8 @@ fn an_image_rewritten_in_place_never_runs_stale_program_copies() {
     img.assert_clean();
 }
 
-/// A killed kbox cannot remove its private directory: the next kbox removes it, and a new
-/// run never reuses a directory by pid.
+/// A killed kbox cannot remove its private directory: the next kbox removes it (and keeps
+/// those of kbox processes still running), and a new run never reuses a directory by pid.
 #[test]
 fn directories_of_killed_runs_are_removed_at_start() {
     let img = Image::default("stale-run");
@@ -664,8 +664,26 @@ fn directories_of_killed_runs_are_removed_at_start() {
         panic!("{}: {e}", stale.display());
     }
     let _ = fs::write(stale.join("root/bin/sh"), b"not a program");
+    // A killed kbox of this version: its lock file is there but nobody holds it.
+    let killed = runs.join(format!("kbox-run-{}-2", std::process::id()));
+    let _ = fs::create_dir_all(&killed);
+    let _ = fs::write(killed.join("in-use.lock"), b"");
+    // A live one: its lock is held (here by this test).
+    let live = runs.join(format!("kbox-run-{}-3", std::process::id()));
+    let _ = fs::create_dir_all(&live);
+    let held = match fs::File::create(live.join("in-use.lock")) {
+        Ok(f) => f,
+        Err(e) => panic!("{}: {e}", live.display()),
+    };
+    if let Err(e) = held.lock() {
+        panic!("flock: {e}");
+    }
     expect(&img.sh("true"), 0);
     assert!(!stale.exists(), "{} is still there", stale.display());
+    assert!(!killed.exists(), "{} is still there", killed.display());
+    assert!(live.exists(), "a live run's directory was removed");
+    drop(held);
+    let _ = fs::remove_dir_all(&live);
 }
 
 /// Two kbox on one image: the second is refused with one line naming the image and the

@@ -74,6 +74,8 @@ pub struct ExecDir {
     /// with the thread whose exec may still be walking it.
     pending: HashMap<PathBuf, u32>,
     generated: u32,
+    /// The run directory's lock, held while kbox runs (see `remove_abandoned`).
+    _in_use: fs::File,
 }
 
 /// The persistent store of one image filesystem and that filesystem's device number in
@@ -88,7 +90,7 @@ impl ExecDir {
     /// device in the kernel library: copies of its programs are kept across runs in a
     /// store named by the filesystem's UUID (see `persistent_store`).
     pub fn create(image: &Path, image_dev: u64) -> std::io::Result<ExecDir> {
-        let base = pick_base()?;
+        let (base, in_use) = pick_base()?;
         let dir = |name: &str| -> std::io::Result<PathBuf> {
             let p = base.join(name);
             fs::create_dir_all(&p)?;
@@ -116,6 +118,7 @@ impl ExecDir {
             changes: HashMap::new(),
             pending: HashMap::new(),
             generated: 0,
+            _in_use: in_use,
         })
     }
 
@@ -583,9 +586,10 @@ fn prune_stores(stores: &Path) {
 
 /// A directory on a filesystem that allows exec, private to this kbox: under
 /// `~/.cache/kbox/run` first (the persistent store's filesystem, so rooted copies are hard
-/// links), else under $TMPDIR. Directories of kbox processes that no longer run are removed
-/// first: a killed kbox cannot clean up after itself.
-fn pick_base() -> std::io::Result<PathBuf> {
+/// links), else under $TMPDIR, with the lock that says it is in use (held until kbox exits,
+/// however it exits). Directories of kbox processes that no longer run are removed first:
+/// a killed kbox cannot clean up after itself.
+fn pick_base() -> std::io::Result<(PathBuf, fs::File)> {
     let mut candidates = Vec::new();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(PathBuf::from(home).join(".cache/kbox/run"));
@@ -607,7 +611,9 @@ fn pick_base() -> std::io::Result<PathBuf> {
         match fs::create_dir(&dir) {
             Ok(()) => {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-                return Ok(dir);
+                let lock = fs::File::create(dir.join(RUN_LOCK))?;
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+                return Ok((dir, lock));
             }
             Err(e) => last = e,
         }
@@ -622,8 +628,12 @@ fn unique() -> u64 {
         .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
 }
 
-/// Removes `kbox-run-PID-*` directories in `dir` whose kbox is gone (no process PID, or
-/// PID is not a kbox: pids are reused).
+/// The file in a run directory that its kbox holds locked while it runs.
+const RUN_LOCK: &str = "in-use.lock";
+
+/// Removes `kbox-run-*` directories in `dir` whose kbox is gone: their lock can be taken
+/// (the kernel dropped it when that kbox died). A directory still without a lock file is
+/// being created, unless its pid (`kbox-run-PID-...`) no longer exists.
 fn remove_abandoned(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -633,15 +643,18 @@ fn remove_abandoned(dir: &Path) {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kbox-run-")) else {
             continue;
         };
-        let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        // A live kbox (any build of it) under that pid keeps its directory.
-        let alive = pid.is_some_and(|pid| {
-            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
-                exe.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("kbox"))
-            })
-        });
-        if !alive {
+        let abandoned = match fs::File::open(e.path().join(RUN_LOCK)) {
+            Ok(lock) => {
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_ok()
+            }
+            Err(_) => rest
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        };
+        if abandoned {
             let _ = fs::remove_dir_all(e.path());
         }
     }
