@@ -255,27 +255,42 @@ fn run_booted(
             .map_err(RuntimeError::Spawn)?;
     }
     cmd.preserve_fds(config.preserve_fds);
-    let compile = |own_ipc| {
+    let compile = |own_ipc, own_pid| {
         Program::compile_checked(
-            &dispatch::policy::rules(own_ipc),
+            &dispatch::policy::rules(own_ipc, own_pid),
             &dispatch::policy::checks(),
             Action::Notify,
         )
         .map_err(RuntimeError::Filter)
     };
-    let (own_ipc, host_ipc) = (compile(true)?, compile(false)?);
-    let (mut guest, notify) =
-        child::spawn_with(&cmd, &own_ipc, &host_ipc).map_err(RuntimeError::Spawn)?;
-    let prog = if guest.own_ipc() { &own_ipc } else { &host_ipc };
+    // Indexed as child::spawn_with wants: bit 0 own IPC namespace, bit 1 own PID namespace.
+    let progs = [
+        compile(false, false)?,
+        compile(true, false)?,
+        compile(false, true)?,
+        compile(true, true)?,
+    ];
+    let (mut guest, notify) = child::spawn_with(&cmd, [&progs[0], &progs[1], &progs[2], &progs[3]])
+        .map_err(RuntimeError::Spawn)?;
+    let prog = &progs[usize::from(guest.own_ipc()) | usize::from(guest.own_pid()) << 1];
+    if let Some(init) = guest.init_pid() {
+        lock(&engine).set_init(init);
+    }
+
     // Before the first notification (the guest's exec) is answered.
     lock(&engine).set_rooted(guest.rooted());
     if config.verbose {
         eprintln!(
-            "kbox: isolation: SysV IPC {}; signals, priorities and limits reach guest processes only (mediated); FDs above {} closed",
+            "kbox: isolation: SysV IPC {}; {}; FDs above {} closed",
             if guest.own_ipc() {
                 "in an IPC namespace of the guest's own"
             } else {
                 "refused (no IPC namespace possible here)"
+            },
+            if guest.own_pid() {
+                "a PID namespace of the guest's own (signals, priorities and limits reach only it)"
+            } else {
+                "no PID namespace possible here: signals, priorities and limits reach guest processes only (mediated)"
             },
             2 + config.preserve_fds
         );

@@ -762,3 +762,18 @@ fn file_calls_survive_a_storm_of_signals() {
     );
     assert!(out.starts_with("ok sigstress: 3000 rounds"), "{out}");
 }
+
+/// Guests have a PID namespace of their own (where the host allows one; as root it does):
+/// the first guest process is 2 under kbox's init, its children count from there, and the
+/// exit status still passes through the init.
+#[test]
+fn guests_have_pids_of_their_own() {
+    let img = Image::default("pids");
+    let out = expect(
+        &img.sh("echo $$; sh -c 'echo $PPID'; (exit 7) ; echo $?; kill -0 1 && echo init-visible"),
+        0,
+    );
+    assert_eq!(out, "2\n2\n7\ninit-visible\n");
+    let out = img.sh("exit 9");
+    assert_eq!(out.status.code(), Some(9));
+}

@@ -143,6 +143,12 @@ impl Engine {
         self.exec.root()
     }
 
+    /// The host pid of kbox's init of the guest's PID namespace: the parent of the first
+    /// guest process (and of orphans), but not a guest process itself.
+    pub fn set_init(&mut self, pid: u32) {
+        self.procs.set_init(pid);
+    }
+
     /// Whether the guest processes run chrooted into [`Engine::host_root`].
     pub fn set_rooted(&mut self, rooted: bool) {
         self.exec.set_mode(if rooted {

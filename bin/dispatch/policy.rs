@@ -280,8 +280,10 @@ pub const TIOCLINUX: u32 = 0x541c;
 
 /// The filter's rules: HOST allowed, DENY refused, clone3 ENOSYS (libcs fall back to
 /// clone, whose flags the filter can see), SysV IPC allowed only with an IPC namespace of
-/// the guest's own (`own_ipc`); everything else (the default) notifies.
-pub fn rules(own_ipc: bool) -> Vec<Rule> {
+/// the guest's own (`own_ipc`), pid-naming calls run by the host only when the guest has a
+/// PID namespace of its own (`own_pid`: the kernel then confines them to it), else notified
+/// and mediated; everything else (the default) notifies.
+pub fn rules(own_ipc: bool, own_pid: bool) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut push = |name: &str, action: Action| {
         if let Some(nr) = host_nr(name)
@@ -306,6 +308,11 @@ pub fn rules(own_ipc: bool) -> Vec<Rule> {
     }
     for name in HOST.iter().chain(&["clone", "ioctl"]) {
         push(name, Action::Allow);
+    }
+    if own_pid {
+        for name in PID_TARGETED {
+            push(name, Action::Allow);
+        }
     }
     rules
 }
@@ -379,8 +386,8 @@ mod tests {
 
     #[test]
     fn rules_compile_to_a_filter() {
-        for own_ipc in [false, true] {
-            let rules = rules(own_ipc);
+        for (own_ipc, own_pid) in [(false, false), (true, false), (false, true), (true, true)] {
+            let rules = rules(own_ipc, own_pid);
             assert!(rules.len() > 150);
             let mut out = vec![kbox_core::bpf::SockFilter::default(); kbox_core::bpf::MAX_INSNS];
             let arch = crate::seccomp::filter::HOST_ARCH;
@@ -392,11 +399,18 @@ mod tests {
     }
 
     #[test]
-    fn pid_targeted_calls_are_neither_allowed_nor_denied() {
+    fn pid_targeted_calls_are_mediated_unless_the_guest_has_its_own_pids() {
         for name in PID_TARGETED {
             assert!(!HOST.contains(name) && !DENY.contains(name), "{name}");
             let nr = host_nr(name).unwrap_or_else(|| panic!("{name} has no number"));
-            assert!(rules(true).iter().all(|r| r.nr != nr), "{name} has a rule");
+            assert!(
+                rules(true, false).iter().all(|r| r.nr != nr),
+                "{name} has a rule"
+            );
+            assert!(
+                rules(false, true).iter().any(|r| r.nr == nr),
+                "{name} is not allowed"
+            );
         }
     }
 }

@@ -74,11 +74,14 @@ pub struct Procs {
     /// made a call yet: the parent's state as it was before the parent changed it, by
     /// child pid.
     snapshots: HashMap<u32, Forked>,
+    /// kbox's init of the guest's PID namespace, if any: a parent, never a guest process.
+    init: Option<u32>,
 }
 
 impl Procs {
     pub fn new(root: Task) -> Procs {
         Procs {
+            init: None,
             root: Some(root),
             procs: HashMap::new(),
             tids: HashMap::new(),
@@ -88,6 +91,11 @@ impl Procs {
 
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
+    }
+
+    /// kbox's init of the guest's PID namespace (see `Engine::set_init`).
+    pub fn set_init(&mut self, pid: u32) {
+        self.init = Some(pid);
     }
 
     pub fn get_mut(&mut self, pid: u32) -> Option<&mut Proc> {
@@ -113,7 +121,10 @@ impl Procs {
         self.sweep(shadows);
         // A parent that has made no call yet (a subshell that only forked) is met first,
         // so that its child inherits from it and not from the image root.
-        if !self.procs.contains_key(&ppid) && !self.snapshots.contains_key(&tgid) && is_guest(ppid)
+        if !self.procs.contains_key(&ppid)
+            && !self.snapshots.contains_key(&tgid)
+            && Some(ppid) != self.init
+            && is_guest(ppid)
         {
             let _ = self.attach(ppid, shadows);
         }

@@ -198,11 +198,16 @@ impl Command {
 /// A running guest child.
 #[derive(Debug)]
 pub struct Child {
+    /// The guest's first process (host pid).
     pid: Pid,
+    /// The process kbox waits for: the guest itself, or kbox's init of the guest's PID
+    /// namespace, which exits when the guest does.
     pidfd: OwnedFd,
     handoff: SharedHandoff,
     killable_wait: bool,
     reaped: bool,
+    /// The guest runs under kbox's init in a PID namespace of its own.
+    under_init: bool,
 }
 
 impl Child {
@@ -230,6 +235,20 @@ impl Child {
         self.handoff.get().own_ipc.load(Ordering::Acquire) == 1
     }
 
+    /// Whether the guest runs in a PID namespace of its own (under kbox's init, host pid
+    /// [`Child::init_pid`]).
+    pub fn own_pid(&self) -> bool {
+        self.under_init
+    }
+
+    /// The host pid of kbox's init of the guest's PID namespace (not a guest process).
+    pub fn init_pid(&self) -> Option<u32> {
+        if !self.under_init {
+            return None;
+        }
+        fd_pid(self.pidfd.as_fd())
+    }
+
     pub fn kill(&self) -> io::Result<()> {
         rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL)
             .map_err(io::Error::from)
@@ -255,6 +274,15 @@ impl Child {
                 h.errno.load(Ordering::Relaxed),
             )));
         }
+        if self.under_init && status.terminating_signal().is_none() {
+            // The init's own status only says it ended; the guest's is in the page.
+            let raw = h.guest_status.load(Ordering::Acquire);
+            return Ok(if raw & 0x7f == 0 {
+                ExitStatus::Exited((raw >> 8) & 0xff)
+            } else {
+                ExitStatus::Signaled(raw & 0x7f)
+            });
+        }
         Ok(match (status.exit_status(), status.terminating_signal()) {
             (_, Some(sig)) => ExitStatus::Signaled(sig),
             (Some(code), None) => ExitStatus::Exited(code),
@@ -279,22 +307,43 @@ impl Drop for Child {
 /// if the filter notifies execve, the caller must answer it.
 #[cfg(test)]
 pub fn spawn(cmd: &Command, prog: &Program) -> Result<(Child, NotifyFd), SpawnError> {
-    spawn_with(cmd, prog, prog)
+    spawn_with(cmd, [prog; 4])
 }
 
-/// [`spawn`] with one filter for a child that got its own IPC namespace (`own_ipc`) and
-/// another for one that did not (`host_ipc`); the child installs the one that fits.
-pub fn spawn_with(
-    cmd: &Command,
-    own_ipc: &Program,
-    host_ipc: &Program,
-) -> Result<(Child, NotifyFd), SpawnError> {
+/// [`spawn`] with a filter for each isolation the child may end up with: `progs[i]` where
+/// bit 0 of `i` says it has an IPC namespace of its own and bit 1 a PID namespace of its own
+/// (then the guest's first process runs under a small init of kbox's, the namespace's
+/// pid 1, which reaps orphans and ends the namespace when the guest ends). The child
+/// installs the one that fits.
+pub fn spawn_with(cmd: &Command, progs: [&Program; 4]) -> Result<(Child, NotifyFd), SpawnError> {
     let handoff = SharedHandoff::new().map_err(SpawnError::Handoff)?;
-    // SAFETY: the child branch below only calls `child_main`, which makes raw syscalls
-    // (prctl, seccomp, execve, _exit) and atomic stores, and allocates nothing.
-    let pid = unsafe { sys::fork() }.map_err(SpawnError::Fork)?;
+    let mut under_init = false;
+    let pid = match &cmd.root {
+        Some(root) => {
+            // As root a PID namespace needs nothing else; otherwise it comes with a user
+            // namespace (where the init has the capability it needs).
+            let mut flags = CLONE_NEWPID | u64::from(SIGCHLD_BITS);
+            if !rustix::process::geteuid().is_root() {
+                flags |= CLONE_NEWUSER;
+            }
+            // SAFETY: the child branch only runs `init_main`, which makes raw syscalls and
+            // atomic stores, allocates nothing and takes no libc lock.
+            match unsafe { sys::clone_process(flags) } {
+                Ok(0) => init_main(cmd, root, progs, &handoff, flags & CLONE_NEWUSER != 0),
+                Ok(pid) => {
+                    under_init = true;
+                    pid
+                }
+                // SAFETY: as for `spawn`.
+                Err(_) => unsafe { sys::fork() }.map_err(SpawnError::Fork)?,
+            }
+        }
+        // SAFETY: the child branch below only calls `child_main`, which makes raw syscalls
+        // (prctl, seccomp, execve, _exit) and atomic stores, and allocates nothing.
+        None => unsafe { sys::fork() }.map_err(SpawnError::Fork)?,
+    };
     if pid == 0 {
-        child_main(cmd, [own_ipc, host_ipc], &handoff);
+        child_main(cmd, progs, &handoff);
     }
     let pid = Pid::from_raw(pid).ok_or_else(|| SpawnError::Fork(io::ErrorKind::Other.into()))?;
     let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
@@ -312,9 +361,23 @@ pub fn spawn_with(
         handoff,
         killable_wait: false,
         reaped: false,
+        under_init,
     };
     let listener = wait_for_listener(&mut child)?;
-    let fd = rustix::process::pidfd_getfd(&child.pidfd, listener, PidfdGetfdFlags::empty())
+    // Under an init, the listener is in the guest's table: the init's only child.
+    let guest_pidfd = if under_init {
+        let guest = first_child(pid)
+            .ok_or_else(|| SpawnError::GetFd(io::Error::from(io::ErrorKind::NotFound)))?;
+        child.pid = guest;
+        Some(
+            rustix::process::pidfd_open(guest, PidfdFlags::empty())
+                .map_err(|e| SpawnError::PidfdOpen(e.into()))?,
+        )
+    } else {
+        None
+    };
+    let holder = guest_pidfd.as_ref().unwrap_or(&child.pidfd);
+    let fd = rustix::process::pidfd_getfd(holder, listener, PidfdGetfdFlags::empty())
         .map_err(|e| SpawnError::GetFd(e.into()))?;
     // Releases the child's spin: it may exec now that the listener has a second holder.
     child
@@ -323,6 +386,75 @@ pub fn spawn_with(
         .state
         .store(HANDOFF_TAKEN, Ordering::Release);
     Ok((child, NotifyFd::new(fd)))
+}
+
+const CLONE_NEWPID: u64 = 0x2000_0000;
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+/// SIGCHLD as a clone exit signal.
+const SIGCHLD_BITS: u32 = 17;
+
+/// The first child of host process `pid` (/proc/PID/task/PID/children).
+fn first_child(pid: Pid) -> Option<Pid> {
+    let raw = pid.as_raw_nonzero().get();
+    let text = std::fs::read_to_string(format!("/proc/{raw}/task/{raw}/children")).ok()?;
+    let first = text.split_whitespace().next()?.parse::<i32>().ok()?;
+    Pid::from_raw(first)
+}
+
+/// The pid a pidfd refers to (its fdinfo's `Pid:` line).
+fn fd_pid(fd: BorrowedFd<'_>) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// kbox's init in the guest's new PID namespace (its pid 1): maps its ids if it is in a
+/// new user namespace, isolates like [`child_main`], starts the guest as its child, then
+/// reaps every process that ends up its child until the guest itself ends, whose status it
+/// leaves in the hand-off page. Its own exit then ends every process left in the namespace.
+/// It has no filter (it makes no call the guest could steer) and, being pid 1, ignores every
+/// signal it has no handler for, so the terminal's ^C reaches the guest, not it.
+fn init_main(
+    cmd: &Command,
+    root: &Root,
+    progs: [&Program; 4],
+    handoff: &SharedHandoff,
+    new_user_ns: bool,
+) -> ! {
+    let h = handoff.get();
+    let fail = |step: u32, errno: i32| -> ! {
+        h.step.store(step, Ordering::Relaxed);
+        h.errno.store(errno, Ordering::Relaxed);
+        h.state.store(HANDOFF_FAILED, Ordering::Release);
+        sys::exit_now(EXIT_SETUP_FAILED)
+    };
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+    {
+        fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error())
+    }
+    if new_user_ns && let Err(e) = write_id_maps(root) {
+        fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error())
+    }
+    h.own_pid.store(1, Ordering::Release);
+    // SAFETY: as in `spawn_with`: the child runs `child_main`, raw syscalls only.
+    let guest = match unsafe { sys::clone_process(u64::from(SIGCHLD_BITS)) } {
+        Ok(0) => child_main(cmd, progs, handoff),
+        Ok(pid) => pid,
+        Err(e) => fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error().unwrap_or(0)),
+    };
+    loop {
+        match sys::wait_any() {
+            Some((pid, status)) if pid == guest => {
+                h.guest_status.store(status, Ordering::Release);
+                sys::exit_now(0)
+            }
+            Some(_) => {}
+            None => sys::exit_now(0),
+        }
+    }
 }
 
 /// Polls the hand-off page until the child publishes its listener or fails.
@@ -388,6 +520,11 @@ fn enter_user_namespace(
     unshare: &dyn Fn(rustix::thread::UnshareFlags) -> rustix::io::Result<()>,
 ) -> rustix::io::Result<()> {
     unshare(rustix::thread::UnshareFlags::NEWUSER)?;
+    write_id_maps(root)
+}
+
+/// Maps the process's uid and gid to themselves in the user namespace it just entered.
+fn write_id_maps(root: &Root) -> rustix::io::Result<()> {
     let write = |path: &std::ffi::CStr, text: &std::ffi::CStr| -> rustix::io::Result<()> {
         let fd = rustix::fs::open(
             path,
@@ -406,7 +543,7 @@ fn enter_user_namespace(
 }
 
 /// The child between fork and exec: async-signal-safe calls only, never returns.
-fn child_main(cmd: &Command, progs: [&Program; 2], handoff: &SharedHandoff) -> ! {
+fn child_main(cmd: &Command, progs: [&Program; 4], handoff: &SharedHandoff) -> ! {
     let h = handoff.get();
     let fail = |step: u32, errno: i32, code: i32| -> ! {
         h.step.store(step, Ordering::Relaxed);
@@ -427,15 +564,18 @@ fn child_main(cmd: &Command, progs: [&Program; 2], handoff: &SharedHandoff) -> !
     // Every FD the caller left open above the preserved ones goes (the listener comes
     // later; kbox's own FDs are close-on-exec anyway).
     let _ = sys::close_from(cmd.keep_below);
-    let mut prog = progs[1];
+    let mut which = if h.own_pid.load(Ordering::Acquire) == 1 {
+        2
+    } else {
+        0
+    };
     if let Some(root) = &cmd.root {
         let (rooted, own_ipc) = isolate(root);
         h.rooted.store(u32::from(rooted), Ordering::Release);
         h.own_ipc.store(u32::from(own_ipc), Ordering::Release);
-        if own_ipc {
-            prog = progs[0];
-        }
+        which |= usize::from(own_ipc);
     }
+    let prog = progs[which];
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))

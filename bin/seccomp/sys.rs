@@ -223,6 +223,47 @@ pub unsafe fn fork() -> io::Result<i32> {
     }
 }
 
+/// A new process by the raw clone syscall with `flags` (a namespace flag or two, and the
+/// exit signal), like fork but without the libc's bookkeeping: the child may make raw
+/// syscalls only (no allocation, no libc locks, which another thread may have held).
+///
+/// # Safety
+/// As for [`fork`], and the child must not use libc functions that take locks.
+pub unsafe fn clone_process(flags: u64) -> io::Result<i32> {
+    // SAFETY: a NULL stack makes the child run on a copy of this thread's stack, as fork
+    // does; the remaining arguments are unused without their flags.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(i32::try_from(pid).unwrap_or(0))
+    }
+}
+
+/// Waits for any child (raw wait4, so safe in a child made by [`clone_process`]); returns
+/// (pid, wait status), or None when there is no child left.
+pub fn wait_any() -> Option<(i32, i32)> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: wait4 writes one int to `status`, which lives across the call.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_wait4,
+                -1i64,
+                &raw mut status,
+                libc::__WALL,
+                0usize,
+            )
+        };
+        if pid > 0 {
+            return Some((i32::try_from(pid).unwrap_or(0), status));
+        }
+        if last_errno() != libc::EINTR {
+            return None;
+        }
+    }
+}
+
 /// `execve(path, argv, envp)`; returns only on failure, with the errno.
 ///
 /// # Safety
@@ -300,6 +341,10 @@ pub struct Handoff {
     pub rooted: AtomicU32,
     /// 1 when the child has an IPC namespace of its own.
     pub own_ipc: AtomicU32,
+    /// 1 when the guest runs in a PID namespace of its own, under kbox's init.
+    pub own_pid: AtomicU32,
+    /// The guest's wait status, as that init saw it (its own exit status is not the guest's).
+    pub guest_status: AtomicI32,
 }
 
 pub const HANDOFF_PENDING: u32 = 0;
