@@ -1,13 +1,14 @@
 /* hardened WORKDIR | hardened --run COMMAND [ARGS...]
- * Makes this process (and what it runs) a guest of a hardened host: chroot, unshare and
- * setns fail with EPERM (no privilege to chroot, no user namespaces), through a seccomp
- * filter of its own, as such hosts do. `--run` then execs COMMAND (kbox, to test its
+ * Makes this process (and what it runs) a guest of a hardened host: chroot, unshare, setns
+ * and clone with a namespace flag fail with EPERM (no privilege to chroot, no user or other
+ * namespaces), clone3 with ENOSYS, through a seccomp filter of its own, as such hosts do. `--run` then execs COMMAND (kbox, to test its
  * fallback); with WORKDIR alone it checks that the filter works (the native check). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +20,9 @@
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM)
 
+/* CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME */
+#define CLONE_NEW_ANY 0x7e020080u
+
 static int harden(void)
 {
     struct sock_filter insns[] = {
@@ -26,6 +30,12 @@ static int harden(void)
         DENY(SYS_chroot),
         DENY(SYS_unshare),
         DENY(SYS_setns),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_ANY, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {sizeof insns / sizeof insns[0], insns};
@@ -58,10 +68,15 @@ int main(int argc, char **argv)
         printf("FAIL unshare is not refused\n");
         fails++;
     }
+    if (syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, 0, 0, 0, 0) != -1 || errno != EPERM) {
+        printf("FAIL clone(CLONE_NEWPID) is not refused\n");
+        fails++;
+    }
     if (getpid() <= 0) {
         printf("FAIL other calls broke\n");
         fails++;
     }
-    printf("%s hardened: chroot and unshare refused with EPERM\n", fails ? "FAIL" : "ok");
+    printf("%s hardened: chroot, unshare and namespace clones refused with EPERM\n",
+           fails ? "FAIL" : "ok");
     return fails ? 1 : 0;
 }
