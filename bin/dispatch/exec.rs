@@ -46,7 +46,7 @@ pub enum ExecMode {
 
 /// How deep the guest processes' host working directory lies below `root/`: relative exec
 /// paths with up to this many leading `..` stay in the part of the tree kept for them.
-const REL_DEPTH: usize = 32;
+const REL_DEPTH: usize = 8;
 
 /// kbox's private host directory: `root/` is the guest processes' host root in rooted mode
 /// (programs at their guest paths; relative ones below `root/.kbox-rel/d/d/...`, the host
