@@ -36,7 +36,7 @@ rootfs-debian: $(DEBIAN_IMG)
 guest-tests: $(GUEST_BINS)
 
 # `deps` is order-only: it installs missing tools but never makes an image look out of date.
-$(GUEST_DIR)/%: $(TOP)/tests/guest/%.c $(GUEST_CC) | deps
+$(GUEST_DIR)/%: $(TOP)/tests/guest/%.c $(TOP)/tests/guest/check.h $(GUEST_CC) | deps
 	@$(GUEST_CC) $(ARCH) $@ $<
 
 $(ROOTFS_KEY): rootfs-key-force | deps

@@ -125,10 +125,7 @@ impl Engine {
             settings,
             restore: None,
             pumps: sockets::Pumps::default(),
-            pid_calls: policy::PID_TARGETED
-                .iter()
-                .filter_map(|n| policy::host_nr(n))
-                .collect(),
+            pid_calls: policy::pid_targeted().filter_map(policy::host_nr).collect(),
         })
     }
 

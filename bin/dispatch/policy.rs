@@ -144,20 +144,15 @@ pub const HOST: &[&str] = &[
 ];
 
 /// Calls that name another process by pid (or pgid, or user): notified, and the engine
-/// lets the host run them only when the target is a guest process (signals.rs). The
-/// argument checks in [`checks`] let the common "myself" forms (pid 0) through without a
-/// notification.
-pub const PID_TARGETED: &[&str] = &[
-    "kill",
-    "tkill",
-    "tgkill",
-    "rt_sigqueueinfo",
-    "rt_tgsigqueueinfo",
-    "pidfd_open",
-    "getpriority",
-    "setpriority",
-    "ioprio_get",
-    "ioprio_set",
+/// lets the host run them only when the target is a guest process (signals.rs), unless the
+/// guest has a PID namespace of its own. [`PID_FIRST`] are those whose first argument is
+/// the pid, 0 meaning the caller: [`checks`] lets that form through without a notification.
+pub fn pid_targeted() -> impl Iterator<Item = &'static str> {
+    PID_OTHER.iter().chain(PID_FIRST).copied()
+}
+
+/// Pid-naming calls whose first argument is the pid (0: the caller).
+pub const PID_FIRST: &[&str] = &[
     "prlimit64",
     "sched_getaffinity",
     "sched_setaffinity",
@@ -169,6 +164,20 @@ pub const PID_TARGETED: &[&str] = &[
     "sched_getattr",
     "sched_setattr",
     "get_robust_list",
+];
+
+/// The other pid-naming calls (a pid that may be a group or -1, a thread, or a `which`).
+pub const PID_OTHER: &[&str] = &[
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_open",
+    "getpriority",
+    "setpriority",
+    "ioprio_get",
+    "ioprio_set",
 ];
 
 /// System V IPC: the host's own calls when the guest has an IPC namespace of its own (its
@@ -310,7 +319,7 @@ pub fn rules(own_ipc: bool, own_pid: bool) -> Vec<Rule> {
         push(name, Action::Allow);
     }
     if own_pid {
-        for name in PID_TARGETED {
+        for name in pid_targeted() {
             push(name, Action::Allow);
         }
     }
@@ -335,19 +344,7 @@ pub fn checks() -> Vec<ArgRule> {
     check("clone", 0, ArgTest::AnyBit(CLONE_NEW_ANY), eperm);
     check("ioctl", 1, ArgTest::Equals(TIOCSTI), eperm);
     check("ioctl", 1, ArgTest::Equals(TIOCLINUX), eperm);
-    for name in [
-        "prlimit64",
-        "sched_getaffinity",
-        "sched_setaffinity",
-        "sched_getparam",
-        "sched_setparam",
-        "sched_getscheduler",
-        "sched_setscheduler",
-        "sched_rr_get_interval",
-        "sched_getattr",
-        "sched_setattr",
-        "get_robust_list",
-    ] {
+    for name in PID_FIRST {
         check(name, 0, ArgTest::Equals(0), Action::Allow);
     }
     out
@@ -400,8 +397,8 @@ mod tests {
 
     #[test]
     fn pid_targeted_calls_are_mediated_unless_the_guest_has_its_own_pids() {
-        for name in PID_TARGETED {
-            assert!(!HOST.contains(name) && !DENY.contains(name), "{name}");
+        for name in pid_targeted() {
+            assert!(!HOST.contains(&name) && !DENY.contains(&name), "{name}");
             let nr = host_nr(name).unwrap_or_else(|| panic!("{name} has no number"));
             assert!(
                 rules(true, false).iter().all(|r| r.nr != nr),

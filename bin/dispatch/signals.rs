@@ -62,17 +62,7 @@ impl Engine {
                 IOPRIO_WHO_PGRP => Target::Group(pid(args[1]).unsigned_abs()),
                 _ => Target::User,
             },
-            "prlimit64"
-            | "sched_getaffinity"
-            | "sched_setaffinity"
-            | "sched_getparam"
-            | "sched_setparam"
-            | "sched_getscheduler"
-            | "sched_setscheduler"
-            | "sched_rr_get_interval"
-            | "sched_getattr"
-            | "sched_setattr"
-            | "get_robust_list" => one(args[0]),
+            _ if super::policy::PID_FIRST.contains(&name) => one(args[0]),
             _ => return None,
         };
         Some(match target {

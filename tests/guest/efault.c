@@ -23,20 +23,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static int failures;
-
-static void check(int cond, const char *name, const char *fmt, long a, long b)
-{
-    if (cond) {
-        printf("ok %s\n", name);
-    } else {
-        printf("FAIL %s: ", name);
-        printf(fmt, a, b);
-        printf("\n");
-        failures++;
-    }
-    fflush(stdout);
-}
+#include "check.h"
 
 /* Kinds of bad pointer. */
 enum { K_NULL, K_ONE, K_VSYSCALL, K_KERNEL, K_UNMAPPED, K_UNTERM, K_RO, K_PARTIAL, NKINDS };

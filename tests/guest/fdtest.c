@@ -14,33 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static int failures;
-
-static void check(int cond, const char *name, const char *fmt, long a, long b)
-{
-    if (cond) {
-        printf("ok %s\n", name);
-    } else {
-        printf("FAIL %s: ", name);
-        printf(fmt, a, b);
-        printf("\n");
-        failures++;
-    }
-    fflush(stdout);
-}
-
-/* Expects ret == -1 with errno == want. */
-static void check_err(long ret, int err, int want, const char *name)
-{
-    if (ret == -1 && err == want) {
-        printf("ok %s\n", name);
-    } else {
-        printf("FAIL %s: ret=%ld errno=%d (%s), want -1 errno=%d (%s)\n", name, ret,
-               ret == -1 ? err : 0, ret == -1 ? strerror(err) : "-", want, strerror(want));
-        failures++;
-    }
-    fflush(stdout);
-}
+#include "check.h"
 
 #define EXPECT_ERR(call, want, name)         \
     do {                                     \
