@@ -595,6 +595,9 @@ fn pick_base() -> std::io::Result<(PathBuf, fs::File)> {
         candidates.push(PathBuf::from(home).join(".cache/kbox/run"));
     }
     candidates.push(std::env::temp_dir());
+    for c in &candidates {
+        remove_abandoned(c);
+    }
     let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
     for c in candidates {
         if fs::create_dir_all(&c).is_err() {
@@ -606,7 +609,6 @@ fn pick_base() -> std::io::Result<(PathBuf, fs::File)> {
         if noexec {
             continue;
         }
-        remove_abandoned(&c);
         let dir = c.join(format!("kbox-run-{}-{}", std::process::id(), unique()));
         match fs::create_dir(&dir) {
             Ok(()) => {

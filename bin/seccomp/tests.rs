@@ -33,17 +33,21 @@ const TIMEOUT: Timespec = Timespec {
 fn probe() -> &'static PathBuf {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kbox-seccomp-probe-{}", std::process::id()));
+        // One directory for every run (built anew each time and renamed into place), so
+        // test runs do not leave a directory each behind.
+        let dir = std::env::temp_dir().join("kbox-seccomp-probe");
         std::fs::create_dir_all(&dir).expect("temp dir");
         let out = dir.join("probe");
+        let tmp = dir.join(format!("probe.{}", std::process::id()));
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bin/seccomp/probe.c");
         let status = HostCommand::new("musl-gcc")
             .args(["-static", "-O1", "-Wall", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(src)
             .status()
             .expect("musl-gcc runs (Debian package musl-tools)");
         assert!(status.success(), "probe.c does not compile");
+        std::fs::rename(&tmp, &out).expect("rename the probe into place");
         out
     })
 }
@@ -172,6 +176,7 @@ fn addfd_with_send_places_a_host_file_at_the_chosen_number() {
         assert_eq!(fd, 42);
     });
     assert_eq!(status, ExitStatus::Exited(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -70,9 +70,11 @@ pub fn section(data: &[u8], name: &str) -> Option<(u64, usize, usize)> {
     None
 }
 
-/// A scratch directory unique to this test process.
+/// A scratch directory unique to this test process, in the build's own temporary directory
+/// (so nothing is left behind in the host's /tmp).
 pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kbox-arch-{tag}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kbox-arch-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
