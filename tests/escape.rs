@@ -97,10 +97,13 @@ impl Targets {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok);
-        // sleep in a shell that traps SIGCONT (a trapped signal does not end it).
+        // sleep in a shell that traps SIGCONT (a trapped signal does not end it), and says
+        // when the trap is set.
+        let ready = scratch.0.join("ready");
         let script = format!(
-            "trap 'echo CONT >> {}' CONT; while :; do sleep 0.1; done",
-            marker.display()
+            "trap 'echo CONT >> {}' CONT; : > {}; while :; do sleep 0.1; done",
+            marker.display(),
+            ready.display()
         );
         let mut c = as_user(user, "/bin/sh");
         c.args(["-c", &script]).stdin(Stdio::null());
@@ -120,8 +123,15 @@ impl Targets {
             .last()
             .unwrap_or_else(|| panic!("ipcmk said {out}"))
             .to_string();
-        // Give the shell time to set its trap before anything signals it.
-        std::thread::sleep(Duration::from_millis(200));
+        // Nothing may signal the shell before its trap is set.
+        let start = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the host target never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Targets {
             process,
             marker,

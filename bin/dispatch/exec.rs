@@ -70,6 +70,8 @@ pub struct ExecDir {
     /// made per run, named by how often they changed, never taken from or put in the
     /// persistent store (the image's coarse timestamps could not tell the versions apart).
     changes: HashMap<FileId, u32>,
+    /// How often every file may have changed at once (see `forget_all`).
+    epoch: u32,
     /// Names whose link depends on the calling process (relative paths, /proc/self/exe),
     /// with the thread whose exec may still be walking it.
     pending: HashMap<PathBuf, u32>,
@@ -116,6 +118,7 @@ impl ExecDir {
             linked: HashMap::new(),
             interps: HashMap::new(),
             changes: HashMap::new(),
+            epoch: 0,
             pending: HashMap::new(),
             generated: 0,
             _in_use: in_use,
@@ -169,16 +172,16 @@ impl ExecDir {
     /// File `id` changed (or lost a name and may give its inode number to another file).
     pub fn changed(&mut self, id: FileId) {
         *self.changes.entry(id).or_insert(0) += 1;
-        self.interps.retain(|k, _| !k.starts_with(&key_prefix(id)));
+        let prefix = key_prefix(id);
+        self.interps.retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// Every file may have changed (a mount or unmount).
+    /// Every file may have changed (a mount or unmount, or more changes than were kept):
+    /// from now on copies are private to the run and named by this epoch too.
     pub fn forget_all(&mut self) {
         self.interps.clear();
         self.linked.clear();
-        for n in self.changes.values_mut() {
-            *n += 1;
-        }
+        self.epoch += 1;
     }
 
     /// Where the host finds guest path `name` (as the guest's exec, PT_INTERP or `#!`
@@ -205,10 +208,11 @@ impl ExecDir {
     fn stored(&self, img: &Image, key: &str) -> PathBuf {
         let changed = self.changes.get(&img.id()).copied().unwrap_or(0);
         match &self.persistent {
-            Some(p) if changed == 0 && img.st.st_dev == p.dev => p.dir.join(key),
-            _ => self
-                .private
-                .join(format!("{}-{key}-c{changed}", img.st.st_dev)),
+            Some(p) if changed == 0 && self.epoch == 0 && img.st.st_dev == p.dev => p.dir.join(key),
+            _ => self.private.join(format!(
+                "{}-{key}-c{changed}-e{}",
+                img.st.st_dev, self.epoch
+            )),
         }
     }
 

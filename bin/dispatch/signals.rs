@@ -85,7 +85,7 @@ impl Engine {
                     // A group shared with the host (the first guest process is in kbox's
                     // group, and so is whatever the user's shell ran it with): signal the
                     // guest members only.
-                    self.signal_each(tid, &members, args[1])
+                    self.signal_each(&members, args[1])
                 } else {
                     Reply::Fail(Errno::EPERM)
                 }
@@ -93,7 +93,7 @@ impl Engine {
             Target::All => {
                 let caller = procs::tgid_of(tid).unwrap_or(tid);
                 let members = processes(|p| p != caller);
-                self.signal_each(tid, &members, args[1])
+                self.signal_each(&members, args[1])
             }
         })
     }
@@ -106,7 +106,7 @@ impl Engine {
 
     /// kill(sig) on each guest process among `pids`, as the guest's kill would: 0 if any was
     /// signalled, else the first error (ESRCH when there were none).
-    fn signal_each(&self, _tid: u32, pids: &[u32], sig: u64) -> Reply {
+    fn signal_each(&self, pids: &[u32], sig: u64) -> Reply {
         let Ok(sig) = i32::try_from(sig & 0xffff_ffff) else {
             return Reply::Fail(Errno::EINVAL);
         };

@@ -38,6 +38,7 @@ const STEP_SECCOMP: u32 = 2;
 const STEP_EXEC: u32 = 3;
 const STEP_PROGRAM: u32 = 4;
 const STEP_PARENT_DEATH_SIGNAL: u32 = 5;
+const STEP_INIT: u32 = 6;
 
 /// Exit codes of a child that failed before or at exec (podman's conventions).
 const EXIT_SETUP_FAILED: i32 = 125;
@@ -59,6 +60,8 @@ pub enum SpawnError {
     PidfdOpen(io::Error),
     /// `prctl(PR_SET_PDEATHSIG)` failed in the child.
     DeathSignal(Errno),
+    /// kbox's init of the guest's PID namespace could not map its ids or start the guest.
+    Init(Errno),
     /// Installing the filter failed in the child.
     Install(InstallError),
     /// The child exited before publishing its listener.
@@ -80,6 +83,7 @@ impl fmt::Display for SpawnError {
             Self::Fork(e) => write!(f, "fork failed: {e}"),
             Self::PidfdOpen(e) => write!(f, "pidfd_open on the guest failed: {e}"),
             Self::DeathSignal(e) => write!(f, "prctl(PR_SET_PDEATHSIG) in the guest failed: {e}"),
+            Self::Init(e) => write!(f, "starting the guest's PID namespace failed: {e}"),
             Self::Install(e) => write!(f, "installing the guest's filter failed: {e}"),
             Self::ChildDied(s) => write!(f, "guest child died before its filter was ready: {s:?}"),
             Self::GetFd(e) => write!(f, "pidfd_getfd of the guest's listener failed: {e}"),
@@ -436,14 +440,14 @@ fn init_main(
         fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error())
     }
     if new_user_ns && let Err(e) = write_id_maps(root) {
-        fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error())
+        fail(STEP_INIT, e.raw_os_error())
     }
     h.own_pid.store(1, Ordering::Release);
     // SAFETY: as in `spawn_with`: the child runs `child_main`, raw syscalls only.
     let guest = match unsafe { sys::clone_process(u64::from(SIGCHLD_BITS)) } {
         Ok(0) => child_main(cmd, progs, handoff),
         Ok(pid) => pid,
-        Err(e) => fail(STEP_PARENT_DEATH_SIGNAL, e.raw_os_error().unwrap_or(0)),
+        Err(e) => fail(STEP_INIT, e.raw_os_error().unwrap_or(0)),
     };
     loop {
         match sys::wait_any() {
@@ -472,6 +476,7 @@ fn wait_for_listener(child: &mut Child) -> Result<i32, SpawnError> {
                 let errno = errno_from_raw(h.errno.load(Ordering::Relaxed));
                 let err = match h.step.load(Ordering::Relaxed) {
                     STEP_PARENT_DEATH_SIGNAL => SpawnError::DeathSignal(errno),
+                    STEP_INIT => SpawnError::Init(errno),
                     STEP_NO_NEW_PRIVS => SpawnError::Install(InstallError::NoNewPrivs(errno)),
                     STEP_PROGRAM => SpawnError::Install(InstallError::ProgramTooLong),
                     _ => SpawnError::Install(InstallError::Seccomp(errno)),

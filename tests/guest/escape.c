@@ -68,9 +68,12 @@ static char race_buf[PATH_MAX];
 static char race_a[PATH_MAX], race_b[PATH_MAX];
 static volatile int race_stop;
 
+static volatile int flipping;
+
 static void *flipper(void *arg)
 {
     (void)arg;
+    flipping = 1;
     while (!race_stop) {
         memcpy(race_buf, race_a, sizeof race_buf);
         memcpy(race_buf, race_b, sizeof race_buf);
@@ -84,10 +87,15 @@ static int exec_race_once(void)
 {
     pid_t pid = fork();
     if (pid == 0) {
+        memcpy(race_buf, race_a, sizeof race_buf);
+        flipping = 0;
         pthread_t t;
         pthread_create(&t, NULL, flipper, NULL);
+        /* Race only once the other thread is rewriting the buffer. */
+        while (!flipping)
+            ;
         char *argv[] = {race_buf, NULL};
-        for (int i = 0; i < 200; i++)
+        for (int i = 0; i < 1000; i++)
             syscall(SYS_execve, race_buf, argv, environ);
         _exit(3);
     }
