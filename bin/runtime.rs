@@ -332,6 +332,14 @@ fn run_booted(
     engine.shutdown();
     drop(engine);
     served?;
+    let stopped_by = STOPPED_BY.load(std::sync::atomic::Ordering::Acquire);
+    if stopped_by != 0 {
+        eprintln!(
+            "kbox: the guest did not end within {} s of signal {stopped_by}: ended it",
+            STOP_GRACE.as_secs()
+        );
+        return Ok(Exit::GuestSignal(u8::try_from(stopped_by).unwrap_or(0)));
+    }
     match status {
         Ok(ExitStatus::Exited(code)) => Ok(Exit::Guest(u8::try_from(code & 0xff).unwrap_or(0))),
         Ok(ExitStatus::Signaled(sig)) => {
@@ -721,6 +729,42 @@ fn start_forwarder(guest: i32) {
                 }
                 // SAFETY: kill takes plain integers.
                 unsafe { libc::kill(guest, sig) };
+                if STOP_SIGNALS.contains(&sig) {
+                    stop_after_grace(sig);
+                }
+            }
+        });
+}
+
+/// Signals that ask kbox to stop (a service manager, `timeout`, a CI runner, a hang-up).
+/// The guest gets them; if it has not ended [`STOP_GRACE`] later, kbox ends it.
+const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The signal that made kbox end the guest (0: none); kbox then exits 128+N.
+static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// After [`STOP_GRACE`], SIGKILLs every process descending from kbox (the guest tree, and
+/// kbox's init of its PID namespace) unless they are gone by then. One timer at a time.
+fn stop_after_grace(sig: i32) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    if ARMED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("kbox-stop".into())
+        .spawn(move || {
+            std::thread::sleep(STOP_GRACE);
+            let tree = dispatch::descendants();
+            if tree.is_empty() {
+                return;
+            }
+            STOPPED_BY.store(sig, Ordering::Release);
+            for pid in tree {
+                if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
             }
         });
 }

@@ -777,3 +777,56 @@ fn guests_have_pids_of_their_own() {
     let out = img.sh("exit 9");
     assert_eq!(out.status.code(), Some(9));
 }
+
+/// SIGTERM to kbox reaches the guest; a guest that ignores it (and its children) is ended
+/// 5 s later, kbox exits 128+15, the image is clean and kbox's run directory is gone.
+#[test]
+fn sigterm_stops_kbox_even_when_the_guest_ignores_it() {
+    let img = Image::default("sigterm-policy");
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-sigterm");
+    let _ = fs::remove_dir_all(&home);
+    let mut c = Command::new(KBOX);
+    c.env("HOME", &home)
+        .args(["-S", img.arg(), "--", "/bin/sh", "-c"])
+        .arg("trap '' TERM; echo up; sleep 100; echo not-stopped")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut kbox = match c.spawn() {
+        Ok(k) => k,
+        Err(e) => panic!("cannot run {KBOX}: {e}"),
+    };
+    let mut line = String::new();
+    if let Some(out) = kbox.stdout.as_mut() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    assert_eq!(line, "up\n");
+    let start = Instant::now();
+    let pid = kbox.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let status = loop {
+        match kbox.try_wait() {
+            Ok(Some(s)) => break s,
+            _ if start.elapsed() > Duration::from_secs(30) => {
+                let _ = kbox.kill();
+                panic!("kbox did not stop within 30 s of SIGTERM");
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let waited = start.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = kbox.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "stopped after {waited:?} (the guest gets 5 s)"
+    );
+    assert!(err.contains("did not end within 5 s"), "{err}");
+    img.assert_clean();
+    let runs = fs::read_dir(home.join(".cache/kbox/run")).map_or(0, |d| d.count());
+    assert_eq!(runs, 0, "kbox left its run directory behind");
+}

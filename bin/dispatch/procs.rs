@@ -256,6 +256,17 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
     hostio::thread_ids(tid).map(|(tgid, _)| tgid)
 }
 
+/// Every host process that descends from kbox: the guest tree, wherever it forked to.
+pub fn descendants() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| is_guest(p))
+        .collect()
+}
+
 /// Whether host process `pid` descends from kbox (a guest), walking up parent pids.
 pub fn is_guest(pid: u32) -> bool {
     let me = std::process::id();
