@@ -218,6 +218,9 @@ fn run_booted(
         errno,
     })?;
     make_bind_points(&root, config)?;
+    if config.mounts == Mounts::System {
+        standard_files(&root, config.verbose);
+    }
     prepare_root(&root, config)?;
     let command = match resolve_command(&root, &config.command[0]) {
         Ok(c) => c,
@@ -240,6 +243,7 @@ fn run_booted(
             .iter()
             .map(|b| (b.host.clone(), b.guest.clone()))
             .collect(),
+        shared_memory: config.mounts == Mounts::System,
     };
     let engine = Arc::new(Mutex::new(
         Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
@@ -542,6 +546,43 @@ fn make_bind_points(root: &Task, config: &Config) -> Result<(), RuntimeError> {
 }
 
 /// Identity, resource limits and working directory of the task every guest forks from.
+/// What a container runtime gives a program besides the image: `/dev/shm` (kbox serves it
+/// from a host directory of its own, see dispatch.md) and an `/etc/hosts` that makes
+/// `localhost` resolve, written into the image only where it has none (and said so).
+fn standard_files(root: &Task, verbose: bool) {
+    // /dev is the kernel library's devtmpfs: the image does not change.
+    let _ = root.syscall(
+        g::MKDIRAT,
+        [AT_FDCWD, c"/dev/shm".as_ptr() as usize, 0o1777, 0, 0, 0],
+    );
+    const O_WRONLY_CREAT_EXCL: usize = 0o1 | 0o100 | 0o200;
+    let hosts = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+    let Ok(fd) = root.syscall(
+        g::OPENAT,
+        [
+            AT_FDCWD,
+            c"/etc/hosts".as_ptr() as usize,
+            O_WRONLY_CREAT_EXCL,
+            0o644,
+            0,
+            0,
+        ],
+    ) else {
+        // The image has one (EEXIST), or cannot get one (read-only, no /etc).
+        return;
+    };
+    let written = root.syscall(
+        g::WRITE,
+        [fd, hosts.as_ptr() as usize, hosts.len(), 0, 0, 0],
+    );
+    let _ = root.syscall(g::CLOSE, [fd, 0, 0, 0, 0, 0]);
+    if written.is_ok() {
+        // One line even without -v: kbox changed the image.
+        eprintln!("kbox: the image had no /etc/hosts: wrote one that resolves localhost");
+    }
+    let _ = verbose;
+}
+
 fn prepare_root(root: &Task, config: &Config) -> Result<(), RuntimeError> {
     let setup = |what: &str, r: Result<usize, Errno>| {
         r.map(|_| ()).map_err(|errno| RuntimeError::Setup {

@@ -830,3 +830,44 @@ fn sigterm_stops_kbox_even_when_the_guest_ignores_it() {
     let runs = fs::read_dir(home.join(".cache/kbox/run")).map_or(0, |d| d.count());
     assert_eq!(runs, 0, "kbox left its run directory behind");
 }
+
+/// /dev/shm under -S is one host directory for every guest process: Python's
+/// multiprocessing shares memory and named semaphores between processes started by fork
+/// and by spawn (which opens them again by name); `localhost` resolves.
+#[test]
+fn shared_memory_and_semaphores_work_between_guest_processes() {
+    let img = Image::copy_of("KBOX_DEBIAN", "debian-shm");
+    let script = "\
+import multiprocessing as mp, os, socket, sys
+from multiprocessing import shared_memory
+def work(q, lock, name):
+    s = shared_memory.SharedMemory(name=name)
+    for _ in range(100):
+        with lock:
+            s.buf[0] = (s.buf[0] + 1) % 256
+    q.put(os.getpid()); s.close()
+if __name__ == '__main__':
+    for method in ('fork', 'spawn'):
+        ctx = mp.get_context(method)
+        shm = shared_memory.SharedMemory(create=True, size=16)
+        q, lock = ctx.Queue(), ctx.Lock()
+        ps = [ctx.Process(target=work, args=(q, lock, shm.name)) for _ in range(2)]
+        [p.start() for p in ps]; [p.join() for p in ps]
+        print(method, shm.buf[0], len({q.get() for _ in ps}))
+        shm.close(); shm.unlink()
+    print(socket.gethostbyname('localhost'))
+";
+    let out = expect(
+        &img.run(
+            &["-S"],
+            &[
+                "/bin/bash",
+                "-c",
+                &format!("cat > /tmp/mp.py <<'EOF'\n{script}EOF\ncd /tmp && python3 mp.py"),
+            ],
+        ),
+        0,
+    );
+    assert_eq!(out, "fork 200 2\nspawn 200 2\n127.0.0.1\n");
+    img.assert_clean();
+}

@@ -164,6 +164,15 @@ impl ExecDir {
         }
     }
 
+    /// The host directory behind the guest's `/dev/shm`: shared memory objects and named
+    /// semaphores are files every guest process opens as the same host file (a writable
+    /// shadow would give each open its own copy). Private to the run, gone with it.
+    pub fn shm_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.base.join("shm");
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     /// Where shadows of files over --shadow-limit live (unlinked files on disk).
     pub fn spill_dir(&self) -> &Path {
         &self.base

@@ -97,6 +97,9 @@ pub struct Settings {
     pub image: std::path::PathBuf,
     /// `-b HOST:GUEST` pairs, GUEST absolute without `..`.
     pub binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Serve `/dev/shm` from a host directory of kbox's (POSIX shared memory and named
+    /// semaphores must be one file for every process that opens them).
+    pub shared_memory: bool,
 }
 
 /// The engine: per-process kernel tasks, shadows, exec copies.
@@ -117,11 +120,16 @@ impl Engine {
     /// `root` is the task every first guest process is forked from (chrooted into the image).
     pub fn new(root: Task, settings: Settings) -> Result<Engine, std::io::Error> {
         let image_dev = files::lkl_stat_path(&root, c"/").map_or(0, |st| st.st_dev);
+        let exec = exec::ExecDir::create(&settings.image, image_dev)?;
+        let mut binds = settings.binds.clone();
+        if settings.shared_memory {
+            binds.push((exec.shm_dir()?, std::path::PathBuf::from("/dev/shm")));
+        }
         Ok(Engine {
             procs: Procs::new(root),
             shadows: shadow::Shadows::new(settings.shadow_limit),
-            exec: exec::ExecDir::create(&settings.image, image_dev)?,
-            binds: binds::Binds::new(&settings.binds)?,
+            exec,
+            binds: binds::Binds::new(&binds)?,
             settings,
             restore: None,
             pumps: sockets::Pumps::default(),

@@ -180,9 +180,9 @@ pub const PID_OTHER: &[&str] = &[
     "ioprio_set",
 ];
 
-/// System V IPC: the host's own calls when the guest has an IPC namespace of its own (its
-/// objects are then its own); refused otherwise, since the host's objects are not the
-/// guest's to attach.
+/// System V IPC and POSIX message queues: the host's own calls when the guest has an IPC
+/// namespace of its own (its objects are then its own); refused otherwise, since the
+/// host's objects are not the guest's to attach.
 pub const SYSV_IPC: &[&str] = &[
     "shmget",
     "shmat",
@@ -196,6 +196,13 @@ pub const SYSV_IPC: &[&str] = &[
     "msgsnd",
     "msgrcv",
     "msgctl",
+    // POSIX message queues live in the IPC namespace too.
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
 ];
 
 /// Refused by the filter with EPERM: calls that would let the guest reach past the kernel
