@@ -178,7 +178,7 @@ fn proc_comes_from_the_kernel_library() {
 #[test]
 fn guest_test_programs_pass_in_kbox() {
     let img = Image::default("programs");
-    for prog in ["fdtest", "threads", "hello"] {
+    for prog in ["fdtest", "threads", "hello", "locks"] {
         let path = format!("/opt/kbox-tests/{prog}");
         let out = img.run(&["-S"], &[&path, "/tmp"]);
         expect(&out, 0);
@@ -869,5 +869,38 @@ if __name__ == '__main__':
         0,
     );
     assert_eq!(out, "fork 200 2\nspawn 200 2\n127.0.0.1\n");
+    img.assert_clean();
+}
+
+/// Two guest processes write one SQLite database at once (python3's sqlite3, 1,000
+/// transactions each): SQLite's locks must lock and each must see the other's commits, so
+/// no row is lost and `PRAGMA integrity_check` says ok.
+#[test]
+fn two_sqlite_writers_lose_nothing() {
+    let img = Image::copy_of("KBOX_DEBIAN", "debian-sqlite");
+    let script = "\
+import os, sqlite3
+db = '/root/two-writers.db'
+def writer(tag):
+    c = sqlite3.connect(db, timeout=60)
+    for i in range(1000):
+        with c:
+            c.execute('insert into t values (?, ?)', (tag, i))
+    c.close()
+c = sqlite3.connect(db); c.execute('create table t (w text, i int)'); c.commit(); c.close()
+pids = []
+for tag in ('a', 'b'):
+    pid = os.fork()
+    if pid == 0:
+        writer(tag); os._exit(0)
+    pids.append(pid)
+ok = all(os.waitpid(p, 0)[1] == 0 for p in pids)
+c = sqlite3.connect(db)
+q = lambda s: c.execute(s).fetchone()[0]
+print(ok, q('pragma integrity_check'), q('select count(*) from t'),
+      q(\"select count(distinct i) from t where w='a'\"), q(\"select count(distinct i) from t where w='b'\"))
+";
+    let out = expect(&img.run(&["-S"], &["/usr/bin/python3", "-c", script]), 0);
+    assert_eq!(out, "True ok 2000 1000 1000\n");
     img.assert_clean();
 }

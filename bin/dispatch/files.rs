@@ -319,7 +319,8 @@ impl Engine {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
                 guest.slow();
                 let memfd = if self.shadows.admits(size) {
-                    shadow::fill(&p.task, kfd, size)?
+                    let slow = || guest.slow();
+                    self.shadows.shared(&p.task, kfd, &st, &slow)?
                 } else {
                     self.note_spill(guest.tid(), size);
                     shadow::fill_on_disk(self.exec.spill_dir(), &p.task, kfd, size)?

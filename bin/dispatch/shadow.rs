@@ -56,7 +56,7 @@ impl Shadows {
         size <= self.limit
     }
 
-    /// A fresh read-only open file description of the sealed shadow of the file open as
+    /// A fresh read-only open file description of the shared shadow of the file open as
     /// `kfd` in `task`.
     /// `slow` is called before any copying (the cache missed).
     pub fn read_only(
@@ -66,12 +66,46 @@ impl Shadows {
         st: &GenericStat,
         slow: &dyn Fn(),
     ) -> Result<OwnedFd, Errno> {
-        let size = u64::try_from(st.st_size).unwrap_or(0);
-        if size == 0 {
+        if st.st_size == 0 {
             // Pseudo files report size 0 and change between reads: copy, never cache.
             let fd = snapshot(task, kfd)?;
             return hostio::reopen(fd.as_fd(), OFlags::RDONLY);
         }
+        let h = self.inode_copy(task, kfd, st, slow)?;
+        match self.slab.get(slot(h)) {
+            Some(Some(fd)) => hostio::reopen(fd.as_fd(), OFlags::RDONLY),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// The shared shadow itself (a duplicate of kbox's FD of it), for a writable open: every
+    /// open of the file, reading or writing, in any guest process, is then a description of
+    /// one host file, so writes are seen at once and locks (flock, record and OFD locks)
+    /// lock between them, all on the host.
+    pub fn shared(
+        &mut self,
+        task: &Task,
+        kfd: i32,
+        st: &GenericStat,
+        slow: &dyn Fn(),
+    ) -> Result<OwnedFd, Errno> {
+        let h = self.inode_copy(task, kfd, st, slow)?;
+        match self.slab.get(slot(h)) {
+            Some(Some(fd)) => rustix::io::dup(fd).map_err(hostio::errno),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// The handle of the cached copy of the file open as `kfd` (`st` its metadata), made or
+    /// brought up to date first.
+    fn inode_copy(
+        &mut self,
+        task: &Task,
+        kfd: i32,
+        st: &GenericStat,
+        slow: &dyn Fn(),
+    ) -> Result<u32, Errno> {
+        let size = u64::try_from(st.st_size).unwrap_or(0);
         let id = FileId {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -79,8 +113,8 @@ impl Shadows {
         let version = version_of(st);
         let h = match self.cache.lookup(id, version) {
             Lookup::Hit(h) => {
-                if let Some(Some(fd)) = self.slab.get(slot(h)) {
-                    return hostio::reopen(fd.as_fd(), OFlags::RDONLY);
+                if let Some(Some(_)) = self.slab.get(slot(h)) {
+                    return Ok(h);
                 }
                 self.release(h);
                 None
@@ -104,12 +138,12 @@ impl Shadows {
                 self.store(fd)
             }
         };
-        let ro = match self.slab.get(slot(h)) {
-            Some(Some(fd)) => hostio::reopen(fd.as_fd(), OFlags::RDONLY),
-            _ => Err(Errno::EIO),
-        };
         self.keep(id, version, h);
-        ro
+        // Refused by the cache (over its limit) and so already closed.
+        if self.slab.get(slot(h)).is_none_or(Option::is_none) {
+            return Err(Errno::EFBIG);
+        }
+        Ok(h)
     }
 
     /// The files changed since the last call (None: too many to list, assume all).
@@ -167,7 +201,11 @@ impl Shadows {
                 .get(slot(h))
                 .and_then(Option::as_ref)
                 .ok_or(Errno::EIO)?;
-            copy_into(w.fd.as_fd(), fd.as_fd())?;
+            // Usually the writer's shadow is the cached copy itself; a copy made after it
+            // (the cache let go of the writer's) gets its contents.
+            if !same_file(w.fd.as_fd(), fd.as_fd()) {
+                copy_into(w.fd.as_fd(), fd.as_fd())?;
+            }
             Ok(st)
         });
         match copied {
@@ -272,6 +310,14 @@ fn fill_into(task: &Task, kfd: i32, size: u64, fd: BorrowedFd<'_>) -> Result<(),
         rustix::fs::ftruncate(fd, done as u64).map_err(hostio::errno)?;
     }
     Ok(())
+}
+
+/// Whether two FDs are the same host file.
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
 }
 
 /// Makes memfd `to` a copy of memfd `from`.
