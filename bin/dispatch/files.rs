@@ -83,6 +83,25 @@ pub(super) fn lkl_stat(task: &Task, kfd: i32) -> Result<GenericStat, Errno> {
     Ok(GenericStat::from_bytes(&buf))
 }
 
+/// Whether the file open as `kfd` in `task` is on /proc or /sys (its filesystem's magic).
+fn pseudo_file(task: &Task, kfd: i32) -> bool {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    let mut buf = [0u8; 120];
+    if lkl(
+        task,
+        g::FSTATFS,
+        [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&buf[..8]);
+    matches!(i64::from_ne_bytes(magic), PROC_SUPER_MAGIC | SYSFS_MAGIC)
+}
+
 /// The kernel library's `struct stat` of `path` in `task`.
 pub(super) fn lkl_stat_path(task: &Task, path: &std::ffi::CStr) -> Result<GenericStat, Errno> {
     let mut buf = [0u8; GENERIC_STAT_SIZE];
@@ -318,7 +337,11 @@ impl Engine {
             S_IFREG => {
                 let size = u64::try_from(st.st_size).unwrap_or(0);
                 guest.slow();
-                let memfd = if self.shadows.admits(size) {
+                let memfd = if size == 0 && pseudo_file(&p.task, kfd) {
+                    // /proc and /sys files: each write is a message to the kernel, not
+                    // contents to share.
+                    shadow::fill(&p.task, kfd, 0)?
+                } else if self.shadows.admits(size) {
                     let slow = || guest.slow();
                     self.shadows.shared(&p.task, kfd, &st, &slow)?
                 } else {
