@@ -904,3 +904,18 @@ print(ok, q('pragma integrity_check'), q('select count(*) from t'),
     assert_eq!(out, "True ok 2000 1000 1000\n");
     img.assert_clean();
 }
+
+/// A /proc/sys file written twice holds the second value alone (each write to a sysctl is a
+/// message to the kernel library, never contents shared with the previous open).
+#[test]
+fn sysctl_writes_replace_the_value() {
+    let img = Image::default("sysctl");
+    let out = expect(
+        &img.sh(
+            "printf a-long-hostname > /proc/sys/kernel/hostname; hostname; \
+             printf short > /proc/sys/kernel/hostname; hostname; cat /proc/sys/kernel/hostname",
+        ),
+        0,
+    );
+    assert_eq!(out, "a-long-hostname\nshort\nshort\n");
+}
