@@ -442,6 +442,10 @@ fn init_main(
     if new_user_ns && let Err(e) = write_id_maps(root) {
         fail(STEP_INIT, e.raw_os_error())
     }
+    // The init never execs, so close-on-exec never closes what it inherited from kbox (the
+    // image, its lock, the run directory's lock...): close it all now, but what the guest
+    // is to get (`--preserve-fds`).
+    let _ = sys::close_from(cmd.keep_below);
     h.own_pid.store(1, Ordering::Release);
     // SAFETY: as in `spawn_with`: the child runs `child_main`, raw syscalls only.
     let guest = match unsafe { sys::clone_process(u64::from(SIGCHLD_BITS)) } {
