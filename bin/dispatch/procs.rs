@@ -258,12 +258,17 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
 
 /// Every host process that descends from kbox: the guest tree, wherever it forked to.
 pub fn descendants() -> Vec<u32> {
+    processes(is_guest)
+}
+
+/// Host processes (thread groups) for which `keep` holds.
+pub fn processes(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| is_guest(p))
+        .filter(|&p| keep(p))
         .collect()
 }
 

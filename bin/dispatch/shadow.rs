@@ -72,10 +72,7 @@ impl Shadows {
             return hostio::reopen(fd.as_fd(), OFlags::RDONLY);
         }
         let h = self.inode_copy(task, kfd, st, slow)?;
-        match self.slab.get(slot(h)) {
-            Some(Some(fd)) => hostio::reopen(fd.as_fd(), OFlags::RDONLY),
-            _ => Err(Errno::EIO),
-        }
+        hostio::reopen(self.copy_fd(h)?, OFlags::RDONLY)
     }
 
     /// The shared shadow itself (a duplicate of kbox's FD of it), for a writable open: every
@@ -90,8 +87,13 @@ impl Shadows {
         slow: &dyn Fn(),
     ) -> Result<OwnedFd, Errno> {
         let h = self.inode_copy(task, kfd, st, slow)?;
+        rustix::io::dup(self.copy_fd(h)?).map_err(hostio::errno)
+    }
+
+    /// kbox's FD of cached copy `h`.
+    fn copy_fd(&self, h: u32) -> Result<BorrowedFd<'_>, Errno> {
         match self.slab.get(slot(h)) {
-            Some(Some(fd)) => rustix::io::dup(fd).map_err(hostio::errno),
+            Some(Some(fd)) => Ok(fd.as_fd()),
             _ => Err(Errno::EIO),
         }
     }

@@ -76,7 +76,7 @@ impl Engine {
                 let Some(group) = group else {
                     return Some(Reply::Fail(Errno::ESRCH));
                 };
-                let members = processes(|p| pgrp_of(p) == Some(group));
+                let members = procs::processes(|p| pgrp_of(p) == Some(group));
                 if members.is_empty() {
                     Reply::Fail(Errno::ESRCH)
                 } else if members.iter().all(|&p| self.is_guest_thread(p)) {
@@ -92,7 +92,7 @@ impl Engine {
             }
             Target::All => {
                 let caller = procs::tgid_of(tid).unwrap_or(tid);
-                let members = processes(|p| p != caller);
+                let members = procs::processes(|p| p != caller);
                 self.signal_each(&members, args[1])
             }
         })
@@ -132,15 +132,4 @@ fn pgrp_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Host processes (thread groups) for which `keep` holds.
-fn processes(keep: impl Fn(u32) -> bool) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| keep(p))
-        .collect()
 }
