@@ -73,6 +73,11 @@ errnos! {
     EUCLEAN = 117, "Structure needs cleaning";
     ESHUTDOWN = 108, "Cannot send after transport endpoint shutdown";
     ETIMEDOUT = 110, "Connection timed out";
+    EINPROGRESS = 115, "Operation now in progress";
+    // Kernel-internal: an interrupted wait. Returned to a caller of the library by a task
+    // that was interrupted; user space never sees it (a signal handler turns it into
+    // EINTR, or into restarting the call when SA_RESTART is set).
+    ERESTARTSYS = 512, "Interrupted system call (restartable)";
 }
 
 impl Errno {

@@ -45,6 +45,7 @@ unsafe extern "C" {
     pub fn lkl_task_create(parent: *mut c_void, flags: c_ulong, out: *mut *mut c_void) -> c_long;
     pub fn lkl_task_syscall(task: *mut c_void, no: c_long, params: *mut c_long) -> c_long;
     pub fn lkl_task_destroy(task: *mut c_void) -> c_long;
+    pub fn lkl_task_interrupt(task: *mut c_void) -> c_long;
     #[allow(dead_code, reason = "for host device models")]
     pub fn lkl_trigger_irq(irq: c_int);
     #[allow(dead_code, reason = "for host device models")]

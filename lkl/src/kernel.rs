@@ -199,6 +199,21 @@ impl Task {
     }
 }
 
+impl Task {
+    /// Ends this task's interruptible wait as a signal would (its syscall fails with
+    /// `ERESTARTSYS`), from any host thread. A task that is not waiting has its next wait
+    /// end at once, unless a syscall that does not wait comes first (leaving any syscall
+    /// clears the request).
+    pub fn interrupt(&self) -> Result<(), Errno> {
+        // SAFETY: `raw` is a live task handle (held until drop).
+        let r = unsafe { ffi::lkl_task_interrupt(self.raw.as_ptr()) };
+        if r < 0 {
+            return Err(Errno(i32::try_from(-r).unwrap_or(i32::MAX)));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Task {
     fn drop(&mut self) {
         // SAFETY: `raw` is live and dropped once; the call consumes our reference.

@@ -157,6 +157,63 @@ fn blocking_pipe_read_is_released_by_a_write_from_another_thread() {
 }
 
 #[test]
+fn an_interrupted_task_leaves_its_blocking_read_and_then_reads_on() {
+    let k = kernel();
+    let task = std::sync::Arc::new(k.create_task(None, TaskKind::Process).expect("task"));
+    let mut fds = [0i32; 2];
+    task.syscall(sysno::PIPE2, [fds.as_mut_ptr() as usize, 0, 0, 0, 0, 0])
+        .expect("pipe2");
+    let [rd, wr] = fds;
+    // The writer, forked now: a task busy in a syscall cannot be forked.
+    let writer = task.fork(TaskKind::Process).expect("writer");
+    let reader = {
+        let task = task.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let started = Instant::now();
+            let r = task.syscall(sysno::READ, [rd as usize, buf.as_mut_ptr() as usize, 16, 0, 0, 0]);
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!reader.is_finished(), "the read must block");
+    task.interrupt().expect("interrupt");
+    let (r, took) = reader.join().expect("reader");
+    assert_eq!(r, Err(Errno::ERESTARTSYS));
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    // The request is spent: the next read waits for data again and gets it.
+    let again = {
+        let task = task.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = task.syscall(sysno::READ, [rd as usize, buf.as_mut_ptr() as usize, 16, 0, 0, 0]);
+            n.map(|n| buf[..n].to_vec())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!again.is_finished(), "the second read must block");
+    // Another task writes (the reader's task is busy in its read).
+    let msg = b"on";
+    writer
+        .syscall(sysno::WRITE, [wr as usize, msg.as_ptr() as usize, 2, 0, 0, 0])
+        .expect("write");
+    assert_eq!(again.join().expect("reader"), Ok(b"on".to_vec()));
+}
+
+#[test]
+fn an_interrupt_before_the_wait_ends_the_next_wait_at_once() {
+    let k = kernel();
+    let task = k.create_task(None, TaskKind::Process).expect("task");
+    let mut fds = [0i32; 2];
+    task.syscall(sysno::PIPE2, [fds.as_mut_ptr() as usize, 0, 0, 0, 0, 0])
+        .expect("pipe2");
+    task.interrupt().expect("interrupt");
+    let mut buf = [0u8; 4];
+    let r = task.syscall(sysno::READ, [fds[0] as usize, buf.as_mut_ptr() as usize, 4, 0, 0, 0]);
+    assert_eq!(r, Err(Errno::ERESTARTSYS));
+}
+
+#[test]
 fn four_threads_run_ten_thousand_syscalls_each() {
     let threads: Vec<_> = (0..4)
         .map(|i| {

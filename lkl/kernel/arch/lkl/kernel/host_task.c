@@ -246,6 +246,25 @@ long lkl_task_destroy(struct task_struct *task)
 }
 
 /*
+ * Break @task out of an interruptible wait as a signal would (the wait ends with
+ * -ERESTARTSYS), without queueing a signal: kbox does this when the guest whose call the
+ * task is serving got a signal of its own. The flag is cleared when the task next leaves
+ * a syscall, so a task interrupted between calls fails only its next blocking wait.
+ */
+long lkl_task_interrupt(struct task_struct *task)
+{
+	struct lkl_hthread self = { .sem = NULL };
+
+	if (READ_ONCE(lkl_halted))
+		return -ESHUTDOWN;
+	self.host_id = lkl_ops->thread_self();
+	lkl_cpu_take(&self);
+	set_notify_signal(task);
+	lkl_borrower_leave(&self);
+	return 0;
+}
+
+/*
  * A caller thread is exiting (its thread key's destructor): its own task ends with it,
  * so host threads that come and go do not leave tasks behind.
  */
