@@ -98,6 +98,10 @@ impl dispatch::Answer for Deferred {
         let _ = self.0.respond_errno(core_errno(e));
     }
 
+    fn value(self: Box<Self>, v: i64) {
+        let _ = self.0.respond_value(v);
+    }
+
     fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool) {
         let _ = self.0.respond_add_fd(fd, FdTarget::Lowest, cloexec);
     }

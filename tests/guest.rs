@@ -763,6 +763,23 @@ fn file_calls_survive_a_storm_of_signals() {
     assert!(out.starts_with("ok sigstress: 3000 rounds"), "{out}");
 }
 
+/// tests/guest/interrupt.c (native first): a signal the guest handles interrupts the calls
+/// kbox waits in for it (a FIFO's open, accept, a unix connect with a full backlog) with
+/// EINTR, or restarts them under SA_RESTART; host-side waits (recv, poll, flock, F_SETLKW,
+/// sleeps, wait) behave the same; a fatal signal ends a process blocked in accept.
+#[test]
+fn signals_interrupt_calls_blocked_in_kbox() {
+    let img = Image::default("interrupt");
+    let out = img.run(&["-S"], &["/opt/kbox-tests/interrupt", "/tmp"]);
+    let text = expect(&out, 0);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        15,
+        "{text}"
+    );
+    img.assert_clean();
+}
+
 /// Guests have a PID namespace of their own (where the host allows one; as root it does):
 /// the first guest process is 2 under kbox's init, its children count from there, and the
 /// exit status still passes through the init.

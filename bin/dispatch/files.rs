@@ -20,7 +20,7 @@ use super::linux::{
     STATX_SIZE,
 };
 use super::shadow::{self, Writable};
-use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
+use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
 
 /// Where a path-taking call goes (see [`Engine::route`]).
 pub enum Route {
@@ -390,7 +390,8 @@ impl Engine {
 
     /// A FIFO in the image: guests meet at one host FIFO per image FIFO (in kbox's private
     /// directory), so data and end-of-file behave as on Linux. Opening one waits for the
-    /// other end, so it happens on a thread of its own, which answers the guest.
+    /// other end, so it happens on a thread of its own, which answers the guest (and which
+    /// a signal the guest takes interrupts, as it would interrupt the guest's own open).
     fn open_fifo(
         &self,
         guest: &dyn Guest,
@@ -408,14 +409,19 @@ impl Engine {
             oflags |= OFlags::NONBLOCK;
         }
         let answer = guest.defer().ok_or(Errno::ENXIO)?;
+        let tid = guest.tid();
         let spawned = std::thread::Builder::new()
             .name("kbox-fifo".into())
-            .spawn(
-                move || match hostio::open_host(&path.to_string_lossy(), oflags) {
+            .spawn(move || {
+                let watch = interrupt::watch_this_thread(tid);
+                let opened = hostio::open_host(&path.to_string_lossy(), oflags);
+                let signalled = watch.finish();
+                match opened {
                     Ok(fd) => answer.with_fd(fd.as_fd(), cloexec),
+                    Err(Errno::EINTR) if signalled => answer.fail(Errno::ERESTARTSYS),
                     Err(e) => answer.fail(e),
-                },
-            );
+                }
+            });
         // A thread that could not start drops the answer, which answers ENOSYS.
         drop(spawned);
         Ok(())

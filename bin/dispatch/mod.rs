@@ -16,6 +16,7 @@ mod exec;
 mod files;
 mod forward;
 mod hostio;
+mod interrupt;
 mod linux;
 pub mod policy;
 mod procs;
@@ -84,6 +85,7 @@ pub trait Guest {
 /// An answer to give later, from another thread (a call that blocks, such as accept).
 pub trait Answer: Send {
     fn fail(self: Box<Self>, e: Errno);
+    fn value(self: Box<Self>, v: i64);
     /// As [`Guest::answer_with_fd`].
     fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool);
 }

@@ -19,7 +19,7 @@ use super::linux::{
     AF_INET, AF_INET6, AF_UNIX, SHUT_RDWR, SHUT_WR, SO_ACCEPTCONN, SO_TYPE, SOCK_CLOEXEC,
     SOCK_DGRAM, SOCK_NONBLOCK, SOCK_SEQPACKET, SOCK_STREAM, SOCK_TYPE_MASK, SOL_SOCKET,
 };
-use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, lkl, procs, ptr};
+use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
 
 /// Largest socket address (sizeof(struct sockaddr_storage)).
 const ADDR_MAX: usize = 128;
@@ -265,6 +265,10 @@ impl Engine {
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
+        let ty = lkl_sock_type(&p.task, fd);
+        if nr == g::CONNECT && (ty == SOCK_STREAM || ty == SOCK_SEQPACKET) {
+            return self.connect_waiting(guest, pid, fd, addr, len);
+        }
         if let Err(e) = lkl(
             &p.task,
             nr,
@@ -274,7 +278,7 @@ impl Engine {
         }
         // Data flows once the socket has a peer (connect) or, for datagrams, an address to
         // receive on (bind); a listening stream socket only accepts.
-        let flows = nr == g::CONNECT || lkl_sock_type(&p.task, fd) != SOCK_STREAM;
+        let flows = nr == g::CONNECT || ty != SOCK_STREAM;
         if flows
             && let Some(end) = p.sockets.get(&fd)
             && !end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -289,6 +293,57 @@ impl Engine {
             }
         }
         Reply::Value(0)
+    }
+
+    /// A stream connect may wait (for room in a unix listener's backlog, for a TCP
+    /// handshake), so it runs on a thread of its own, on a task forked from the guest's (it
+    /// holds the same socket), which a signal the guest takes interrupts; it starts the
+    /// pumps and answers the guest.
+    fn connect_waiting(
+        &mut self,
+        guest: &dyn Guest,
+        pid: u32,
+        fd: i32,
+        addr: [u8; ADDR_MAX],
+        len: usize,
+    ) -> Reply {
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        let Some(end) = p.sockets.get(&fd).cloned() else {
+            return Reply::Fail(Errno::EBADF);
+        };
+        let waiter = match p.task.fork(TaskKind::Process) {
+            Ok(t) => Arc::new(t),
+            Err(e) => return Reply::Fail(e),
+        };
+        // Held for shutdown_all, so a connect still waiting when kbox exits is woken.
+        let control = match self.pumps.control(&p.task, fd) {
+            Ok(id) => id,
+            Err(e) => return Reply::Fail(e),
+        };
+        let Some(answer) = guest.defer() else {
+            return Reply::Fail(Errno::ENOSYS);
+        };
+        let pumps = self.pumps.clone();
+        let tid = guest.tid();
+        // On failure the deferred answer is dropped, which answers ENOSYS.
+        let _ = self.pumps.clone().spawn("kbox-connect", move || {
+            let args = [fdv(fd), ptr(addr.as_ptr()), len as u64, 0, 0, 0];
+            let connected = interrupt::lkl_call(&waiter, tid, g::CONNECT, args).and_then(|_| {
+                if end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let host = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+                pumps.start(&waiter, fd, host)
+            });
+            pumps.release(control);
+            match connected {
+                Ok(()) => answer.value(0),
+                Err(e) => answer.fail(e),
+            }
+        });
+        Reply::Continue // answered by the thread
     }
 
     /// Calls on served sockets that only copy buffers (listen, names, options).
@@ -324,7 +379,7 @@ impl Engine {
             return Reply::Fail(Errno::ESRCH);
         };
         let waiter = match p.task.fork(TaskKind::Process) {
-            Ok(t) => t,
+            Ok(t) => Arc::new(t),
             Err(e) => return Reply::Fail(e),
         };
         let control = match self.pumps.control(&p.task, fd) {
@@ -443,7 +498,7 @@ impl Engine {
 
 #[allow(clippy::too_many_arguments)] // reason: accept4's arguments plus where to answer
 fn accept_on(
-    task: &Task,
+    task: &Arc<Task>,
     fd: i32,
     tid: u32,
     addr_ptr: u64,
@@ -454,8 +509,9 @@ fn accept_on(
 ) {
     let mut addr = [0u8; ADDR_MAX];
     let mut len: u32 = ADDR_MAX_U32;
-    let kfd = match lkl(
+    let kfd = match interrupt::lkl_call(
         task,
+        tid,
         g::ACCEPT4,
         [fdv(fd), ptr(addr.as_mut_ptr()), ptr(&raw mut len), 0, 0, 0],
     ) {

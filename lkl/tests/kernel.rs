@@ -171,7 +171,7 @@ fn an_interrupted_task_leaves_its_blocking_read_and_then_reads_on() {
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
             let started = Instant::now();
-            let r = task.syscall(sysno::READ, [rd as usize, buf.as_mut_ptr() as usize, 16, 0, 0, 0]);
+            let r = task.read(rd, &mut buf);
             (r, started.elapsed())
         })
     };
@@ -186,17 +186,14 @@ fn an_interrupted_task_leaves_its_blocking_read_and_then_reads_on() {
         let task = task.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
-            let n = task.syscall(sysno::READ, [rd as usize, buf.as_mut_ptr() as usize, 16, 0, 0, 0]);
+            let n = task.read(rd, &mut buf);
             n.map(|n| buf[..n].to_vec())
         })
     };
     std::thread::sleep(Duration::from_millis(50));
     assert!(!again.is_finished(), "the second read must block");
     // Another task writes (the reader's task is busy in its read).
-    let msg = b"on";
-    writer
-        .syscall(sysno::WRITE, [wr as usize, msg.as_ptr() as usize, 2, 0, 0, 0])
-        .expect("write");
+    writer.write(wr, b"on").expect("write");
     assert_eq!(again.join().expect("reader"), Ok(b"on".to_vec()));
 }
 
@@ -209,7 +206,7 @@ fn an_interrupt_before_the_wait_ends_the_next_wait_at_once() {
         .expect("pipe2");
     task.interrupt().expect("interrupt");
     let mut buf = [0u8; 4];
-    let r = task.syscall(sysno::READ, [fds[0] as usize, buf.as_mut_ptr() as usize, 4, 0, 0, 0]);
+    let r = task.read(fds[0], &mut buf);
     assert_eq!(r, Err(Errno::ERESTARTSYS));
 }
 
