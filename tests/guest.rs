@@ -780,6 +780,23 @@ fn signals_interrupt_calls_blocked_in_kbox() {
     img.assert_clean();
 }
 
+/// tests/guest/sockets.c (native first), over IPv4 and IPv6: unconnected UDP with
+/// addresses both ways, connected UDP, sendmmsg/recvmmsg, a request/response between two
+/// processes, non-blocking connect (EINPROGRESS, then POLLOUT and SO_ERROR), and a
+/// non-blocking listener (EAGAIN, then POLLIN once a client connects).
+#[test]
+fn loopback_sockets_behave_as_on_linux() {
+    let img = Image::default("sockets");
+    let out = img.run(&["-S"], &["/opt/kbox-tests/sockets", "/tmp"]);
+    let text = expect(&out, 0);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        16,
+        "{text}"
+    );
+    img.assert_clean();
+}
+
 /// Guests have a PID namespace of their own (where the host allows one; as root it does):
 /// the first guest process is 2 under kbox's init, its children count from there, and the
 /// exit status still passes through the init.

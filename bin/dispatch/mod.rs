@@ -12,12 +12,14 @@
 //! that needs the real file.
 
 mod binds;
+mod datagrams;
 mod exec;
 mod files;
 mod forward;
 mod hostio;
 mod interrupt;
 mod linux;
+mod listeners;
 pub mod policy;
 mod procs;
 mod shadow;
@@ -303,6 +305,12 @@ impl Engine {
             g::GETSOCKOPT => self.getsockopt(guest, pid, args),
             g::ACCEPT => self.accept(guest, pid, [args[0], args[1], args[2], 0, 0, 0]),
             g::ACCEPT4 => self.accept(guest, pid, args),
+            g::SENDTO => self.sendto(guest, pid, args),
+            g::SENDMSG => self.sendmsg(guest, pid, args),
+            g::SENDMMSG => self.sendmmsg(guest, pid, args),
+            g::RECVFROM => self.recvfrom(guest, pid, args),
+            g::RECVMSG => self.recvmsg(guest, pid, args),
+            g::RECVMMSG => self.recvmmsg(guest, pid, args),
             _ if forward::shape(nr).is_some() => self.forward(guest, pid, nr, args),
             _ => {
                 let _ = host_nr;

@@ -15,10 +15,12 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task, TaskKind};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use super::datagrams::{self, Datagrams};
 use super::linux::{
     AF_INET, AF_INET6, AF_UNIX, SHUT_RDWR, SHUT_WR, SO_ACCEPTCONN, SO_TYPE, SOCK_CLOEXEC,
     SOCK_DGRAM, SOCK_NONBLOCK, SOCK_SEQPACKET, SOCK_STREAM, SOCK_TYPE_MASK, SOL_SOCKET,
 };
+use super::listeners::{self, Readiness};
 use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
 
 /// Largest socket address (sizeof(struct sockaddr_storage)).
@@ -92,27 +94,39 @@ impl Pumps {
     }
 
     /// Starts the two pump threads between host socket `host` and kernel socket `kfd`,
-    /// which `owner` holds.
-    fn start(&self, owner: &Task, kfd: i32, host: OwnedFd) -> Result<(), Errno> {
+    /// which `owner` holds; `notes` for a datagram socket (datagrams.rs).
+    fn start(
+        &self,
+        owner: &Task,
+        kfd: i32,
+        host: OwnedFd,
+        notes: Option<Notes>,
+    ) -> Result<(), Errno> {
         let to_kernel = owner.fork(TaskKind::Process)?;
         let to_host = owner.fork(TaskKind::Process)?;
         let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
         let id = self.control(owner, kfd)?;
+        let datagrams = notes.is_some();
         self.spawn("kbox-sock-out", move || {
-            pump_to_kernel(&to_kernel, kfd, &host)
+            pump_to_kernel(&to_kernel, kfd, &host, datagrams)
         })?;
         let me = self.clone();
         // The connection is over once the peer's data has all reached the guest.
         self.spawn("kbox-sock-in", move || {
-            pump_to_host(&to_host, kfd, &host2);
+            match notes {
+                Some(notes) => datagrams::pump_to_host(&to_host, kfd, &host2, &notes),
+                None => pump_to_host(&to_host, kfd, &host2),
+            }
             me.release(id);
         })
     }
 }
 
 /// Guest writes → kernel socket. At the guest's end of stream, the kernel side's write half
-/// is shut, as the guest's shutdown or close would have done.
-fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
+/// is shut, as the guest's shutdown or close would have done. A datagram the kernel refuses
+/// (no destination on an unconnected socket, no one listening) is dropped, as a datagram
+/// socket drops it; a stream ends at the first refusal.
+fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd, datagrams: bool) {
     let mut buf = vec![0u8; PUMP_CHUNK];
     loop {
         let n = match rustix::io::read(host, &mut buf) {
@@ -128,6 +142,7 @@ fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
                 [fdv(kfd), ptr(chunk.as_ptr()), chunk.len() as u64, 0, 0, 0],
             ) {
                 Ok(w) if w > 0 => done += usize::try_from(w).unwrap_or(0),
+                _ if datagrams => break,
                 _ => return finish_to_kernel(task, kfd, host),
             }
         }
@@ -172,7 +187,13 @@ pub struct SockEnd {
     pub fd: OwnedFd,
     /// Whether the pumps run already (a datagram socket may bind and then connect).
     pumping: std::sync::atomic::AtomicBool,
+    /// For a datagram socket: what serving addresses takes (datagrams.rs).
+    pub datagram: Option<Datagrams>,
+    /// For a listening socket: its readiness on the guest's end (listeners.rs).
+    listening: std::sync::OnceLock<Arc<Readiness>>,
 }
+
+type Notes = Arc<Mutex<std::collections::VecDeque<datagrams::Note>>>;
 
 /// A host socketpair of the guest socket's kind: (guest end, pump end).
 fn host_pair(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -210,11 +231,15 @@ impl Engine {
         let kfd = lkl(&p.task, g::SOCKET, [domain, kind, args[2], 0, 0, 0])?;
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
         let installed = host_pair(kind, ty).and_then(|(a, b)| {
+            let datagram = match kind {
+                SOCK_DGRAM => Some(Datagrams::new(&a)?),
+                _ => None,
+            };
             let n = guest.answer_with_fd(a.as_fd(), None, ty & SOCK_CLOEXEC != 0)?;
-            Ok((n, b))
+            Ok((n, b, datagram))
         });
         let p = self.procs.get_mut(pid).ok_or(Errno::ESRCH)?;
-        let (n, pump_end) = match installed {
+        let (n, pump_end, datagram) = match installed {
             Ok(v) => v,
             Err(e) => {
                 let _ = lkl(&p.task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
@@ -232,6 +257,8 @@ impl Engine {
             std::sync::Arc::new(SockEnd {
                 fd: pump_end,
                 pumping: std::sync::atomic::AtomicBool::new(false),
+                datagram,
+                listening: std::sync::OnceLock::new(),
             }),
         );
         Ok(i64::from(n))
@@ -279,20 +306,24 @@ impl Engine {
         // Data flows once the socket has a peer (connect) or, for datagrams, an address to
         // receive on (bind); a listening stream socket only accepts.
         let flows = nr == g::CONNECT || ty != SOCK_STREAM;
-        if flows
-            && let Some(end) = p.sockets.get(&fd)
-            && !end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            let started = end
-                .fd
-                .try_clone()
-                .map_err(|_| Errno::EMFILE)
-                .and_then(|host| self.pumps.start(&p.task, fd, host));
-            if let Err(e) = started {
-                return Reply::Fail(e);
-            }
+        if flows && let Err(e) = self.start_pumps(pid, fd) {
+            return Reply::Fail(e);
         }
         Reply::Value(0)
+    }
+
+    /// Starts the pumps of served socket `fd` of `pid` unless they run already.
+    pub(super) fn start_pumps(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let Some(end) = p.sockets.get(&fd) else {
+            return Ok(());
+        };
+        if end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let host = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+        let notes = end.datagram.as_ref().map(Datagrams::notes);
+        self.pumps.start(&p.task, fd, host, notes)
     }
 
     /// A stream connect may wait (for room in a unix listener's backlog, for a TCP
@@ -307,6 +338,9 @@ impl Engine {
         addr: [u8; ADDR_MAX],
         len: usize,
     ) -> Reply {
+        if self.guest_nonblocking(pid, fd) {
+            return self.connect_nonblocking(pid, fd, &addr, len);
+        }
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
@@ -335,7 +369,7 @@ impl Engine {
                     return Ok(());
                 }
                 let host = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
-                pumps.start(&waiter, fd, host)
+                pumps.start(&waiter, fd, host, None)
             });
             pumps.release(control);
             match connected {
@@ -346,6 +380,98 @@ impl Engine {
         Reply::Continue // answered by the thread
     }
 
+    /// A connect on a socket the guest made non-blocking: the kernel library's connect,
+    /// non-blocking too (its socket stays blocking otherwise, for the pumps). EINPROGRESS
+    /// leaves a thread waiting for the handshake, which starts the pumps once connected or
+    /// shuts the guest's end (POLLHUP, as a failed connect gives) if it fails; the guest
+    /// reads the outcome with getsockopt(SO_ERROR) from the kernel library.
+    fn connect_nonblocking(&mut self, pid: u32, fd: i32, addr: &[u8], len: usize) -> Reply {
+        const F_GETFL: u64 = 3;
+        const F_SETFL: u64 = 4;
+        const O_NONBLOCK: i64 = 0o4000;
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        let flags = match lkl(&p.task, g::FCNTL, [fdv(fd), F_GETFL, 0, 0, 0, 0]) {
+            Ok(f) => f,
+            Err(e) => return Reply::Fail(e),
+        };
+        let set = |f: i64| {
+            lkl(
+                &p.task,
+                g::FCNTL,
+                [fdv(fd), F_SETFL, f.cast_unsigned(), 0, 0, 0],
+            )
+        };
+        if let Err(e) = set(flags | O_NONBLOCK) {
+            return Reply::Fail(e);
+        }
+        let r = lkl(
+            &p.task,
+            g::CONNECT,
+            [fdv(fd), ptr(addr.as_ptr()), len as u64, 0, 0, 0],
+        );
+        let _ = set(flags);
+        match r {
+            Ok(_) => self.start_pumps(pid, fd).map(|()| 0).into(),
+            Err(Errno::EINPROGRESS) => match self.finish_connect_later(pid, fd) {
+                Ok(()) => Reply::Fail(Errno::EINPROGRESS),
+                Err(e) => Reply::Fail(e),
+            },
+            Err(e) => Reply::Fail(e),
+        }
+    }
+
+    fn finish_connect_later(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let end = p.sockets.get(&fd).cloned().ok_or(Errno::EBADF)?;
+        let waiter = p.task.fork(TaskKind::Process)?;
+        let control = self.pumps.control(&p.task, fd)?;
+        let pumps = self.pumps.clone();
+        self.pumps.clone().spawn("kbox-connect", move || {
+            const POLLOUT: i16 = 4;
+            #[repr(C)]
+            struct PollFd {
+                fd: i32,
+                events: i16,
+                revents: i16,
+            }
+            let mut p = PollFd {
+                fd,
+                events: POLLOUT,
+                revents: 0,
+            };
+            let _ = lkl(&waiter, g::PPOLL, [ptr(&raw mut p), 1, 0, 0, 0, 0]);
+            // Connected once it has a peer (reading SO_ERROR here would take the error
+            // away from the guest).
+            let mut name = [0u8; ADDR_MAX];
+            let mut name_len = ADDR_MAX_U32;
+            let peer = lkl(
+                &waiter,
+                g::GETPEERNAME,
+                [
+                    fdv(fd),
+                    ptr(name.as_mut_ptr()),
+                    ptr(&raw mut name_len),
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            let started = peer.is_ok()
+                && (end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    || end
+                        .fd
+                        .try_clone()
+                        .ok()
+                        .is_some_and(|host| pumps.start(&waiter, fd, host, None).is_ok()));
+            if !started {
+                let _ = rustix::net::shutdown(&end.fd, rustix::net::Shutdown::Both);
+            }
+            pumps.release(control);
+        })
+    }
+
     /// Calls on served sockets that only copy buffers (listen, names, options).
     pub(super) fn sock_forward(
         &mut self,
@@ -354,10 +480,62 @@ impl Engine {
         nr: u32,
         args: [u64; 6],
     ) -> Reply {
-        if self.socket_of(pid, args[0]).is_none() {
+        let Some(fd) = self.socket_of(pid, args[0]) else {
             return self.not_a_served_socket(pid, args[0]);
+        };
+        let reply = self.forward(guest, pid, nr, args);
+        if nr == g::LISTEN
+            && matches!(reply, Reply::Value(_))
+            && let Err(e) = self.watch_listener(pid, fd)
+        {
+            return Reply::Fail(e);
         }
-        self.forward(guest, pid, nr, args)
+        reply
+    }
+
+    /// The guest's own end of served socket `fd` (the same open file), through its pidfd.
+    fn guest_end(&self, pid: u32, fd: i32) -> Result<OwnedFd, Errno> {
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let pidfd = p.pidfd.as_ref().ok_or(Errno::ESRCH)?;
+        hostio::guest_file(pidfd.as_fd(), fd)
+    }
+
+    /// Whether the guest made served socket `fd` non-blocking (on its own end).
+    fn guest_nonblocking(&self, pid: u32, fd: i32) -> bool {
+        let end = self.procs.get(pid).and_then(|p| p.sockets.get(&fd));
+        let flags = match end.and_then(|e| e.listening.get()) {
+            Some(r) => rustix::fs::fcntl_getfl(r.guest_end()),
+            None => match self.guest_end(pid, fd) {
+                Ok(g) => rustix::fs::fcntl_getfl(&g),
+                Err(_) => return false,
+            },
+        };
+        flags.is_ok_and(|f| f.contains(rustix::fs::OFlags::NONBLOCK))
+    }
+
+    /// Starts keeping listening socket `fd`'s readiness on the guest's end (once).
+    fn watch_listener(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
+        let guest_end = self.guest_end(pid, fd)?;
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        let Some(end) = p.sockets.get(&fd).cloned() else {
+            return Ok(());
+        };
+        if end.listening.get().is_some() {
+            return Ok(());
+        }
+        let task = p.task.fork(TaskKind::Process)?;
+        let control = self.pumps.control(&p.task, fd)?;
+        let pump_end = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+        let pumps = self.pumps.clone();
+        let readiness = listeners::start(task, fd, guest_end, pump_end, |watch| {
+            let releaser = pumps.clone();
+            pumps.spawn("kbox-listen", move || {
+                watch();
+                releaser.release(control);
+            })
+        })?;
+        let _ = end.listening.set(readiness);
+        Ok(())
     }
 
     fn not_a_served_socket(&self, pid: u32, raw: u64) -> Reply {
@@ -375,9 +553,17 @@ impl Engine {
         let Some(fd) = self.socket_of(pid, args[0]) else {
             return self.not_a_served_socket(pid, args[0]);
         };
+        let nonblocking = self.guest_nonblocking(pid, fd);
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
+        let readiness = p.sockets.get(&fd).and_then(|e| e.listening.get().cloned());
+        if nonblocking && listeners::has_connection(&p.task, fd, false) == Some(false) {
+            if let Some(r) = &readiness {
+                r.settle(&p.task, fd);
+            }
+            return Reply::Fail(Errno::EAGAIN);
+        }
         let waiter = match p.task.fork(TaskKind::Process) {
             Ok(t) => Arc::new(t),
             Err(e) => return Reply::Fail(e),
@@ -390,11 +576,16 @@ impl Engine {
             return Reply::Fail(Errno::ENOSYS);
         };
         let pumps = self.pumps.clone();
-        let (addr_ptr, len_ptr, flags) = (args[1], args[2], args[3]);
-        let tid = guest.tid();
+        let call = Accept {
+            fd,
+            tid: guest.tid(),
+            addr_ptr: args[1],
+            len_ptr: args[2],
+            flags: args[3],
+        };
         // On failure the deferred answer is dropped, which answers ENOSYS.
         let _ = self.pumps.clone().spawn("kbox-accept", move || {
-            accept_on(&waiter, fd, tid, addr_ptr, len_ptr, flags, &pumps, answer);
+            call.run(&waiter, &pumps, readiness.as_deref(), answer);
             pumps.release(control);
         });
         Reply::Continue // answered by the thread
@@ -496,49 +687,63 @@ impl Engine {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // reason: accept4's arguments plus where to answer
-fn accept_on(
-    task: &Arc<Task>,
+/// One guest accept/accept4, run on a thread of its own.
+struct Accept {
     fd: i32,
     tid: u32,
     addr_ptr: u64,
     len_ptr: u64,
     flags: u64,
-    pumps: &Pumps,
-    answer: Box<dyn Answer>,
-) {
-    let mut addr = [0u8; ADDR_MAX];
-    let mut len: u32 = ADDR_MAX_U32;
-    let kfd = match interrupt::lkl_call(
-        task,
-        tid,
-        g::ACCEPT4,
-        [fdv(fd), ptr(addr.as_mut_ptr()), ptr(&raw mut len), 0, 0, 0],
+}
+
+impl Accept {
+    fn run(
+        &self,
+        task: &Arc<Task>,
+        pumps: &Pumps,
+        readiness: Option<&Readiness>,
+        answer: Box<dyn Answer>,
     ) {
-        Ok(k) => i32::try_from(k).unwrap_or(-1),
-        Err(e) => return answer.fail(e),
-    };
-    let result = (|| {
-        let ty = lkl_sock_type(task, kfd);
-        let (a, b) = host_pair(ty, flags)?;
-        pumps.start(task, kfd, b)?;
-        if addr_ptr != 0 && len_ptr != 0 {
-            let mut cap = [0u8; 4];
-            crate::seccomp::guest_mem::read(tid, len_ptr, &mut cap).map_err(|_| Errno::EFAULT)?;
-            let cap = usize::try_from(u32::from_ne_bytes(cap)).unwrap_or(0);
-            let n = cap.min(usize::try_from(len).unwrap_or(0));
-            crate::seccomp::guest_mem::write(tid, addr_ptr, &addr[..n])
-                .map_err(|_| Errno::EFAULT)?;
-            crate::seccomp::guest_mem::write(tid, len_ptr, &len.to_ne_bytes())
-                .map_err(|_| Errno::EFAULT)?;
+        let (fd, tid) = (self.fd, self.tid);
+        let mut addr = [0u8; ADDR_MAX];
+        let mut len: u32 = ADDR_MAX_U32;
+        let accepted = interrupt::lkl_call(
+            task,
+            tid,
+            g::ACCEPT4,
+            [fdv(fd), ptr(addr.as_mut_ptr()), ptr(&raw mut len), 0, 0, 0],
+        );
+        // Before the answer: a poll right after it must not see a stale token.
+        if let Some(r) = readiness {
+            r.settle(task, fd);
         }
-        Ok::<OwnedFd, Errno>(a)
-    })();
-    // The waiter's copy of the connection is the pumps' business now.
-    let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
-    match result {
-        Ok(a) => answer.with_fd(a.as_fd(), flags & SOCK_CLOEXEC != 0),
-        Err(e) => answer.fail(e),
+        let kfd = match accepted {
+            Ok(k) => i32::try_from(k).unwrap_or(-1),
+            Err(e) => return answer.fail(e),
+        };
+        let result = (|| {
+            let ty = lkl_sock_type(task, kfd);
+            let (a, b) = host_pair(ty, self.flags)?;
+            pumps.start(task, kfd, b, None)?;
+            if self.addr_ptr != 0 && self.len_ptr != 0 {
+                let mut cap = [0u8; 4];
+                crate::seccomp::guest_mem::read(tid, self.len_ptr, &mut cap)
+                    .map_err(|_| Errno::EFAULT)?;
+                let cap = usize::try_from(u32::from_ne_bytes(cap)).unwrap_or(0);
+                let n = cap.min(usize::try_from(len).unwrap_or(0));
+                crate::seccomp::guest_mem::write(tid, self.addr_ptr, &addr[..n])
+                    .map_err(|_| Errno::EFAULT)?;
+                crate::seccomp::guest_mem::write(tid, self.len_ptr, &len.to_ne_bytes())
+                    .map_err(|_| Errno::EFAULT)?;
+            }
+            Ok::<OwnedFd, Errno>(a)
+        })();
+        // The waiter's copy of the connection is the pumps' business now.
+        let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+        match result {
+            Ok(a) => answer.with_fd(a.as_fd(), self.flags & SOCK_CLOEXEC != 0),
+            Err(e) => answer.fail(e),
+        }
     }
 }
 

@@ -67,6 +67,7 @@ errnos! {
     ENODATA = 61, "No data available";
     ELIBBAD = 80, "Accessing a corrupted shared library";
     ENOTSOCK = 88, "Socket operation on non-socket";
+    EMSGSIZE = 90, "Message too long";
     EOPNOTSUPP = 95, "Operation not supported";
     EPROTONOSUPPORT = 93, "Protocol not supported";
     EAFNOSUPPORT = 97, "Address family not supported by protocol";
