@@ -34,12 +34,13 @@ include mk/arch.mk
 include mk/rootfs.mk
 include mk/kbox.mk
 include mk/bench.mk
+include mk/conformance.mk
 
 .PHONY: all check fmt-check clippy clean help
 
 all: kbox
 
-check: deps fmt-check clippy check-core check-arch check-lkl check-rootfs check-kbox check-bench
+check: deps fmt-check clippy check-core check-arch check-lkl check-rootfs check-kbox check-conformance check-bench
 	@echo "make check: all suites passed"
 
 fmt-check:

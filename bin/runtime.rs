@@ -105,6 +105,16 @@ impl dispatch::Answer for Deferred {
     fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool) {
         let _ = self.0.respond_add_fd(fd, FdTarget::Lowest, cloexec);
     }
+
+    fn add_fd(&self, fd: BorrowedFd<'_>, cloexec: bool) -> Result<i32, Errno> {
+        self.0
+            .add_fd(fd, FdTarget::Lowest, cloexec)
+            .map_err(|e| match e {
+                NotifyError::AddFd(errno) => Errno(i32::from(errno.get())),
+                NotifyError::Gone => Errno::ESRCH,
+                _ => Errno::EIO,
+            })
+    }
 }
 
 impl SeccompGuest<'_> {

@@ -783,7 +783,8 @@ fn signals_interrupt_calls_blocked_in_kbox() {
 /// tests/guest/sockets.c (native first), over IPv4 and IPv6: unconnected UDP with
 /// addresses both ways, connected UDP, sendmmsg/recvmmsg, a request/response between two
 /// processes, non-blocking connect (EINPROGRESS, then POLLOUT and SO_ERROR), and a
-/// non-blocking listener (EAGAIN, then POLLIN once a client connects).
+/// non-blocking listener (EAGAIN, then POLLIN once a client connects), and accepted
+/// connections that are TCP sockets (options, names).
 #[test]
 fn loopback_sockets_behave_as_on_linux() {
     let img = Image::default("sockets");
@@ -791,10 +792,32 @@ fn loopback_sockets_behave_as_on_linux() {
     let text = expect(&out, 0);
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok ")).count(),
-        16,
+        18,
         "{text}"
     );
     img.assert_clean();
+}
+
+/// The kernel library's /tmp is ramfs (no MMU, no shmem): its pages can be neither
+/// reclaimed nor limited, and filling it used to leave the kernel looping in reclaim for
+/// ever. A 2 GiB sparse file is written back as its one page; a file larger than the
+/// kernel's memory fails with ENOSPC (at fsync), reading a sparse one that would not fit
+/// fails with ENOMEM, and kbox stays alive and answers.
+#[test]
+fn filling_tmp_fails_cleanly_instead_of_hanging() {
+    let img = Image::default("ramfs");
+    let out = expect(
+        &img.sh(
+            "dd if=/dev/zero of=/tmp/s bs=1 count=1 seek=2147483647 2>/dev/null; \
+             ls -l /tmp/s | awk '{print $5}'; \
+             tail -c 1 /tmp/s >/dev/null 2>&1; echo tail=$?; \
+             dd if=/dev/zero of=/tmp/big bs=1M count=300 conv=fsync 2>/dev/null; echo dd=$?; \
+             rm /tmp/big; dd if=/dev/zero of=/tmp/small bs=1M count=20 conv=fsync 2>/dev/null; \
+             echo small=$?; echo alive",
+        ),
+        0,
+    );
+    assert_eq!(out, "2147483648\ntail=1\ndd=1\nsmall=0\nalive\n");
 }
 
 /// Guests have a PID namespace of their own (where the host allows one; as root it does):

@@ -90,6 +90,9 @@ pub trait Answer: Send {
     fn value(self: Box<Self>, v: i64);
     /// As [`Guest::answer_with_fd`].
     fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool);
+    /// Puts a duplicate of `fd` in the guest's FD table at the lowest free number without
+    /// answering yet; the number.
+    fn add_fd(&self, fd: BorrowedFd<'_>, cloexec: bool) -> Result<i32, Errno>;
 }
 
 /// Settings the engine needs from the command line.
@@ -118,6 +121,8 @@ pub struct Engine {
     binds: binds::Binds,
     /// Host numbers of the calls that name other processes (signals.rs).
     pid_calls: Vec<u32>,
+    /// Sockets accepted on threads, for the engine to register (sockets.rs).
+    adopted: sockets::Adoptions,
 }
 
 impl Engine {
@@ -138,6 +143,7 @@ impl Engine {
             restore: None,
             pumps: sockets::Pumps::default(),
             pid_calls: policy::pid_targeted().filter_map(policy::host_nr).collect(),
+            adopted: sockets::Adoptions::default(),
         })
     }
 
@@ -234,6 +240,7 @@ impl Engine {
         conv: Conv,
     ) -> Reply {
         let tid = guest.tid();
+        self.adopt_accepted();
         let Some(pid) = self.procs.attach(tid, &mut self.shadows) else {
             return Reply::Fail(Errno::ESRCH);
         };

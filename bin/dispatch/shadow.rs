@@ -304,6 +304,7 @@ pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
 /// mapping: the kernel library copies from its page cache into the memfd's pages once).
 fn fill_into(task: &Task, kfd: i32, size: u64, fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let len = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
+    check_holes_fit(task, kfd, size)?;
     rustix::fs::ftruncate(fd, size).map_err(hostio::errno)?;
     let map = Mapping::new(fd, len, true)?;
     let done = kernel_io(task, g::PREAD64, kfd, map.addr(), len)?;
@@ -337,6 +338,18 @@ fn copy_into(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
 /// `addr`, looping over short transfers; returns how much moved (less than `len` only at end
 /// of file).
 fn kernel_io(task: &Task, nr: u32, kfd: i32, addr: u64, len: usize) -> Result<usize, Errno> {
+    kernel_io_at(task, nr, kfd, addr, len, 0)
+}
+
+/// As [`kernel_io`], `len` bytes at `addr` to or from file offset `offset`.
+fn kernel_io_at(
+    task: &Task,
+    nr: u32,
+    kfd: i32,
+    addr: u64,
+    len: usize,
+    offset: u64,
+) -> Result<usize, Errno> {
     let mut done = 0usize;
     while done < len {
         let n = lkl(
@@ -346,7 +359,7 @@ fn kernel_io(task: &Task, nr: u32, kfd: i32, addr: u64, len: usize) -> Result<us
                 fdv(kfd),
                 addr + done as u64,
                 (len - done) as u64,
-                done as u64,
+                offset + done as u64,
                 0,
                 0,
             ],
@@ -374,6 +387,7 @@ pub fn fill_on_disk(
         rustix::fs::Mode::from_bits_truncate(0o600),
     )
     .map_err(hostio::errno)?;
+    check_holes_fit(task, kfd, size)?;
     let mut buf = vec![0u8; CHUNK];
     let mut done: u64 = 0;
     while done < size {
@@ -482,9 +496,7 @@ impl Writable {
         if looks_clean && !differs(task, kfd, &map)? {
             return Ok(false);
         }
-        if kernel_io(task, g::PWRITE64, kfd, map.addr(), map.len())? < map.len() {
-            return Err(Errno::EIO);
-        }
+        write_extents(&self.fd, task, kfd, &map)?;
         match lkl(task, g::FTRUNCATE, [fdv(kfd), len as u64, 0, 0, 0, 0]) {
             // Pseudo files (sysctl) take writes but not truncation.
             Ok(_) | Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
@@ -495,11 +507,175 @@ impl Writable {
     }
 }
 
+/// The data extents of memfd `fd` below `len` (SEEK_DATA/SEEK_HOLE): (start, end) pairs.
+/// A file written at 2 GiB and nowhere else has one small extent, not 2 GiB of zeros.
+fn extents(fd: &OwnedFd, len: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let start = match seek(fd, SeekFrom::Data(at)) {
+            Ok(d) => d,
+            // No data after `at` (ENXIO); on any other error, copy everything left.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => {
+                out.push((at, len));
+                break;
+            }
+        };
+        if start >= len {
+            break;
+        }
+        let end = seek(fd, SeekFrom::Hole(start)).map_or(len, |h| h.min(len));
+        out.push((start, end));
+        at = end;
+    }
+    out
+}
+
+/// RAMFS_MAGIC: the kernel library's tmpfs (/tmp, /run) is ramfs (no MMU, no shmem), whose
+/// pages can be neither reclaimed nor limited.
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+/// What a write into ramfs must leave of the kernel library's memory: below it, the kernel
+/// would loop in reclaim for ever instead of failing.
+const RAMFS_RESERVE: u64 = 48 << 20;
+
+/// Copies the shadow `fd` (mapped as `map`) into the file open as `kfd`: its data extents
+/// written, its holes made holes (or zeros) where the file had data. ENOSPC, leaving the
+/// file as it was, when the file is on ramfs and the new data would not leave the kernel
+/// library [`RAMFS_RESERVE`] of memory.
+fn write_extents(fd: &OwnedFd, task: &Task, kfd: i32, map: &Mapping) -> Result<(), Errno> {
+    let len = map.len() as u64;
+    let old = u64::try_from(super::files::lkl_stat(task, kfd)?.st_size).unwrap_or(0);
+    let data = extents(fd, len);
+    if on_ramfs(task, kfd) {
+        let adding: u64 = data
+            .iter()
+            .map(|(a, b)| b - a)
+            .sum::<u64>()
+            .saturating_sub(old);
+        if adding > 0 && adding.saturating_add(RAMFS_RESERVE) > kernel_available(task) {
+            return Err(Errno::ENOSPC);
+        }
+    }
+    let mut at = 0u64;
+    for &(start, end) in data.iter().chain(std::iter::once(&(len, len))) {
+        if start > at && at < old {
+            clear(task, kfd, at, start.min(old))?;
+        }
+        if end > start {
+            let n = usize::try_from(end - start).map_err(|_| Errno::EFBIG)?;
+            let addr = map.addr() + start;
+            if kernel_io_at(task, g::PWRITE64, kfd, addr, n, start)? < n {
+                return Err(Errno::EIO);
+            }
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+/// Makes bytes `from..to` of the file zeros: a punched hole where the file system has them,
+/// else written zeros.
+fn clear(task: &Task, kfd: i32, from: u64, to: u64) -> Result<(), Errno> {
+    const PUNCH_HOLE_KEEP_SIZE: u64 = 0x03;
+    let punched = lkl(
+        task,
+        g::FALLOCATE,
+        [fdv(kfd), PUNCH_HOLE_KEEP_SIZE, from, to - from, 0, 0],
+    );
+    if punched.is_ok() {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at)
+            .unwrap_or(usize::MAX)
+            .min(zeros.len());
+        if kernel_io_at(task, g::PWRITE64, kfd, ptr(zeros.as_ptr()), n, at)? < n {
+            return Err(Errno::EIO);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reading a hole of a ramfs file gives it a page it never gives back: ENOMEM, rather than a
+/// kernel looping in reclaim, when reading `size` bytes of `kfd` would fill holes the
+/// kernel library has no memory for (ramfs counts a file's pages in st_blocks).
+fn check_holes_fit(task: &Task, kfd: i32, size: u64) -> Result<(), Errno> {
+    if !on_ramfs(task, kfd) {
+        return Ok(());
+    }
+    let st = super::files::lkl_stat(task, kfd)?;
+    let held = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+    let holes = size.saturating_sub(held);
+    if holes > 0 && holes.saturating_add(RAMFS_RESERVE) > kernel_available(task) {
+        return Err(Errno::ENOMEM);
+    }
+    Ok(())
+}
+
+fn on_ramfs(task: &Task, kfd: i32) -> bool {
+    // struct statfs starts with f_type (a long on 64-bit arches); 120 bytes in all.
+    let mut buf = [0u64; 15];
+    lkl(
+        task,
+        g::FSTATFS,
+        [fdv(kfd), ptr(buf.as_mut_ptr()), 0, 0, 0, 0],
+    )
+    .is_ok()
+        && buf[0] == RAMFS_MAGIC
+}
+
+/// The kernel library's available memory: MemAvailable from its /proc/meminfo (free pages
+/// plus the caches it can drop), else sysinfo's free RAM (the safe side).
+fn kernel_available(task: &Task) -> u64 {
+    const O_RDONLY_CLOEXEC: u64 = 0o2000000;
+    const AT_FDCWD: u64 = (-100i64).cast_unsigned();
+    let path = c"/proc/meminfo";
+    if let Ok(fd) = lkl(
+        task,
+        g::OPENAT,
+        [AT_FDCWD, ptr(path.as_ptr()), O_RDONLY_CLOEXEC, 0, 0, 0],
+    ) {
+        let mut buf = [0u8; 4096];
+        let n = lkl(
+            task,
+            g::READ,
+            [fd.cast_unsigned(), ptr(buf.as_mut_ptr()), 4096, 0, 0, 0],
+        );
+        let _ = lkl(task, g::CLOSE, [fd.cast_unsigned(), 0, 0, 0, 0, 0]);
+        let text =
+            std::str::from_utf8(&buf[..usize::try_from(n.unwrap_or(0)).unwrap_or(0)]).unwrap_or("");
+        let kib = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = kib {
+            return kib.saturating_mul(1024);
+        }
+    }
+    // struct sysinfo: uptime, loads[3], totalram, freeram, sharedram, bufferram, ...,
+    // mem_unit (u32) at byte 104.
+    let mut buf = [0u64; 16];
+    if lkl(task, g::SYSINFO, [ptr(buf.as_mut_ptr()), 0, 0, 0, 0, 0]).is_err() {
+        return u64::MAX;
+    }
+    let unit = buf[13] & 0xffff_ffff;
+    (buf[5] + buf[7]).saturating_mul(unit.max(1))
+}
+
 /// Whether the file open as `kfd` in `task` differs from the bytes of `map`.
 fn differs(task: &Task, kfd: i32, map: &Mapping) -> Result<bool, Errno> {
     const CHUNK: usize = 64 << 10;
     let st = super::files::lkl_stat(task, kfd)?;
     if u64::try_from(st.st_size).ok() != Some(map.len() as u64) {
+        return Ok(true);
+    }
+    if check_holes_fit(task, kfd, map.len() as u64).is_err() {
+        // Reading it all could exhaust the kernel library: count it as changed.
         return Ok(true);
     }
     let mut buf = vec![0u8; CHUNK.min(map.len())];

@@ -195,6 +195,23 @@ pub struct SockEnd {
 
 type Notes = Arc<Mutex<std::collections::VecDeque<datagrams::Note>>>;
 
+/// A connection accepted on a thread, its host end already in the guest at `fd`: the engine
+/// makes it a served socket of `pid` (so its options, names and shutdown reach the kernel
+/// library) before it answers any other call.
+struct Adopted {
+    pid: u32,
+    fd: i32,
+    cloexec: bool,
+    /// The task that accepted it, holding the kernel socket at `kfd`.
+    from: Arc<Task>,
+    kfd: i32,
+    end: Arc<SockEnd>,
+}
+
+/// Accepted sockets waiting for the engine (filled by accept threads).
+#[derive(Default, Clone)]
+pub struct Adoptions(Arc<Mutex<Vec<Adopted>>>);
+
 /// A host socketpair of the guest socket's kind: (guest end, pump end).
 fn host_pair(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, OwnedFd), Errno> {
     // Datagrams cross as SEQPACKET: boundaries are kept and, unlike a datagram pair, the
@@ -487,8 +504,13 @@ impl Engine {
         if nr == g::LISTEN
             && matches!(reply, Reply::Value(_))
             && let Err(e) = self.watch_listener(pid, fd)
+            && self.settings.verbose
         {
-            return Reply::Fail(e);
+            // The socket listens all the same; only poll and epoll will not see it ready.
+            eprintln!(
+                "kbox: [{}] cannot watch listening socket {fd} for poll/epoll: {e}",
+                guest.tid()
+            );
         }
         reply
     }
@@ -576,7 +598,9 @@ impl Engine {
             return Reply::Fail(Errno::ENOSYS);
         };
         let pumps = self.pumps.clone();
+        let adoptions = self.adopted.clone();
         let call = Accept {
+            pid,
             fd,
             tid: guest.tid(),
             addr_ptr: args[1],
@@ -585,7 +609,7 @@ impl Engine {
         };
         // On failure the deferred answer is dropped, which answers ENOSYS.
         let _ = self.pumps.clone().spawn("kbox-accept", move || {
-            call.run(&waiter, &pumps, readiness.as_deref(), answer);
+            call.run(&waiter, &pumps, readiness.as_deref(), &adoptions, answer);
             pumps.release(control);
         });
         Reply::Continue // answered by the thread
@@ -689,6 +713,7 @@ impl Engine {
 
 /// One guest accept/accept4, run on a thread of its own.
 struct Accept {
+    pid: u32,
     fd: i32,
     tid: u32,
     addr_ptr: u64,
@@ -702,6 +727,7 @@ impl Accept {
         task: &Arc<Task>,
         pumps: &Pumps,
         readiness: Option<&Readiness>,
+        adoptions: &Adoptions,
         answer: Box<dyn Answer>,
     ) {
         let (fd, tid) = (self.fd, self.tid);
@@ -724,6 +750,7 @@ impl Accept {
         let result = (|| {
             let ty = lkl_sock_type(task, kfd);
             let (a, b) = host_pair(ty, self.flags)?;
+            let pump_end = b.try_clone().map_err(|_| Errno::EMFILE)?;
             pumps.start(task, kfd, b, None)?;
             if self.addr_ptr != 0 && self.len_ptr != 0 {
                 let mut cap = [0u8; 4];
@@ -736,13 +763,97 @@ impl Accept {
                 crate::seccomp::guest_mem::write(tid, self.len_ptr, &len.to_ne_bytes())
                     .map_err(|_| Errno::EFAULT)?;
             }
-            Ok::<OwnedFd, Errno>(a)
+            Ok::<(OwnedFd, OwnedFd), Errno>((a, pump_end))
         })();
-        // The waiter's copy of the connection is the pumps' business now.
-        let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
-        match result {
-            Ok(a) => answer.with_fd(a.as_fd(), self.flags & SOCK_CLOEXEC != 0),
-            Err(e) => answer.fail(e),
+        let (a, pump_end) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+                return answer.fail(e);
+            }
+        };
+        let cloexec = self.flags & SOCK_CLOEXEC != 0;
+        let fd = match answer.add_fd(a.as_fd(), cloexec) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = lkl(task, g::CLOSE, [fdv(kfd), 0, 0, 0, 0, 0]);
+                return answer.fail(e);
+            }
+        };
+        // Queued before the answer: the guest's next call (setsockopt, say) finds it.
+        adoptions
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Adopted {
+                pid: self.pid,
+                fd,
+                cloexec,
+                from: Arc::clone(task),
+                kfd,
+                end: Arc::new(SockEnd {
+                    fd: pump_end,
+                    pumping: std::sync::atomic::AtomicBool::new(true),
+                    datagram: None,
+                    listening: std::sync::OnceLock::new(),
+                }),
+            });
+        answer.value(i64::from(fd));
+    }
+}
+
+impl Engine {
+    /// Registers the sockets accept threads handed over (see [`Adopted`]): the kernel
+    /// socket moves into the guest process's task at the guest's FD number.
+    pub(super) fn adopt_accepted(&mut self) {
+        let pending = std::mem::take(
+            &mut *self
+                .adopted
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for a in pending {
+            let Some(p) = self.procs.get_mut(a.pid) else {
+                continue;
+            };
+            let moved = (|| {
+                let from_pid = lkl(&a.from, g::GETPID, [0; 6])?;
+                let pidfd = lkl(
+                    &p.task,
+                    g::PIDFD_OPEN,
+                    [from_pid.cast_unsigned(), 0, 0, 0, 0, 0],
+                )?;
+                let got = lkl(
+                    &p.task,
+                    g::PIDFD_GETFD,
+                    [pidfd.cast_unsigned(), fdv(a.kfd), 0, 0, 0, 0],
+                );
+                let _ = lkl(&p.task, g::CLOSE, [pidfd.cast_unsigned(), 0, 0, 0, 0, 0]);
+                let tmp = got?;
+                if tmp != i64::from(a.fd) {
+                    let r = lkl(
+                        &p.task,
+                        g::DUP3,
+                        [tmp.cast_unsigned(), fdv(a.fd), 0, 0, 0, 0],
+                    );
+                    let _ = lkl(&p.task, g::CLOSE, [tmp.cast_unsigned(), 0, 0, 0, 0, 0]);
+                    r?;
+                }
+                let (gfd, entry) = procs::entry(a.fd, FdKind::Kernel, a.cloexec)?;
+                p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
+                Ok::<(), Errno>(())
+            })();
+            match moved {
+                Ok(()) => {
+                    p.sockets.insert(a.fd, a.end);
+                }
+                Err(e) if self.settings.verbose => eprintln!(
+                    "kbox: accepted socket {} of process {} stays a host socket: {e}",
+                    a.fd, a.pid
+                ),
+                Err(_) => {}
+            }
         }
     }
 }

@@ -243,14 +243,8 @@ impl Pending<'_> {
     }
 
     /// Installs `src` in the guest without answering (the notification stays pending);
-    /// returns the guest's fd number. For calls that create several fds (pipe, socketpair).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine answers with its one FD; multi-FD calls are not served yet"
-        )
-    )]
+    /// returns the guest's fd number. For an answer that needs the number first (an
+    /// accepted socket kbox registers before the guest can use it).
     pub fn add_fd(
         &self,
         src: BorrowedFd<'_>,

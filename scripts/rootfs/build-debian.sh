@@ -2,7 +2,8 @@
 # build-debian.sh ARCH OUT
 #
 # Builds build/debian-ARCH.ext4: Debian bookworm, debootstrap --variant=minbase, plus
-# $DEBIAN_PACKAGES (python3 with its standard library, and friends) — real dynamically linked glibc programs.
+# $DEBIAN_PACKAGES (python3 with its standard library and its own regression suite, for make
+# conformance, and friends) — real dynamically linked glibc programs.
 # The mirror is the one the host's apt uses (debian-mirror.sh; $DEBIAN_MIRROR overrides).
 # Downloaded .debs are cached in $KBOX_CACHE/debootstrap-ARCH.
 #   * x86_64 on an x86_64 host: one debootstrap run.
@@ -26,7 +27,7 @@ case $arch in
   *) die "ARCH must be x86_64 or aarch64, not '$arch'" ;;
 esac
 suite=bookworm
-packages=${DEBIAN_PACKAGES:-bash,coreutils,findutils,grep,sed,tar,gzip,python3}
+packages=${DEBIAN_PACKAGES:-bash,coreutils,findutils,grep,sed,tar,gzip,python3,libpython3.11-testsuite}
 max_mib=${DEBIAN_MAX_MIB:-600}
 cache=${KBOX_CACHE:-$HOME/.cache/kbox}
 

@@ -13,12 +13,15 @@
  *                   ECONNREFUSED
  *   listen-poll     poll on a listening socket says POLLIN once a client connects, and
  *                   a non-blocking accept before that is EAGAIN
+ *   accepted        an accepted connection is a TCP socket: TCP_NODELAY can be set, and
+ *                   its names are the server's address and the client's
  * Prints "ok NAME" or "FAIL NAME: ..." per check and exits 1 when any failed. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -282,6 +285,37 @@ static void listen_poll(void)
     close(l);
 }
 
+static void accepted(void)
+{
+    struct sockaddr_storage srv, me, peer, cli;
+    int l = bound(SOCK_STREAM, &srv);
+    if (l < 0 || listen(l, 4)) {
+        check(0, tag("accepted"), "listener: errno %ld %ld", errno, 0L);
+        return;
+    }
+    int c = socket(family, SOCK_STREAM, 0);
+    socklen_t clen = sizeof cli;
+    if (connect(c, (struct sockaddr *)&srv, sizeof srv) ||
+        getsockname(c, (struct sockaddr *)&cli, &clen)) {
+        check(0, tag("accepted"), "connect: errno %ld %ld", errno, 0L);
+        return;
+    }
+    int a = accept(l, NULL, NULL);
+    int one = 1;
+    long opt = setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int opt_errno = errno;
+    socklen_t mlen = sizeof me, plen = sizeof peer;
+    int names = getsockname(a, (struct sockaddr *)&me, &mlen) == 0 &&
+                getpeername(a, (struct sockaddr *)&peer, &plen) == 0 && same_addr(&me, &srv) &&
+                same_addr(&peer, &cli);
+    check(a >= 0 && opt == 0 && names, tag("accepted"),
+          "TCP_NODELAY: errno %ld (0 is right); names right: %ld", opt ? opt_errno : 0,
+          (long)names);
+    close(a);
+    close(c);
+    close(l);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -299,6 +333,7 @@ int main(int argc, char **argv)
         nb_connect();
         nb_refused();
         listen_poll();
+        accepted();
     }
     return failures ? 1 : 0;
 }
