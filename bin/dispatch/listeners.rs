@@ -34,6 +34,16 @@ pub struct Readiness {
 /// waiting (`wait` false) or until it has, or the socket is shut (`wait` true). None when
 /// the socket is shut down or gone.
 pub fn has_connection(task: &Task, kfd: i32, wait: bool) -> Option<bool> {
+    let (n, revents) = poll_one(task, kfd, POLLIN, wait).ok()?;
+    if revents & (POLLERR | POLLHUP | POLLNVAL) != 0 {
+        return None;
+    }
+    Some(n > 0 && revents & POLLIN != 0)
+}
+
+/// The kernel library's ppoll of `kfd` for `events` on `task`, at once (`wait` false) or
+/// until something happens: (its value, revents).
+pub fn poll_one(task: &Task, kfd: i32, events: i16, wait: bool) -> Result<(i64, i16), Errno> {
     #[repr(C)]
     struct PollFd {
         fd: i32,
@@ -42,16 +52,13 @@ pub fn has_connection(task: &Task, kfd: i32, wait: bool) -> Option<bool> {
     }
     let mut p = PollFd {
         fd: kfd,
-        events: POLLIN,
+        events,
         revents: 0,
     };
     let zero = [0i64; 2];
     let timeout = if wait { 0 } else { ptr(zero.as_ptr()) };
-    let n = lkl(task, g::PPOLL, [ptr(&raw mut p), 1, timeout, 0, 0, 0]).ok()?;
-    if p.revents & (POLLERR | POLLHUP | POLLNVAL) != 0 {
-        return None;
-    }
-    Some(n > 0 && p.revents & POLLIN != 0)
+    let n = lkl(task, g::PPOLL, [ptr(&raw mut p), 1, timeout, 0, 0, 0])?;
+    Ok((n, p.revents))
 }
 
 impl Readiness {

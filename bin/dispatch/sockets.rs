@@ -447,18 +447,7 @@ impl Engine {
         let pumps = self.pumps.clone();
         self.pumps.clone().spawn("kbox-connect", move || {
             const POLLOUT: i16 = 4;
-            #[repr(C)]
-            struct PollFd {
-                fd: i32,
-                events: i16,
-                revents: i16,
-            }
-            let mut p = PollFd {
-                fd,
-                events: POLLOUT,
-                revents: 0,
-            };
-            let _ = lkl(&waiter, g::PPOLL, [ptr(&raw mut p), 1, 0, 0, 0, 0]);
+            let _ = listeners::poll_one(&waiter, fd, POLLOUT, true);
             // Connected once it has a peer (reading SO_ERROR here would take the error
             // away from the guest).
             let mut name = [0u8; ADDR_MAX];
