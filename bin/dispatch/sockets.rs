@@ -208,6 +208,9 @@ struct Adopted {
     end: Arc<SockEnd>,
 }
 
+/// A waiting call's task, control id and deferred answer (Engine::prepare_wait).
+type Waiting = (Arc<Task>, u64, Box<dyn Answer>);
+
 /// Accepted sockets waiting for the engine (filled by accept threads).
 #[derive(Default, Clone)]
 pub struct Adoptions(Arc<Mutex<Vec<Adopted>>>);
@@ -364,17 +367,9 @@ impl Engine {
         let Some(end) = p.sockets.get(&fd).cloned() else {
             return Reply::Fail(Errno::EBADF);
         };
-        let waiter = match p.task.fork(TaskKind::Process) {
-            Ok(t) => Arc::new(t),
+        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd) {
+            Ok(v) => v,
             Err(e) => return Reply::Fail(e),
-        };
-        // Held for shutdown_all, so a connect still waiting when kbox exits is woken.
-        let control = match self.pumps.control(&p.task, fd) {
-            Ok(id) => id,
-            Err(e) => return Reply::Fail(e),
-        };
-        let Some(answer) = guest.defer() else {
-            return Reply::Fail(Errno::ENOSYS);
         };
         let pumps = self.pumps.clone();
         let tid = guest.tid();
@@ -478,6 +473,20 @@ impl Engine {
         })
     }
 
+    /// What a call that waits on a thread of its own needs (accept, a stream connect): a
+    /// task forked from the caller's (it holds the socket), a control task for
+    /// shutdown_all (so a wait still going on when kbox exits is woken), and the deferred
+    /// answer, taken last so that a failure before it still answers now.
+    fn prepare_wait(&self, guest: &dyn Guest, owner: &Task, fd: i32) -> Result<Waiting, Errno> {
+        let waiter = Arc::new(owner.fork(TaskKind::Process)?);
+        let control = self.pumps.control(owner, fd)?;
+        let Some(answer) = guest.defer() else {
+            self.pumps.release(control);
+            return Err(Errno::ENOSYS);
+        };
+        Ok((waiter, control, answer))
+    }
+
     /// Calls on served sockets that only copy buffers (listen, names, options).
     pub(super) fn sock_forward(
         &mut self,
@@ -575,16 +584,9 @@ impl Engine {
             }
             return Reply::Fail(Errno::EAGAIN);
         }
-        let waiter = match p.task.fork(TaskKind::Process) {
-            Ok(t) => Arc::new(t),
+        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd) {
+            Ok(v) => v,
             Err(e) => return Reply::Fail(e),
-        };
-        let control = match self.pumps.control(&p.task, fd) {
-            Ok(id) => id,
-            Err(e) => return Reply::Fail(e),
-        };
-        let Some(answer) = guest.defer() else {
-            return Reply::Fail(Errno::ENOSYS);
         };
         let pumps = self.pumps.clone();
         let adoptions = self.adopted.clone();
