@@ -14,7 +14,7 @@ out_link=${2:?usage: build-kernel.sh ARCH OUT_LINK}
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${KBOX_CACHE:-$HOME/.cache/kbox}
 tarball=/usr/src/linux-source-6.12.tar.xz
-exports=(lkl_init lkl_start_kernel lkl_syscall lkl_sys_halt lkl_cleanup lkl_task_create
+exports=(lkl_init lkl_start_kernel lkl_syscall lkl_sys_halt lkl_cleanup lkl_task_create lkl_task_create_pid
 	 lkl_task_syscall lkl_task_destroy lkl_task_interrupt lkl_trigger_irq lkl_get_free_irq
 	 lkl_dma_to_host)
 

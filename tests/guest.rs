@@ -780,6 +780,21 @@ fn signals_interrupt_calls_blocked_in_kbox() {
     img.assert_clean();
 }
 
+/// tests/guest/pids.c (native first): getpid, getppid and gettid agree with the guest's
+/// /proc (self, thread-self, status, stat) in a process, its forked child, a program the
+/// child execs and an orphan; a parent sees its child in /proc with the right parent pid.
+#[test]
+fn pids_agree_with_the_guests_proc() {
+    let img = Image::default("pids");
+    let out = img.run(&["-S"], &["/opt/kbox-tests/pids", "/tmp"]);
+    let text = expect(&out, 0);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        30,
+        "{text}"
+    );
+}
+
 /// tests/guest/sockets.c (native first), over IPv4 and IPv6: unconnected UDP with
 /// addresses both ways, connected UDP, sendmmsg/recvmmsg, a request/response between two
 /// processes, non-blocking connect (EINPROGRESS, then POLLOUT and SO_ERROR), and a

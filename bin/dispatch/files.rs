@@ -271,13 +271,21 @@ impl Engine {
         ) {
             return Ok(None);
         }
-        let host = format!("/proc/{}/{}", guest.tid(), String::from_utf8_lossy(tail));
         let acc = match flags & O_ACCMODE {
             O_WRONLY => OFlags::WRONLY,
             O_RDWR => OFlags::RDWR,
             _ => OFlags::RDONLY,
         };
-        let fd = hostio::open_host(&host, acc)?;
+        let fd = if tail == b"stat" {
+            // Its pid fields must be the guest's, as the rest of its /proc has them.
+            if acc != OFlags::RDONLY {
+                return Err(Errno::EACCES);
+            }
+            super::pidview::guest_stat(guest.tid())?
+        } else {
+            let host = format!("/proc/{}/{}", guest.tid(), String::from_utf8_lossy(tail));
+            hostio::open_host(&host, acc)?
+        };
         let n = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
         Ok(Some(i64::from(n)))
     }

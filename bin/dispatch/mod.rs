@@ -20,6 +20,7 @@ mod hostio;
 mod interrupt;
 mod linux;
 mod listeners;
+mod pidview;
 pub mod policy;
 mod procs;
 mod shadow;

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kbox_core::fd::{FdEntry, FdKind, FdTable, GuestFd, KernelFd};
-use kbox_lkl::{Errno, Task, TaskKind};
+use kbox_lkl::{Errno, PID_MAX, PidWish, Task, TaskKind};
 
 use super::hostio;
 use super::shadow::{Shadows, Writable};
@@ -130,7 +131,7 @@ impl Procs {
         }
         let forked = match self.snapshots.remove(&tgid) {
             Some(f) => Some(f),
-            None => self.procs.get(&ppid).and_then(|p| snapshot(p).ok()),
+            None => self.procs.get(&ppid).and_then(|p| snapshot(p, tgid).ok()),
         };
         let proc = match forked {
             Some(f) => {
@@ -152,7 +153,7 @@ impl Procs {
                 // A process whose parent kbox does not know: the first command (or one
                 // reparented after its parent died without kbox seeing it fork). It starts
                 // from the image root's state.
-                let task = fork_task(self.root.as_ref()?).ok()?;
+                let task = fork_task(self.root.as_ref()?, tgid).ok()?;
                 Proc {
                     task,
                     fds: empty_table(),
@@ -181,7 +182,7 @@ impl Procs {
                 continue;
             }
             if let Some(p) = self.procs.get(&pid)
-                && let Ok(f) = snapshot(p)
+                && let Ok(f) = snapshot(p, kid)
             {
                 self.snapshots.insert(kid, f);
             }
@@ -289,10 +290,10 @@ pub fn is_guest(pid: u32) -> bool {
     false
 }
 
-/// The kernel state a child forked from `p` now starts with.
-fn snapshot(p: &Proc) -> Result<Forked, Errno> {
+/// The kernel state child `pid` forked from `p` now starts with.
+fn snapshot(p: &Proc, pid: u32) -> Result<Forked, Errno> {
     Ok(Forked {
-        task: fork_task(&p.task)?,
+        task: fork_task(&p.task, pid)?,
         fds: copy_table(&p.fds),
         writable: p.writable.clone(),
         sockets: p.sockets.clone(),
@@ -328,8 +329,28 @@ fn reconcile(proc: &mut Proc, child: u32, parent: u32) {
     }
 }
 
-fn fork_task(parent: &Task) -> Result<Task, Errno> {
-    parent.fork(TaskKind::Process)
+/// The task of host process `pid`, forked from `parent` with the pid the guest knows the
+/// process by, so its /proc/self, /proc/PID and getpid agree. (Should the kernel library
+/// have that pid in use, the task gets the next free one.)
+fn fork_task(parent: &Task, pid: u32) -> Result<Task, Errno> {
+    let wish = super::pidview::guest_pid(pid).map_or(PidWish::Any, PidWish::Exact);
+    parent.fork_with_pid(TaskKind::Process, wish)
+}
+
+/// The next pid for a task kbox forks for its own work (socket pumps, waiters): they count
+/// down from the top of the kernel library's range, out of the way of the guests' pids,
+/// which count up (the image root's thread holds the top one).
+static HELPER_PIDS: AtomicU32 = AtomicU32::new(PID_MAX - 2);
+
+/// A task forked from `parent` for kbox's own work on its behalf (its FD table, cwd and
+/// credentials), with a pid out of the guests' way.
+pub fn fork_helper(parent: &Task) -> Result<Task, Errno> {
+    let pid = HELPER_PIDS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            Some(if p <= PID_MAX / 2 { PID_MAX - 2 } else { p - 1 })
+        })
+        .unwrap_or(PID_MAX - 2);
+    parent.fork_with_pid(TaskKind::Process, PidWish::Exact(pid))
 }
 
 /// Writes back every writable shadow of `p`.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use kbox_core::fd::FdKind;
 use kbox_core::sysno::generic as g;
-use kbox_lkl::{Errno, Task, TaskKind};
+use kbox_lkl::{Errno, Task};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::datagrams::{self, Datagrams};
@@ -64,7 +64,7 @@ impl Pumps {
 
     /// Keeps a task holding socket `kfd` of `owner`, for `shutdown_all`, until `release`.
     fn control(&self, owner: &Task, kfd: i32) -> Result<u64, Errno> {
-        let control = owner.fork(TaskKind::Process)?;
+        let control = super::procs::fork_helper(owner)?;
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.controls
             .lock()
@@ -102,8 +102,8 @@ impl Pumps {
         host: OwnedFd,
         notes: Option<Notes>,
     ) -> Result<(), Errno> {
-        let to_kernel = owner.fork(TaskKind::Process)?;
-        let to_host = owner.fork(TaskKind::Process)?;
+        let to_kernel = super::procs::fork_helper(owner)?;
+        let to_host = super::procs::fork_helper(owner)?;
         let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
         let id = self.control(owner, kfd)?;
         let datagrams = notes.is_some();
@@ -437,7 +437,7 @@ impl Engine {
     fn finish_connect_later(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         let end = p.sockets.get(&fd).cloned().ok_or(Errno::EBADF)?;
-        let waiter = p.task.fork(TaskKind::Process)?;
+        let waiter = super::procs::fork_helper(&p.task)?;
         let control = self.pumps.control(&p.task, fd)?;
         let pumps = self.pumps.clone();
         self.pumps.clone().spawn("kbox-connect", move || {
@@ -478,7 +478,7 @@ impl Engine {
     /// shutdown_all (so a wait still going on when kbox exits is woken), and the deferred
     /// answer, taken last so that a failure before it still answers now.
     fn prepare_wait(&self, guest: &dyn Guest, owner: &Task, fd: i32) -> Result<Waiting, Errno> {
-        let waiter = Arc::new(owner.fork(TaskKind::Process)?);
+        let waiter = Arc::new(super::procs::fork_helper(owner)?);
         let control = self.pumps.control(owner, fd)?;
         let Some(answer) = guest.defer() else {
             self.pumps.release(control);
@@ -543,7 +543,7 @@ impl Engine {
         if end.listening.get().is_some() {
             return Ok(());
         }
-        let task = p.task.fork(TaskKind::Process)?;
+        let task = super::procs::fork_helper(&p.task)?;
         let control = self.pumps.control(&p.task, fd)?;
         let pump_end = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
         let pumps = self.pumps.clone();

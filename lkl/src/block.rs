@@ -299,9 +299,8 @@ pub enum RootMode {
 }
 
 /// (source, directory, fstype, mount data): /tmp is world-writable and sticky, as on any
-/// Linux system.
-const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 6] = [
-    ("proc", "proc", "proc", None),
+/// Linux system. proc is mounted apart, from inside the guests' pid namespace.
+const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 5] = [
     ("sysfs", "sys", "sysfs", None),
     ("devtmpfs", "dev", "devtmpfs", None),
     ("devpts", "dev/pts", "devpts", None),
@@ -309,10 +308,19 @@ const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 6] = [
     ("tmpfs", "run", "tmpfs", Some(c"mode=755")),
 ];
 
+const CLONE_NEWPID: usize = 0x2000_0000;
+const PR_SET_NAME: usize = 15;
+
 impl Kernel {
     /// Mounts `disk` as a guest root and returns a task chrooted into it, from which
     /// guest processes' tasks are forked. Drop every such task before [`Kernel::halt`]
     /// so the image unmounts cleanly.
+    ///
+    /// Every image root has a pid namespace of its own, so guests' pids can mirror the
+    /// host's and their /proc lists their own processes only. Its pid 1 is a task of the
+    /// kernel library's own root (it holds no mount) that is never ended: its exit would
+    /// kill every task in the namespace. The returned task is a thread of that pid 1, so
+    /// the tasks forked from it have parent pid 1, as processes started by an init do.
     pub fn image_root(
         &self,
         disk: DiskId,
@@ -322,12 +330,23 @@ impl Kernel {
     ) -> Result<crate::Task, MountError> {
         let base = format!("/guest-root{}", disk.0);
         self.mount_disk(disk, fstype, &base, read_only)?;
+        let prepare = |what: &str| {
+            let what = what.to_string();
+            move |errno| MountError::Prepare { what, errno }
+        };
+        let init = self
+            .pid_namespace()
+            .map_err(prepare("create the guests' pid namespace"))?;
         if mode == RootMode::Recommended {
-            for (source, dir, fstype, data) in RECOMMENDED_MOUNTS {
+            let mounts = [("proc", "proc", "proc", None)]
+                .into_iter()
+                .chain(RECOMMENDED_MOUNTS);
+            for (source, dir, fstype, data) in mounts {
                 let target = format!("{base}/{dir}");
                 // An image without the directory gets one, unless it is read-only.
                 ensure_dir(self, &target)?;
-                self.mount(&cstr(source), &cstr(&target), &cstr(fstype), 0, data)
+                // proc shows the pid namespace of the task that mounts it.
+                init.mount(&cstr(source), &cstr(&target), &cstr(fstype), 0, data)
                     .map_err(|errno| MountError::Mount {
                         device: source.into(),
                         fstype: fstype.into(),
@@ -340,19 +359,33 @@ impl Kernel {
                     .push(cstr(&target));
             }
         }
-        let root = self
-            .create_task(None, crate::TaskKind::Process)
-            .map_err(|errno| MountError::Prepare {
-                what: "create the guest root task".into(),
-                errno,
-            })?;
+        let root = init
+            .fork_with_pid(
+                crate::TaskKind::PrivateThread,
+                crate::PidWish::Exact(crate::PID_MAX - 1),
+            )
+            .map_err(prepare("create the guest root task"))?;
+        // Never ended (see above).
+        std::mem::forget(init);
         root.chroot(&cstr(&base))
             .and_then(|()| root.chdir(c"/"))
-            .map_err(|errno| MountError::Prepare {
-                what: format!("chroot {base}"),
-                errno,
-            })?;
+            .map_err(prepare(&format!("chroot {base}")))?;
         Ok(root)
+    }
+
+    /// pid 1 of a new pid namespace: the first child of a task that unshared one.
+    fn pid_namespace(&self) -> Result<crate::Task, Errno> {
+        let creator = self.create_task(None, crate::TaskKind::Process)?;
+        creator.raw(crate::sysno::UNSHARE, [CLONE_NEWPID, 0, 0, 0, 0, 0])?;
+        // The creator ends here; pid 1 is reparented to the kernel's own init.
+        let init = creator.fork(crate::TaskKind::Process)?;
+        // As the guests' pid 1 appears on the host when kbox runs one: kbox's own init.
+        let name = c"kbox";
+        init.raw(
+            crate::sysno::PRCTL,
+            [PR_SET_NAME, name.as_ptr() as usize, 0, 0, 0, 0],
+        )?;
+        Ok(init)
     }
 }
 

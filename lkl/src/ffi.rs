@@ -42,7 +42,12 @@ unsafe extern "C" {
     pub fn lkl_start_kernel(fmt: *const c_char, ...) -> c_int;
     pub fn lkl_syscall(no: c_long, params: *mut c_long) -> c_long;
     pub fn lkl_sys_halt() -> c_long;
-    pub fn lkl_task_create(parent: *mut c_void, flags: c_ulong, out: *mut *mut c_void) -> c_long;
+    pub fn lkl_task_create_pid(
+        parent: *mut c_void,
+        flags: c_ulong,
+        pid: c_int,
+        out: *mut *mut c_void,
+    ) -> c_long;
     pub fn lkl_task_syscall(task: *mut c_void, no: c_long, params: *mut c_long) -> c_long;
     pub fn lkl_task_destroy(task: *mut c_void) -> c_long;
     pub fn lkl_task_interrupt(task: *mut c_void) -> c_long;

@@ -3,7 +3,7 @@
 use crate::errno::Errno;
 use crate::ffi;
 use crate::host;
-use core::ffi::{c_long, c_ulong, c_void};
+use core::ffi::{c_int, c_long, c_ulong, c_void};
 use core::fmt;
 use core::ptr::NonNull;
 use std::ffi::CString;
@@ -69,7 +69,24 @@ pub enum TaskKind {
     Process,
     /// A thread: shares FD table, cwd and signal handlers with its parent.
     Thread,
+    /// A thread of its parent's process with its own FD table and cwd: the processes it
+    /// forks are children of that process (their parent pid is its pid).
+    PrivateThread,
 }
+
+/// Where a new task's pid comes from, in its pid namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PidWish {
+    /// Whichever pid the namespace hands out next.
+    Any,
+    /// This pid if it is free, else the next free one above it (the task's getpid says
+    /// which it got).
+    Exact(u32),
+}
+
+/// The kernel library's highest pid plus one: the arch raises Linux's default to the most
+/// a 64-bit kernel allows, as host pids can be that high.
+pub const PID_MAX: u32 = 4 * 1024 * 1024;
 
 const CLONE_VM: c_ulong = 0x100;
 const CLONE_FS: c_ulong = 0x200;
@@ -136,16 +153,34 @@ impl Kernel {
     /// Creates a task as a child of `parent` (the root task when `None`), with fork or
     /// thread semantics.
     pub fn create_task(&self, parent: Option<&Task>, kind: TaskKind) -> Result<Task, Errno> {
+        self.create_task_with_pid(parent, kind, PidWish::Any)
+    }
+
+    /// [`Kernel::create_task`] with a say in the new task's pid.
+    pub fn create_task_with_pid(
+        &self,
+        parent: Option<&Task>,
+        kind: TaskKind,
+        pid: PidWish,
+    ) -> Result<Task, Errno> {
         let flags = match kind {
             TaskKind::Process => 0,
             TaskKind::Thread => {
                 CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
             }
+            TaskKind::PrivateThread => CLONE_VM | CLONE_SIGHAND | CLONE_THREAD,
+        };
+        let pid = match pid {
+            PidWish::Any => 0,
+            PidWish::Exact(p) => c_int::try_from(p)
+                .ok()
+                .filter(|&p| p > 0 && p.unsigned_abs() < PID_MAX)
+                .ok_or(Errno::EINVAL)?,
         };
         let parent = parent.map_or(core::ptr::null_mut(), |t| t.raw.as_ptr());
         let mut out: *mut c_void = core::ptr::null_mut();
         // SAFETY: `parent` is null or a live task handle; `out` is a valid slot.
-        let rc = unsafe { ffi::lkl_task_create(parent, flags, &mut out) };
+        let rc = unsafe { ffi::lkl_task_create_pid(parent, flags, pid, &mut out) };
         Errno::result(rc)?;
         NonNull::new(out)
             .map(|raw| Task { raw })
@@ -189,6 +224,11 @@ impl Task {
     /// kernel has booted, so no [`Kernel`] handle is needed).
     pub fn fork(&self, kind: TaskKind) -> Result<Task, Errno> {
         Kernel::token().create_task(Some(self), kind)
+    }
+
+    /// [`Task::fork`] with a say in the child's pid.
+    pub fn fork_with_pid(&self, kind: TaskKind, pid: PidWish) -> Result<Task, Errno> {
+        Kernel::token().create_task_with_pid(Some(self), kind, pid)
     }
 
     pub fn syscall(&self, no: u32, args: [usize; 6]) -> Result<usize, Errno> {

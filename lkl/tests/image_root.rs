@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_fsck_clean, fresh_dir, mke2fs};
 use kbox_lkl::sys::{self, Syscalls};
-use kbox_lkl::{BootConfig, Errno, Kernel, RootMode, add_disk};
+use kbox_lkl::{BootConfig, Errno, Kernel, PidWish, RootMode, TaskKind, add_disk};
 use std::process::Command;
 
 #[test]
@@ -21,7 +21,7 @@ fn recommended_root_is_the_image_plus_kernel_filesystems() {
         .image_root(disk, "ext4", RootMode::Recommended, false)
         .expect("image root");
     let guest = k
-        .create_task(Some(&root), kbox_lkl::TaskKind::Process)
+        .create_task(Some(&root), TaskKind::Process)
         .expect("guest task");
 
     let mut buf = [0u8; 64];
@@ -61,6 +61,35 @@ fn recommended_root_is_the_image_plus_kernel_filesystems() {
         "the host-side path is invisible"
     );
 
+    // The image root's pid namespace: guest tasks can have the pids their host processes
+    // have, /proc is that namespace's, and their parent is its pid 1.
+    let two = root
+        .fork_with_pid(TaskKind::Process, PidWish::Exact(2))
+        .expect("pid 2");
+    assert_eq!(two.getpid(), Ok(2));
+    let next = root
+        .fork_with_pid(TaskKind::Process, PidWish::Exact(2))
+        .expect("pid 2 again");
+    assert_eq!(next.getpid(), Ok(3), "a pid in use gives the next free one");
+    let status = read_text(&two, c"/proc/self/status");
+    assert!(
+        status.contains("\nPid:\t2\n") && status.contains("\nPPid:\t1\n"),
+        "{status}"
+    );
+    assert_eq!(read_text(&two, c"/proc/1/comm"), "kbox\n");
+    assert!(two.stat(c"/proc/3/status").is_ok(), "a sibling is in /proc");
+    let outside = k
+        .create_task(None, TaskKind::Process)
+        .expect("root-namespace task");
+    let outside_pid = outside.getpid().expect("getpid");
+    assert_eq!(
+        two.stat(&std::ffi::CString::new(format!("/proc/{outside_pid}/comm")).expect("path"))
+            .map(drop),
+        Err(Errno::ENOENT),
+        "tasks outside the namespace are not in its /proc"
+    );
+    drop((two, next, outside));
+
     drop(guest);
     drop(root);
     k.halt().expect("halt unmounts everything");
@@ -75,4 +104,12 @@ fn recommended_root_is_the_image_plus_kernel_filesystems() {
         "/tmp is tmpfs, not the image"
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+fn read_text(task: &kbox_lkl::Task, path: &std::ffi::CStr) -> String {
+    let fd = task.open(path, sys::O_RDONLY, 0).expect("open");
+    let mut buf = vec![0u8; 8192];
+    let n = task.read(fd, &mut buf).expect("read");
+    task.close(fd).expect("close");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }

@@ -118,7 +118,13 @@ if command -v proot >/dev/null; then
       continue
     fi
     mkdir -p "$t/tmp/guest-work/$n"
-    out=$(in_image "/opt/kbox-tests/$n" "/tmp/guest-work/$n")
+    if [ "$n" = pids ]; then
+      # It compares pids with /proc, which the dumped tree lacks: the host's stands in.
+      out=$(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${run[@]}" -b /proc \
+        "/opt/kbox-tests/$n" "/tmp/guest-work/$n" 2>&1)
+    else
+      out=$(in_image "/opt/kbox-tests/$n" "/tmp/guest-work/$n")
+    fi
     rc=$?
     expect "/opt/kbox-tests/$n /tmp/... exits 0 from the image (rc $rc)" test $rc -eq 0
     [ $rc -eq 0 ] || sed 's/^/    /' <<<"$out"

@@ -19,6 +19,9 @@
 #include <linux/syscalls.h>
 #include <linux/fdtable.h>
 #include <linux/pid.h>
+#include <linux/pid_namespace.h>
+#include <linux/nsproxy.h>
+#include <linux/idr.h>
 #include <asm/host_ops.h>
 #include <asm/syscall_api.h>
 
@@ -26,6 +29,8 @@ struct task_struct *lkl_root_task;
 bool lkl_halted;
 static struct lkl_tls_key *caller_key;
 static struct lkl_mutex *root_lock;
+/* Held across every clone, so a requested pid cannot be taken by another one meanwhile. */
+static struct lkl_mutex *clone_lock;
 static void caller_thread_exit(void *arg);
 
 int lkl_enter_as(struct lkl_hthread *self, struct task_struct *task)
@@ -124,6 +129,8 @@ static long run_as(struct lkl_hthread *self, struct task_struct *task,
 
 struct clone_req {
 	unsigned long flags;
+	/* The pid wanted in the child's own namespace, or 0 for any. */
+	pid_t pid;
 	struct task_struct *child;
 };
 
@@ -134,7 +141,23 @@ static long do_clone(struct lkl_hthread *self, void *arg)
 		.flags = req->flags & ~CSIGNAL,
 		.exit_signal = (req->flags & CLONE_THREAD) ? 0 : SIGCHLD,
 	};
-	pid_t pid = kernel_clone(&args);
+	pid_t pid;
+
+	/*
+	 * kbox mirrors host processes whose pids the guest already knows. clone3's set_tid
+	 * would demand CAP_CHECKPOINT_RESTORE of a guest task that may have dropped it; the
+	 * next pid a namespace hands out is the cursor of its idr, so point that at the wish
+	 * instead. clone_lock keeps other clones out until this one has its pid; a wish that
+	 * is taken yields the next free pid, which the caller can see and report.
+	 */
+	if (req->pid > 0) {
+		struct pid_namespace *ns = current->nsproxy->pid_ns_for_children;
+
+		if (req->pid >= pid_max)
+			return -EINVAL;
+		idr_set_cursor(&ns->idr, req->pid);
+	}
+	pid = kernel_clone(&args);
 
 	if (pid < 0)
 		return pid;
@@ -168,21 +191,21 @@ static struct lkl_hthread *caller_thread(void)
 }
 
 static long clone_from(struct lkl_hthread *self, struct task_struct *parent,
-		       unsigned long flags, struct task_struct **child)
+		       unsigned long flags, pid_t pid, struct task_struct **child)
 {
-	struct clone_req req = { .flags = flags };
+	struct clone_req req = { .flags = flags, .pid = pid };
 	long ret;
 
 	if (READ_ONCE(lkl_halted))
 		return -ESHUTDOWN;
-	if (parent == lkl_root_task) {
-		/* Every caller thread creates its task from the root: one at a time. */
+	/* Every caller thread creates its task from the root: one at a time. */
+	if (parent == lkl_root_task)
 		lkl_ops->mutex_lock(root_lock);
-		ret = run_as(self, parent, do_clone, &req);
+	lkl_ops->mutex_lock(clone_lock);
+	ret = run_as(self, parent, do_clone, &req);
+	lkl_ops->mutex_unlock(clone_lock);
+	if (parent == lkl_root_task)
 		lkl_ops->mutex_unlock(root_lock);
-	} else {
-		ret = run_as(self, parent, do_clone, &req);
-	}
 	if (ret)
 		return ret;
 	*child = req.child;
@@ -197,7 +220,7 @@ long lkl_syscall(long no, long *params)
 	if (!self)
 		return -ENOMEM;
 	if (!self->task) {
-		ret = clone_from(self, lkl_root_task, CLONE_VM | CLONE_FS | CLONE_FILES,
+		ret = clone_from(self, lkl_root_task, CLONE_VM | CLONE_FS | CLONE_FILES, 0,
 				 &self->task);
 		if (ret)
 			return ret;
@@ -205,8 +228,12 @@ long lkl_syscall(long no, long *params)
 	return run_syscall(self, self->task, no, params);
 }
 
-long lkl_task_create(struct task_struct *parent, unsigned long clone_flags,
-		     struct task_struct **out)
+/*
+ * A new task, child of @parent (the root host task if NULL), with the namespace pid
+ * @pid if it is free (any pid if @pid is 0). The child's getpid() says which it got.
+ */
+long lkl_task_create_pid(struct task_struct *parent, unsigned long clone_flags, int pid,
+			 struct task_struct **out)
 {
 	struct lkl_hthread *self = caller_thread();
 
@@ -215,7 +242,15 @@ long lkl_task_create(struct task_struct *parent, unsigned long clone_flags,
 	if (clone_flags & ~(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
 			    CLONE_THREAD | CLONE_SYSVSEM))
 		return -EINVAL;
-	return clone_from(self, parent ? parent : lkl_root_task, clone_flags, out);
+	if (pid < 0)
+		return -EINVAL;
+	return clone_from(self, parent ? parent : lkl_root_task, clone_flags, pid, out);
+}
+
+long lkl_task_create(struct task_struct *parent, unsigned long clone_flags,
+		     struct task_struct **out)
+{
+	return lkl_task_create_pid(parent, clone_flags, 0, out);
 }
 
 long lkl_task_syscall(struct task_struct *task, long no, long *params)
@@ -296,6 +331,9 @@ void lkl_init_process(void)
 	kernel_sigaction(SIGCHLD, SIG_IGN);
 	caller_key = lkl_ops->tls_alloc(caller_thread_exit);
 	root_lock = lkl_ops->mutex_alloc();
+	clone_lock = lkl_ops->mutex_alloc();
+	/* Guest pids mirror host pids, which go up to the host's limit: allow them all. */
+	pid_max = pid_max_max;
 	if (do_clone(self, &req))
 		panic("lkl: cannot create the root host task");
 	lkl_root_task = req.child;
