@@ -191,8 +191,9 @@ pub fn has_fd(pid: u32, fd: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/fdinfo/{fd}")).exists()
 }
 
-/// The children of thread `tid` and of the main thread of `pid` (CONFIG_PROC_CHILDREN;
-/// empty where the kernel lacks it).
+/// The children of process `pid`, forked by any of its threads (CONFIG_PROC_CHILDREN;
+/// empty where the kernel lacks it). Thread `tid`, the caller, is read first and alone when
+/// it is the only thread.
 pub fn children(pid: u32, tid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut read = |t: u32| {
@@ -204,10 +205,27 @@ pub fn children(pid: u32, tid: u32) -> Vec<u32> {
         }
     };
     read(tid);
-    if tid != pid {
-        read(pid);
+    if threads(pid) == 1 {
+        return out;
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        if let Some(t) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            && t != tid
+        {
+            read(t);
+        }
     }
     out
+}
+
+/// How many threads process `pid` has: its task directory's link count is that plus two
+/// (one stat, cheaper than reading its status). 0 when unknown.
+fn threads(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/task")).map_or(0, |m| m.nlink().saturating_sub(2))
 }
 
 /// Whether the process behind `pidfd` has exited.
