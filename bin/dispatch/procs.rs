@@ -342,15 +342,29 @@ fn fork_task(parent: &Task, pid: u32) -> Result<Task, Errno> {
 /// which count up (the image root's thread holds the top one).
 static HELPER_PIDS: AtomicU32 = AtomicU32::new(PID_MAX - 2);
 
-/// A task forked from `parent` for kbox's own work on its behalf (its FD table, cwd and
-/// credentials), with a pid out of the guests' way.
-pub fn fork_helper(parent: &Task) -> Result<Task, Errno> {
+/// A task forked from `parent` for kbox's own work on its kernel FD `keep` (a socket it
+/// pumps or waits on), with a pid out of the guests' way. It holds no other FD of the
+/// parent's: a copy of the whole table would keep every other file open after the guest
+/// closed it (a closed socket's port stayed bound).
+pub fn fork_helper(parent: &Task, keep: i32) -> Result<Task, Errno> {
     let pid = HELPER_PIDS
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
             Some(if p <= PID_MAX / 2 { PID_MAX - 2 } else { p - 1 })
         })
         .unwrap_or(PID_MAX - 2);
-    parent.fork_with_pid(TaskKind::Process, PidWish::Exact(pid))
+    let task = parent.fork_with_pid(TaskKind::Process, PidWish::Exact(pid))?;
+    let keep = u32::try_from(keep).map_err(|_| Errno::EBADF)?;
+    let close = |first: u32, last: u32| {
+        task.syscall(
+            kbox_core::sysno::generic::CLOSE_RANGE,
+            [first as usize, last as usize, 0, 0, 0, 0],
+        )
+    };
+    if keep > 0 {
+        close(0, keep - 1)?;
+    }
+    close(keep + 1, u32::MAX)?;
+    Ok(task)
 }
 
 /// Writes back every writable shadow of `p`.

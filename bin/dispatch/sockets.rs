@@ -64,7 +64,7 @@ impl Pumps {
 
     /// Keeps a task holding socket `kfd` of `owner`, for `shutdown_all`, until `release`.
     fn control(&self, owner: &Task, kfd: i32) -> Result<u64, Errno> {
-        let control = super::procs::fork_helper(owner)?;
+        let control = super::procs::fork_helper(owner, kfd)?;
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.controls
             .lock()
@@ -102,8 +102,8 @@ impl Pumps {
         host: OwnedFd,
         notes: Option<Notes>,
     ) -> Result<(), Errno> {
-        let to_kernel = super::procs::fork_helper(owner)?;
-        let to_host = super::procs::fork_helper(owner)?;
+        let to_kernel = super::procs::fork_helper(owner, kfd)?;
+        let to_host = super::procs::fork_helper(owner, kfd)?;
         let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
         let id = self.control(owner, kfd)?;
         let datagrams = notes.is_some();
@@ -437,7 +437,7 @@ impl Engine {
     fn finish_connect_later(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         let end = p.sockets.get(&fd).cloned().ok_or(Errno::EBADF)?;
-        let waiter = super::procs::fork_helper(&p.task)?;
+        let waiter = super::procs::fork_helper(&p.task, fd)?;
         let control = self.pumps.control(&p.task, fd)?;
         let pumps = self.pumps.clone();
         self.pumps.clone().spawn("kbox-connect", move || {
@@ -478,7 +478,7 @@ impl Engine {
     /// shutdown_all (so a wait still going on when kbox exits is woken), and the deferred
     /// answer, taken last so that a failure before it still answers now.
     fn prepare_wait(&self, guest: &dyn Guest, owner: &Task, fd: i32) -> Result<Waiting, Errno> {
-        let waiter = Arc::new(super::procs::fork_helper(owner)?);
+        let waiter = Arc::new(super::procs::fork_helper(owner, fd)?);
         let control = self.pumps.control(owner, fd)?;
         let Some(answer) = guest.defer() else {
             self.pumps.release(control);
@@ -543,7 +543,7 @@ impl Engine {
         if end.listening.get().is_some() {
             return Ok(());
         }
-        let task = super::procs::fork_helper(&p.task)?;
+        let task = super::procs::fork_helper(&p.task, fd)?;
         let control = self.pumps.control(&p.task, fd)?;
         let pump_end = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
         let pumps = self.pumps.clone();

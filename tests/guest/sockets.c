@@ -319,6 +319,33 @@ static void accepted(void)
     close(l);
 }
 
+/* A closed socket frees its port at once, even when another socket of the process got
+ * traffic going after it was opened (a connected UDP socket, as glibc's getaddrinfo makes
+ * one to sort addresses while Python binds a socket to "localhost"): binding the port
+ * again succeeds. */
+static void port_freed(void)
+{
+    struct sockaddr_storage u_addr, t_addr, again;
+    int t = bound(SOCK_STREAM, &t_addr);
+    int u = bound(SOCK_DGRAM, &u_addr);
+    long sent = -1;
+    if (u >= 0 && connect(u, (struct sockaddr *)&u_addr, sizeof u_addr) == 0)
+        sent = send(u, "busy", 4, 0);
+    close(t);
+    int r = socket(family, SOCK_STREAM, 0);
+    socklen_t len = loopback(&again);
+    if (family == AF_INET)
+        ((struct sockaddr_in *)&again)->sin_port = htons((unsigned short)port_of(&t_addr));
+    else
+        ((struct sockaddr_in6 *)&again)->sin6_port = htons((unsigned short)port_of(&t_addr));
+    errno = 0;
+    int b = r < 0 || t < 0 ? -1 : bind(r, (struct sockaddr *)&again, len);
+    check(sent == 4 && b == 0, tag("port-freed"), "send %ld, bind again errno %ld", sent,
+          b == 0 ? 0 : errno);
+    close(r);
+    close(u);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -337,6 +364,7 @@ int main(int argc, char **argv)
         nb_refused();
         listen_poll();
         accepted();
+        port_freed();
     }
     return failures ? 1 : 0;
 }
