@@ -192,7 +192,7 @@ impl Engine {
         let path = guest.read_path(args[1])?;
         let flags = generic_oflags(args[2]);
         let cloexec = flags & O_CLOEXEC != 0;
-        if let Some(fd) = self.open_host_view(guest, &path, flags)? {
+        if let Some(fd) = self.open_host_view(guest, pid, &path, flags)? {
             return Ok(fd);
         }
         let (dirfd, path) = match self.route(pid, args[0], path)? {
@@ -243,10 +243,11 @@ impl Engine {
     }
 
     /// Per-process memory views must describe the real process, so these few /proc/self
-    /// files are the host's.
+    /// files are the host's (`status` merged with the kernel library's, see pidview).
     fn open_host_view(
         &self,
         guest: &dyn Guest,
+        pid: u32,
         path: &std::ffi::CStr,
         flags: u64,
     ) -> Result<Option<i64>, Errno> {
@@ -268,6 +269,7 @@ impl Engine {
                 | b"cmdline"
                 | b"environ"
                 | b"limits"
+                | b"status"
         ) {
             return Ok(None);
         }
@@ -282,6 +284,13 @@ impl Engine {
                 return Err(Errno::EACCES);
             }
             super::pidview::guest_stat(guest.tid())?
+        } else if tail == b"status" {
+            if acc != OFlags::RDONLY {
+                return Err(Errno::EACCES);
+            }
+            let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+            let kernel = read_kernel_file(&p.task, c"/proc/self/status")?;
+            super::pidview::guest_status(guest.tid(), &kernel)?
         } else {
             let host = format!("/proc/{}/{}", guest.tid(), String::from_utf8_lossy(tail));
             hostio::open_host(&host, acc)?
@@ -850,4 +859,24 @@ impl Engine {
         }
         lkl(&p.task, nr, [fdv(fd), 0, 0, 0, 0, 0]).into()
     }
+}
+
+/// The whole of a small kernel-library file (a /proc file), read by `task`.
+fn read_kernel_file(task: &kbox_lkl::Task, path: &std::ffi::CStr) -> Result<Vec<u8>, Errno> {
+    use kbox_lkl::sys::Syscalls;
+    let fd = task.open(path, kbox_lkl::sys::O_RDONLY | kbox_lkl::sys::O_CLOEXEC, 0)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = loop {
+        match task.read(fd, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+        if out.len() > 1 << 20 {
+            break Ok(());
+        }
+    };
+    let _ = task.close(fd);
+    read.map(|()| out)
 }

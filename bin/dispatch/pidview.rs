@@ -54,6 +54,70 @@ pub fn guest_stat(tid: u32) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
+/// `/proc/TID/status` as the guest should see it, in a memfd: the host's lines for what the
+/// host runs (state, memory, signal masks, threads, CPUs), the kernel library's for what the
+/// guest's task holds (name, umask, ids, groups, capabilities), and pids as the guest knows
+/// them (`NS*` lines keep only the guest's namespace and those below it).
+pub fn guest_status(tid: u32, kernel: &[u8]) -> Result<OwnedFd, Errno> {
+    let host = std::fs::read(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+    let depth = ns_pids(tid).map_or(1, |v| v.len());
+    let text = merge_status(&host, kernel, |pid| seen_at_depth(pid, depth), depth);
+    let fd = hostio::memfd(0)?;
+    rustix::io::write(&fd, &text).map_err(hostio::errno)?;
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).map_err(hostio::errno)?;
+    Ok(fd)
+}
+
+/// The status lines the kernel library's task answers for.
+const FROM_KERNEL: [&[u8]; 10] = [
+    b"Name", b"Umask", b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd",
+    b"CapAmb",
+];
+
+fn merge_status(host: &[u8], kernel: &[u8], map: impl Fn(i64) -> i64, depth: usize) -> Vec<u8> {
+    let key =
+        |line: &[u8]| -> Vec<u8> { line.split(|&b| b == b':').next().unwrap_or(b"").to_vec() };
+    let from_kernel = |k: &[u8]| {
+        kernel
+            .split(|&b| b == b'\n')
+            .find(|l| key(l) == k)
+            .map(<[u8]>::to_vec)
+    };
+    let mut out = Vec::with_capacity(host.len() + 64);
+    for line in host.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let k = key(line);
+        let value = line.get(k.len() + 1..).unwrap_or(b"");
+        let numbers = || -> Option<Vec<i64>> {
+            std::str::from_utf8(value)
+                .ok()?
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect()
+        };
+        let replaced = match k.as_slice() {
+            k if FROM_KERNEL.contains(&k) => from_kernel(k),
+            b"Tgid" | b"Pid" | b"PPid" | b"TracerPid" => numbers()
+                .and_then(|n| n.first().copied())
+                .map(|n| format!("{}:\t{}", String::from_utf8_lossy(&k), map(n)).into_bytes()),
+            b"NStgid" | b"NSpid" | b"NSpgid" | b"NSsid" => numbers().map(|n| {
+                let inner = n.get(depth.saturating_sub(1)..).unwrap_or(&[]);
+                let mut l = format!("{}:", String::from_utf8_lossy(&k));
+                for v in inner {
+                    l.push_str(&format!("\t{v}"));
+                }
+                l.into_bytes()
+            }),
+            _ => None,
+        };
+        out.extend_from_slice(replaced.as_deref().unwrap_or(line));
+        out.push(b'\n');
+    }
+    out
+}
+
 /// `stat` text with its pid fields (1 pid, 4 ppid, 5 pgrp, 6 session, 8 tpgid) mapped by
 /// `map`. The name in parentheses may hold anything, so fields are counted after its last
 /// closing parenthesis.
@@ -91,7 +155,21 @@ fn translate_stat(text: &[u8], map: impl Fn(i64) -> i64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::translate_stat;
+    use super::{merge_status, translate_stat};
+
+    #[test]
+    fn status_merges_host_kernel_and_guest_pids() {
+        let host = b"Name:\tpython3\nUmask:\t0022\nTgid:\t5002\nPid:\t5002\nPPid:\t5001\n\
+            Uid:\t1000\t1000\t1000\t1000\nNSpid:\t5002\t2\nSigIgn:\t0000000000001000\n";
+        let kernel =
+            b"Name:\tpy\nUmask:\t0077\nPid:\t2\nUid:\t0\t0\t0\t0\nSigIgn:\t0000000000010000\n";
+        let out = merge_status(host, kernel, |p| p - 5000, 2);
+        assert_eq!(
+            String::from_utf8(out).expect("ASCII"),
+            "Name:\tpy\nUmask:\t0077\nTgid:\t2\nPid:\t2\nPPid:\t1\n\
+             Uid:\t0\t0\t0\t0\nNSpid:\t2\nSigIgn:\t0000000000001000\n"
+        );
+    }
 
     #[test]
     fn only_the_pid_fields_are_mapped() {
