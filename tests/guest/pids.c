@@ -1,7 +1,7 @@
 /* pids.c WORKDIR: a process's pids and its /proc agree, as on Linux.
  *
  * getpid, getppid and gettid against /proc/self, /proc/thread-self, /proc/self/status and
- * /proc/self/stat; the same in a forked child, in a program it execs, and in an orphan
+ * /proc/self/stat (whose other fields are the real process's: SigIgn); the same in a forked child, in a program it execs, and in an orphan
  * after its parent exits; a parent sees its child's /proc entry (its parent pid, its name
  * inherited over fork) and finds it listed in /proc. Under kbox the guest's /proc is the
  * kernel library's, so this holds only if that kernel knows each guest process by the pid
@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,20 @@ int main(int argc, char **argv)
     }
 
     self_checks("self");
+
+    /* The rest of status is the real process's: an ignored signal shows in SigIgn. */
+    signal(SIGUSR1, SIG_IGN);
+    char line[256];
+    unsigned long long ign = 0;
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof(line), status))
+        if (strncmp(line, "SigIgn:", 7) == 0)
+            ign = strtoull(line + 7, NULL, 16);
+    if (status)
+        fclose(status);
+    check(ign & (1ULL << (SIGUSR1 - 1)), "self: status SigIgn has an ignored signal",
+          "SigIgn %lx%ld", (long)ign, 0);
+    signal(SIGUSR1, SIG_DFL);
 
     /* A forked child, held alive on a pipe while the parent looks at it. */
     int hold[2], done[2];
