@@ -177,11 +177,19 @@ fn proc_comes_from_the_kernel_library() {
 
 /// Guest programs that exit 0 when every check passed (each runs natively first):
 /// forkthread is a child forked by a second thread while the main thread closes an FD and
-/// changes directory before the child's first call.
+/// changes directory before the child's first call; fdpass passes pipes and a file between
+/// two processes over a served unix socket (SCM_RIGHTS).
 #[test]
 fn guest_test_programs_pass_in_kbox() {
     let img = Image::default("programs");
-    for prog in ["fdtest", "threads", "hello", "locks", "forkthread"] {
+    for prog in [
+        "fdtest",
+        "threads",
+        "hello",
+        "locks",
+        "forkthread",
+        "fdpass",
+    ] {
         let path = format!("/opt/kbox-tests/{prog}");
         let out = img.run(&["-S"], &[&path, "/tmp"]);
         expect(&out, 0);

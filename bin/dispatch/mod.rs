@@ -23,6 +23,7 @@ mod listeners;
 mod pidview;
 pub mod policy;
 mod procs;
+mod rights;
 mod shadow;
 mod signals;
 mod sockets;

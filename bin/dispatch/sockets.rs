@@ -21,6 +21,7 @@ use super::linux::{
     SOCK_DGRAM, SOCK_NONBLOCK, SOCK_SEQPACKET, SOCK_STREAM, SOCK_TYPE_MASK, SOL_SOCKET,
 };
 use super::listeners::{self, Readiness};
+use super::rights;
 use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
 
 /// Largest socket address (sizeof(struct sockaddr_storage)).
@@ -129,11 +130,22 @@ impl Pumps {
 fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd, datagrams: bool) {
     let mut buf = vec![0u8; PUMP_CHUNK];
     loop {
-        let n = match rustix::io::read(host, &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let (n, fds) = match rights::recv_host(host, &mut buf) {
+            Ok((0, _)) | Err(_) => break,
+            Ok(got) => got,
         };
         let mut done = 0;
+        if !fds.is_empty() {
+            // The FDs go with the first byte, as the guest sent them.
+            match rights::send_kernel(task, kfd, &buf[..n], fds) {
+                Ok(w) if w > 0 => done = w,
+                _ if datagrams => continue,
+                // A socket that takes no FDs (TCP) gets the bytes alone, as Linux's would
+                // refuse them.
+                Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => {}
+                _ => return finish_to_kernel(task, kfd, host),
+            }
+        }
         while done < n {
             let chunk = &buf[done..n];
             match lkl(
@@ -159,15 +171,20 @@ fn finish_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
 fn pump_to_host(task: &Task, kfd: i32, host: &OwnedFd) {
     let mut buf = vec![0u8; PUMP_CHUNK];
     loop {
-        let n = match lkl(
-            task,
-            g::READ,
-            [fdv(kfd), ptr(buf.as_mut_ptr()), buf.len() as u64, 0, 0, 0],
-        ) {
-            Ok(n) if n > 0 => usize::try_from(n).unwrap_or(0),
+        let (n, fds) = match rights::recv_kernel(task, kfd, &mut buf) {
+            Ok((n, fds)) if n > 0 => (n, fds),
             _ => break,
         };
         let mut done = 0;
+        if !fds.is_empty() {
+            match rights::send_host(host, &buf[..n], &fds) {
+                Ok(w) if w > 0 => done = w,
+                _ => {
+                    let _ = lkl(task, g::SHUTDOWN, [fdv(kfd), 0, 0, 0, 0, 0]);
+                    return;
+                }
+            }
+        }
         while done < n {
             match rustix::io::write(host, &buf[done..n]) {
                 Ok(w) if w > 0 => done += w,
