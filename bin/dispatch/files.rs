@@ -803,6 +803,24 @@ impl Engine {
         let len = usize::try_from(args[2] & 0xffff_ffff)
             .unwrap_or(0)
             .min(DIRENT_CHUNK);
+        if super::fdlist::is_own_fd_dir(&p.task, fd) {
+            const SEEK_CUR: u64 = 1;
+            let r = lkl(&p.task, g::LSEEK, [fdv(fd), 0, SEEK_CUR, 0, 0, 0])
+                .and_then(|pos| super::fdlist::list(guest.tid(), pos.unsigned_abs(), len))
+                .and_then(|(mut out, next)| {
+                    super::fdlist::seek(&p.task, fd, next);
+                    if legacy {
+                        to_legacy_dirents(&mut out);
+                    }
+                    guest
+                        .write(args[1], &out)
+                        .map(|()| i64::try_from(out.len()).unwrap_or(0))
+                });
+            if let Some(h) = &placeholder {
+                let _ = rustix::fs::seek(h, rustix::fs::SeekFrom::Start(1));
+            }
+            return r.into();
+        }
         let mut buf = vec![0u8; len];
         let r = lkl(
             &p.task,

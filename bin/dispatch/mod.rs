@@ -14,6 +14,7 @@
 mod binds;
 mod datagrams;
 mod exec;
+mod fdlist;
 mod files;
 mod forward;
 mod hostio;

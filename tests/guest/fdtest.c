@@ -3,6 +3,7 @@
  * fails. WORKDIR must be an empty writable directory. Raw syscall() is used where libc might
  * otherwise check arguments itself (bad pointers), so the kernel's answer is what is tested. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -148,6 +149,29 @@ int main(int argc, char **argv)
     EXPECT_ERR(syscall(SYS_write, fd, (const void *)1, 4), EFAULT, "write-bad-buffer-efault");
     EXPECT_ERR(syscall(SYS_fstat, ro, (void *)1), EFAULT, "fstat-bad-buffer-efault");
     close(ro);
+
+    /* /proc/self/fd lists every FD of the process: pipes too, and exactly the open ones. */
+    int pfd[2];
+    if (pipe(pfd) == 0) {
+        DIR *d = opendir("/proc/self/fd");
+        int listed = 0, pipes = 0, open_fds = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            int n = atoi(e->d_name);
+            listed++;
+            pipes += n == pfd[0] || n == pfd[1];
+        }
+        for (int n = 0; n < 1024; n++)
+            open_fds += fcntl(n, F_GETFD) != -1;
+        check(d && pipes == 2 && listed == open_fds, "proc-self-fd-lists-every-fd",
+              "listed %ld, open %ld", listed, open_fds);
+        if (d)
+            closedir(d);
+        close(pfd[0]);
+        close(pfd[1]);
+    }
 
     close(fd);
     unlink(file);
