@@ -299,7 +299,8 @@ pub enum RootMode {
 }
 
 /// (source, directory, fstype, mount data): /tmp is world-writable and sticky, as on any
-/// Linux system. proc is mounted apart, from inside the guests' pid namespace.
+/// Linux system. proc comes first, apart: all are mounted by the guests' pid 1, proc so
+/// that it shows the guests' pid namespace.
 const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 5] = [
     ("sysfs", "sys", "sysfs", None),
     ("devtmpfs", "dev", "devtmpfs", None),
