@@ -326,6 +326,15 @@ impl Engine {
                 Err(e) => Reply::Fail(e),
             };
         }
+        if let Some(link) = self.host_fd_link(guest, pid, path.as_bytes()) {
+            let n = link
+                .len()
+                .min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
+            return match guest.write(args[2], &link[..n]) {
+                Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
+                Err(e) => Reply::Fail(e),
+            };
+        }
         let _ = AT_FDCWD;
         self.forward_shaped(
             guest,
@@ -337,6 +346,29 @@ impl Engine {
         )
         .map(|v| v.unwrap_or(0))
         .into()
+    }
+
+    /// The target of `/proc/self/fd/N` (or thread-self's) when FD N is one kbox does not
+    /// serve: the host's link, for the kinds whose text names nothing of the host's
+    /// (pipes, sockets, anonymous inodes, memfds, devices); None otherwise.
+    fn host_fd_link(&self, guest: &dyn Guest, pid: u32, path: &[u8]) -> Option<Vec<u8>> {
+        let n = path
+            .strip_prefix(b"/proc/self/fd/")
+            .or_else(|| path.strip_prefix(b"/proc/thread-self/fd/"))?;
+        let fd: i32 = std::str::from_utf8(n).ok()?.parse().ok()?;
+        if self.served(pid, fd).is_some() {
+            return None;
+        }
+        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", guest.tid())).ok()?;
+        let link = link.into_os_string().into_encoded_bytes();
+        let shown = [
+            &b"pipe:["[..],
+            b"socket:[",
+            b"anon_inode:",
+            b"/memfd:",
+            b"/dev/",
+        ];
+        shown.iter().any(|p| link.starts_with(p)).then_some(link)
     }
 
     /// utime, utimes and futimesat, lowered to utimensat (`args` in its order): the guest's

@@ -169,6 +169,13 @@ int main(int argc, char **argv)
               "listed %ld, open %ld", listed, open_fds);
         if (d)
             closedir(d);
+        char link[64], target[64] = "";
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", pfd[0]);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        if (n > 0)
+            target[n] = 0;
+        check(strncmp(target, "pipe:[", 6) == 0, "proc-self-fd-pipe-link", "readlink gave %ld%ld",
+              (long)n, 0);
         close(pfd[0]);
         close(pfd[1]);
     }
