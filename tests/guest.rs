@@ -794,7 +794,8 @@ fn signals_interrupt_calls_blocked_in_kbox() {
 /// tests/guest/pids.c (native first): getpid, getppid and gettid agree with the guest's
 /// /proc (self, thread-self, status, stat) in a process, its forked child, a program the
 /// child execs and an orphan; a parent sees its child in /proc with the right parent pid;
-/// the rest of /proc/self/status is the real process's (SigIgn).
+/// the rest of /proc/self/status is the real process's (SigIgn); a /proc/PID directory FD
+/// works as a pidfd.
 #[test]
 fn pids_agree_with_the_guests_proc() {
     let img = Image::default("pids");
@@ -802,7 +803,7 @@ fn pids_agree_with_the_guests_proc() {
     let text = expect(&out, 0);
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok ")).count(),
-        31,
+        32,
         "{text}"
     );
 }

@@ -321,6 +321,7 @@ impl Engine {
             g::RECVFROM => self.recvfrom(guest, pid, args),
             g::RECVMSG => self.recvmsg(guest, pid, args),
             g::RECVMMSG => self.recvmmsg(guest, pid, args),
+            g::PIDFD_SEND_SIGNAL => self.pidfd_send_signal(pid, args),
             _ if forward::shape(nr).is_some() => self.forward(guest, pid, nr, args),
             _ => {
                 let _ = host_nr;

@@ -112,7 +112,6 @@ pub const HOST: &[&str] = &[
     "sched_get_priority_min",
     "capget",
     "personality",
-    "pidfd_send_signal",
     "times",
     // Signals.
     "rt_sigaction",

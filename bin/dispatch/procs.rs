@@ -247,6 +247,15 @@ impl Procs {
         self.procs.values().any(|p| !p.writable.is_empty())
     }
 
+    /// The host pid of the guest process known to the guest as `pid` (its task's pid).
+    pub fn by_guest_pid(&self, pid: u32) -> Option<u32> {
+        use kbox_lkl::sys::Syscalls;
+        self.procs
+            .iter()
+            .find(|(_, p)| p.task.getpid().ok().and_then(|v| u32::try_from(v).ok()) == Some(pid))
+            .map(|(&host, _)| host)
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
     }

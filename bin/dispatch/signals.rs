@@ -98,6 +98,32 @@ impl Engine {
         })
     }
 
+    /// pidfd_send_signal. A pidfd is the host's (the guest got it from pidfd_open, which is
+    /// mediated): the host serves it. Linux also takes an FD of a `/proc/PID` directory,
+    /// and that one is the kernel library's: kbox signals the guest process it names.
+    pub(super) fn pidfd_send_signal(&self, pid: u32, args: [u64; 6]) -> Reply {
+        let fd = super::fd_arg(args[0]);
+        if self.served(pid, fd).is_none() {
+            return Reply::Continue;
+        }
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
+        let Some(target) = proc_dir_pid(&p.task, fd).and_then(|n| self.procs.by_guest_pid(n))
+        else {
+            return Reply::Fail(Errno::EBADF);
+        };
+        if args[3] != 0 {
+            return Reply::Fail(Errno::EINVAL);
+        }
+        if args[2] != 0 {
+            // A caller-made siginfo: Linux takes it from another process only with a
+            // negative si_code, which kbox cannot vouch for.
+            return Reply::Fail(Errno::EPERM);
+        }
+        self.signal_each(&[target], args[1])
+    }
+
     /// Whether host id `id` (a process or a thread) belongs to a guest process.
     fn is_guest_thread(&self, id: u32) -> bool {
         let tgid = procs::tgid_of(id).unwrap_or(id);
@@ -124,6 +150,31 @@ impl Engine {
         }
         result
     }
+}
+
+/// The guest pid N when kernel FD `kfd` of `task` is the directory `/proc/N`.
+fn proc_dir_pid(task: &kbox_lkl::Task, kfd: i32) -> Option<u32> {
+    use kbox_core::sysno::generic as g;
+    let link = format!("/proc/self/fd/{kfd}\0");
+    let mut target = [0u8; 64];
+    let n = super::lkl(
+        task,
+        g::READLINKAT,
+        [
+            super::files::AT_FDCWD,
+            super::ptr(link.as_ptr()),
+            super::ptr(target.as_mut_ptr()),
+            target.len() as u64,
+            0,
+            0,
+        ],
+    )
+    .ok()?;
+    let target = target.get(..usize::try_from(n).ok()?)?;
+    std::str::from_utf8(target.strip_prefix(b"/proc/")?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The process group of host process (or thread) `pid`: field 5 of /proc/PID/stat, after

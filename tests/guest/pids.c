@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,35 @@ int main(int argc, char **argv)
     int st = 0;
     waitpid(kid, &st, 0);
     check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: exited 0", "status %ld%ld", st, 0);
+
+    /* A /proc/PID directory FD is a pidfd to Linux: a signal sent through it arrives. */
+    int ready[2];
+    if (pipe(ready))
+        return 2;
+    kid = fork();
+    if (kid == 0) {
+        /* A call kbox serves first: a process kbox has not met has no /proc entry yet. */
+        char cwd[256];
+        if (!getcwd(cwd, sizeof(cwd)) || write(ready[1], "r", 1) != 1)
+            _exit(3);
+        pause();
+        _exit(0);
+    }
+    close(ready[1]);
+    if (read(ready[0], &c, 1) != 1)
+        return 2;
+    close(ready[0]);
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d", (int)kid);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    long sent = dfd < 0 ? -1 : syscall(SYS_pidfd_send_signal, dfd, SIGTERM, NULL, 0);
+    if (sent != 0)
+        kill(kid, SIGKILL);
+    waitpid(kid, &st, 0);
+    check(sent == 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM,
+          "parent: pidfd_send_signal through /proc/CHILD", "sent %ld, status %ld", sent, st);
+    if (dfd >= 0)
+        close(dfd);
 
     /* A child that execs this program. */
     kid = fork();
