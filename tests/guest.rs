@@ -812,8 +812,8 @@ fn pids_agree_with_the_guests_proc() {
 /// addresses both ways, connected UDP, sendmmsg/recvmmsg, a request/response between two
 /// processes, non-blocking connect (EINPROGRESS, then POLLOUT and SO_ERROR), and a
 /// non-blocking listener (EAGAIN, then POLLIN once a client connects), and accepted
-/// connections that are TCP sockets (options, names), and a closed socket's port free at
-/// once while another socket has traffic.
+/// connections that are TCP sockets (options, names), a closed socket's port free at once
+/// while another socket has traffic, and ENOTCONN from recv before connect.
 #[test]
 fn loopback_sockets_behave_as_on_linux() {
     let img = Image::default("sockets");
@@ -821,7 +821,7 @@ fn loopback_sockets_behave_as_on_linux() {
     let text = expect(&out, 0);
     assert_eq!(
         text.lines().filter(|l| l.starts_with("ok ")).count(),
-        20,
+        22,
         "{text}"
     );
     img.assert_clean();

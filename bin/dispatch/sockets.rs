@@ -201,7 +201,9 @@ fn pump_to_host(task: &Task, kfd: i32, host: &OwnedFd) {
 /// kbox's end of the host socketpair behind a served socket, shared by every guest FD (dup,
 /// fork) of that socket.
 pub struct SockEnd {
-    pub fd: OwnedFd,
+    /// kbox's end; for a stream socket, set once the guest's socket is linked to it.
+    fd: std::sync::OnceLock<OwnedFd>,
+    linking: Mutex<()>,
     /// Whether the pumps run already (a datagram socket may bind and then connect).
     pumping: std::sync::atomic::AtomicBool,
     /// For a datagram socket: what serving addresses takes (datagrams.rs).
@@ -211,6 +213,59 @@ pub struct SockEnd {
 }
 
 type Notes = Arc<Mutex<std::collections::VecDeque<datagrams::Note>>>;
+
+impl SockEnd {
+    fn new(fd: Option<OwnedFd>, pumping: bool, datagram: Option<Datagrams>) -> SockEnd {
+        let cell = std::sync::OnceLock::new();
+        if let Some(fd) = fd {
+            let _ = cell.set(fd);
+        }
+        SockEnd {
+            fd: cell,
+            linking: Mutex::new(()),
+            pumping: std::sync::atomic::AtomicBool::new(pumping),
+            datagram,
+            listening: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// kbox's end, if the guest's socket is linked to it.
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        self.fd.get()
+    }
+
+    /// kbox's end, linking the guest's socket to it first if it is not yet. A stream
+    /// socket starts unconnected on the host, as the guest's socket is until it connects or
+    /// listens (recv gives ENOTCONN, as TLS libraries check before a handshake); `guest` is
+    /// the guest's own open file of it (pidfd_getfd), which kbox connects to a listener of
+    /// its own, in the abstract namespace that guests' sockets (the kernel library's) never
+    /// reach, and whose accepted end becomes kbox's.
+    fn link(&self, guest: &OwnedFd) -> Result<&OwnedFd, Errno> {
+        use rustix::net::{SocketAddrUnix, accept_with, bind, connect, listen, socket_with};
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let _linking = self.linking.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd);
+        }
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("kbox-{}-link-{n}", std::process::id());
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(hostio::errno)?;
+        let listener = socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(hostio::errno)?;
+        bind(&listener, &addr).map_err(hostio::errno)?;
+        listen(&listener, 1).map_err(hostio::errno)?;
+        // A unix connect to a listener with room completes at once, blocking or not.
+        connect(guest, &addr).map_err(hostio::errno)?;
+        let mine = accept_with(&listener, SocketFlags::CLOEXEC).map_err(hostio::errno)?;
+        let _ = self.fd.set(mine);
+        self.fd.get().ok_or(Errno::EBADF)
+    }
+}
 
 /// A connection accepted on a thread, its host end already in the guest at `fd`: the engine
 /// makes it a served socket of `pid` (so its options, names and shutdown reach the kernel
@@ -242,10 +297,33 @@ fn host_pair(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, OwnedFd), Err
     };
     let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)
         .map_err(hostio::errno)?;
-    if guest_flags & SOCK_NONBLOCK != 0 {
-        rustix::fs::fcntl_setfl(&a, rustix::fs::OFlags::NONBLOCK).map_err(hostio::errno)?;
-    }
+    nonblocking_if_asked(&a, guest_flags)?;
     Ok((a, b))
+}
+
+fn nonblocking_if_asked(fd: &OwnedFd, guest_flags: u64) -> Result<(), Errno> {
+    if guest_flags & SOCK_NONBLOCK != 0 {
+        rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK).map_err(hostio::errno)?;
+    }
+    Ok(())
+}
+
+/// The guest's host socket for a new served socket of `sock_type`, and kbox's end when
+/// it is linked from the start: a stream socket starts alone and unconnected, as the
+/// guest's is (SockEnd::link).
+fn new_host_socket(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, Option<OwnedFd>), Errno> {
+    if sock_type != SOCK_STREAM {
+        return host_pair(sock_type, guest_flags).map(|(a, b)| (a, Some(b)));
+    }
+    let a = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(hostio::errno)?;
+    nonblocking_if_asked(&a, guest_flags)?;
+    Ok((a, None))
 }
 
 impl Engine {
@@ -267,7 +345,7 @@ impl Engine {
         // The kernel socket stays blocking: the pump threads wait in it.
         let kfd = lkl(&p.task, g::SOCKET, [domain, kind, args[2], 0, 0, 0])?;
         let kfd = i32::try_from(kfd).map_err(|_| Errno::EMFILE)?;
-        let installed = host_pair(kind, ty).and_then(|(a, b)| {
+        let installed = new_host_socket(kind, ty).and_then(|(a, b)| {
             let datagram = match kind {
                 SOCK_DGRAM => Some(Datagrams::new(&a)?),
                 _ => None,
@@ -291,12 +369,7 @@ impl Engine {
         p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
         p.sockets.insert(
             n,
-            std::sync::Arc::new(SockEnd {
-                fd: pump_end,
-                pumping: std::sync::atomic::AtomicBool::new(false),
-                datagram,
-                listening: std::sync::OnceLock::new(),
-            }),
+            std::sync::Arc::new(SockEnd::new(pump_end, false, datagram)),
         );
         Ok(i64::from(n))
     }
@@ -355,11 +428,16 @@ impl Engine {
         let Some(end) = p.sockets.get(&fd) else {
             return Ok(());
         };
+        if end.pumping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let end = Arc::clone(end);
+        let host = self.linked_end(pid, fd, &end)?;
         if end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        let host = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
         let notes = end.datagram.as_ref().map(Datagrams::notes);
+        let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         self.pumps.start(&p.task, fd, host, notes)
     }
 
@@ -384,6 +462,15 @@ impl Engine {
         let Some(end) = p.sockets.get(&fd).cloned() else {
             return Reply::Fail(Errno::EBADF);
         };
+        // The guest's socket is connected (to kbox) from the connect on, as its peer's
+        // data can come in as soon as the kernel library's connect is done.
+        let host = match self.linked_end(pid, fd, &end) {
+            Ok(h) => h,
+            Err(e) => return Reply::Fail(e),
+        };
+        let Some(p) = self.procs.get(pid) else {
+            return Reply::Fail(Errno::ESRCH);
+        };
         let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd) {
             Ok(v) => v,
             Err(e) => return Reply::Fail(e),
@@ -397,7 +484,6 @@ impl Engine {
                 if end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     return Ok(());
                 }
-                let host = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
                 pumps.start(&waiter, fd, host, None)
             });
             pumps.release(control);
@@ -418,6 +504,15 @@ impl Engine {
         const F_GETFL: u64 = 3;
         const F_SETFL: u64 = 4;
         const O_NONBLOCK: i64 = 0o4000;
+        if let Some(end) = self
+            .procs
+            .get(pid)
+            .and_then(|p| p.sockets.get(&fd))
+            .cloned()
+            && let Err(e) = self.linked_end(pid, fd, &end)
+        {
+            return Reply::Fail(e);
+        }
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
@@ -479,12 +574,11 @@ impl Engine {
             let started = peer.is_ok()
                 && (end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
                     || end
-                        .fd
-                        .try_clone()
-                        .ok()
+                        .fd()
+                        .and_then(|f| f.try_clone().ok())
                         .is_some_and(|host| pumps.start(&waiter, fd, host, None).is_ok()));
-            if !started {
-                let _ = rustix::net::shutdown(&end.fd, rustix::net::Shutdown::Both);
+            if !started && let Some(f) = end.fd() {
+                let _ = rustix::net::shutdown(f, rustix::net::Shutdown::Both);
             }
             pumps.release(control);
         })
@@ -530,6 +624,16 @@ impl Engine {
         reply
     }
 
+    /// A copy of kbox's end of served socket `fd`, linking the guest's socket to it first
+    /// if need be (SockEnd::link).
+    fn linked_end(&self, pid: u32, fd: i32, end: &SockEnd) -> Result<OwnedFd, Errno> {
+        let mine = match end.fd() {
+            Some(f) => f,
+            None => end.link(&self.guest_end(pid, fd)?)?,
+        };
+        mine.try_clone().map_err(|_| Errno::EMFILE)
+    }
+
     /// The guest's own end of served socket `fd` (the same open file), through its pidfd.
     fn guest_end(&self, pid: u32, fd: i32) -> Result<OwnedFd, Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
@@ -562,7 +666,7 @@ impl Engine {
         }
         let task = super::procs::fork_helper(&p.task, fd)?;
         let control = self.pumps.control(&p.task, fd)?;
-        let pump_end = end.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+        let pump_end = self.linked_end(pid, fd, &end)?;
         let pumps = self.pumps.clone();
         let readiness = listeners::start(task, fd, guest_end, pump_end, |watch| {
             let releaser = pumps.clone();
@@ -799,12 +903,7 @@ impl Accept {
                 cloexec,
                 from: Arc::clone(task),
                 kfd,
-                end: Arc::new(SockEnd {
-                    fd: pump_end,
-                    pumping: std::sync::atomic::AtomicBool::new(true),
-                    datagram: None,
-                    listening: std::sync::OnceLock::new(),
-                }),
+                end: Arc::new(SockEnd::new(Some(pump_end), true, None)),
             });
         answer.value(i64::from(fd));
     }

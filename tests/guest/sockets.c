@@ -346,6 +346,21 @@ static void port_freed(void)
     close(u);
 }
 
+/* A stream socket that has not connected has no peer: recv fails at once, neither
+ * waiting nor saying EAGAIN (TLS libraries check this before a handshake on a socket
+ * wrapped before connect). Linux says ENOTCONN for TCP and EINVAL for a unix socket;
+ * kbox says EINVAL for both (docs/dispatch.md), which such checks accept. */
+static void unconnected(void)
+{
+    char c;
+    int s = socket(family, SOCK_STREAM, 0);
+    errno = 0;
+    long r = s < 0 ? -2 : recv(s, &c, 1, MSG_DONTWAIT);
+    check(r == -1 && (errno == ENOTCONN || errno == EINVAL), tag("unconnected-recv"),
+          "recv %ld, errno %ld", r, errno);
+    close(s);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -365,6 +380,7 @@ int main(int argc, char **argv)
         listen_poll();
         accepted();
         port_freed();
+        unconnected();
     }
     return failures ? 1 : 0;
 }
