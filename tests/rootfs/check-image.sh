@@ -118,8 +118,8 @@ if command -v proot >/dev/null; then
       continue
     fi
     mkdir -p "$t/tmp/guest-work/$n"
-    if [ "$n" = pids ]; then
-      # It compares pids with /proc, which the dumped tree lacks: the host's stands in.
+    if [ "$n" = pids ] || [ "$n" = fdtest ]; then
+      # They read /proc, which the dumped tree lacks: the host's stands in.
       out=$(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${run[@]}" -b /proc \
         "/opt/kbox-tests/$n" "/tmp/guest-work/$n" 2>&1)
     else
