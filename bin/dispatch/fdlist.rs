@@ -9,12 +9,11 @@ use kbox_lkl::{Errno, Task};
 
 use super::{fdv, lkl, ptr};
 
-/// Whether kernel FD `kfd` of `task` is the fd directory of the task's own process
-/// (`/proc/self/fd`, `/proc/PID/fd`, `/proc/PID/task/TID/fd`).
-pub fn is_own_fd_dir(task: &Task, kfd: i32) -> bool {
+/// What kernel FD `kfd` of `task` refers to, as the task's /proc shows it.
+pub fn kernel_fd_path(task: &Task, kfd: i32) -> Option<Vec<u8>> {
     let link = format!("/proc/self/fd/{kfd}\0");
-    let mut target = [0u8; 64];
-    let Ok(n) = lkl(
+    let mut target = [0u8; 256];
+    let n = lkl(
         task,
         g::READLINKAT,
         [
@@ -25,10 +24,17 @@ pub fn is_own_fd_dir(task: &Task, kfd: i32) -> bool {
             0,
             0,
         ],
-    ) else {
+    )
+    .ok()?;
+    target.get(..usize::try_from(n).ok()?).map(<[u8]>::to_vec)
+}
+
+/// Whether kernel FD `kfd` of `task` is the fd directory of the task's own process
+/// (`/proc/self/fd`, `/proc/PID/fd`, `/proc/PID/task/TID/fd`).
+pub fn is_own_fd_dir(task: &Task, kfd: i32) -> bool {
+    let Some(target) = kernel_fd_path(task, kfd) else {
         return false;
     };
-    let target = &target[..usize::try_from(n).unwrap_or(0).min(target.len())];
     let Ok(me) = lkl(task, g::GETPID, [0; 6]) else {
         return false;
     };

@@ -106,6 +106,23 @@ struct IoVec {
     len: u64,
 }
 
+impl MsgHdr {
+    /// A message of one buffer and a control buffer (which recvmsg fills), no address.
+    fn new(iov: &IoVec, control: &mut [u8]) -> MsgHdr {
+        MsgHdr {
+            name: 0,
+            namelen: 0,
+            pad: 0,
+            iov: ptr(iov),
+            iovlen: 1,
+            control: ptr(control.as_mut_ptr()),
+            controllen: control.len() as u64,
+            flags: 0,
+            pad2: 0,
+        }
+    }
+}
+
 /// Bytes of a control message carrying `n` FDs, header included, padded to 8 bytes.
 fn rights_space(n: usize) -> usize {
     (16 + 4 * n).next_multiple_of(8)
@@ -150,17 +167,7 @@ pub fn send_kernel(task: &Task, kfd: i32, data: &[u8], fds: Vec<OwnedFd>) -> Res
         base: ptr(data.as_ptr()),
         len: data.len() as u64,
     };
-    let msg = MsgHdr {
-        name: 0,
-        namelen: 0,
-        pad: 0,
-        iov: ptr(&raw const iov),
-        iovlen: 1,
-        control: ptr(control.as_ptr()),
-        controllen: control.len() as u64,
-        flags: 0,
-        pad2: 0,
-    };
+    let msg = MsgHdr::new(&iov, &mut control);
     const MSG_NOSIGNAL: u64 = 0x4000;
     // Keep the host FDs before the stand-ins can reach anyone.
     with_in_flight(|s| {
@@ -195,22 +202,13 @@ pub fn send_kernel(task: &Task, kfd: i32, data: &[u8], fds: Vec<OwnedFd>) -> Res
 /// came with them (stand-ins kbox does not know, such as FDs a kernel-library task passed
 /// itself, are dropped).
 pub fn recv_kernel(task: &Task, kfd: i32, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    // The kernel library writes into both buffers through these addresses.
     let mut control = vec![0u8; rights_space(MAX_FDS)];
-    let mut iov = IoVec {
+    let iov = IoVec {
         base: ptr(buf.as_mut_ptr()),
         len: buf.len() as u64,
     };
-    let mut msg = MsgHdr {
-        name: 0,
-        namelen: 0,
-        pad: 0,
-        iov: ptr(&raw mut iov),
-        iovlen: 1,
-        control: ptr(control.as_mut_ptr()),
-        controllen: control.len() as u64,
-        flags: 0,
-        pad2: 0,
-    };
+    let mut msg = MsgHdr::new(&iov, &mut control);
     const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
     let n = lkl(
         task,

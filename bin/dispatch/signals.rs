@@ -154,23 +154,7 @@ impl Engine {
 
 /// The guest pid N when kernel FD `kfd` of `task` is the directory `/proc/N`.
 fn proc_dir_pid(task: &kbox_lkl::Task, kfd: i32) -> Option<u32> {
-    use kbox_core::sysno::generic as g;
-    let link = format!("/proc/self/fd/{kfd}\0");
-    let mut target = [0u8; 64];
-    let n = super::lkl(
-        task,
-        g::READLINKAT,
-        [
-            super::files::AT_FDCWD,
-            super::ptr(link.as_ptr()),
-            super::ptr(target.as_mut_ptr()),
-            target.len() as u64,
-            0,
-            0,
-        ],
-    )
-    .ok()?;
-    let target = target.get(..usize::try_from(n).ok()?)?;
+    let target = super::fdlist::kernel_fd_path(task, kfd)?;
     std::str::from_utf8(target.strip_prefix(b"/proc/")?)
         .ok()?
         .parse()
