@@ -629,6 +629,42 @@ print('ok')
     img.assert_clean();
 }
 
+/// A peer that closes with data unread resets the connection: a sender waiting in select
+/// for room to write wakes up and its send fails (ConnectionError), natively first (the
+/// host's python3), then in the Debian image. kbox used to leave it waiting for ever: the
+/// pump stopped reading what the guest had queued.
+#[test]
+fn a_sender_waiting_to_write_sees_the_peer_reset() {
+    let script = "\
+import socket, select, threading, time
+srv = socket.create_server(('127.0.0.1', 0)); port = srv.getsockname()[1]
+def server():
+    c, _ = srv.accept(); got = 0
+    while got < 1024:
+        got += len(c.recv(1024 - got))
+    c.close()
+threading.Thread(target=server, daemon=True).start()
+cli = socket.create_connection(('127.0.0.1', port)); cli.setblocking(False)
+data = b'x' * 65536; t0 = time.time()
+try:
+    while time.time() - t0 < 10:
+        if select.select([], [cli], [], 1)[1]:
+            cli.send(data)
+    print('no error in 10 s')
+except ConnectionError:
+    print('ConnectionError')
+";
+    let native = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("the host's python3 (make deps)");
+    assert_eq!(text(&native.stdout), "ConnectionError\n", "natively");
+    let img = Image::copy_of("KBOX_DEBIAN", "debian-reset");
+    let out = expect(&img.run(&["-S"], &["/usr/bin/python3", "-c", script]), 0);
+    assert_eq!(out, "ConnectionError\n");
+    img.assert_clean();
+}
+
 /// An image rewritten in place with another filesystem of the same UUID (a copy of it
 /// with one program patched: same inode, size and times) runs the new program, not the copy
 /// kbox kept from the first run (copies were kept by the image file's host inode, and
@@ -813,7 +849,7 @@ fn pids_agree_with_the_guests_proc() {
 /// processes, non-blocking connect (EINPROGRESS, then POLLOUT and SO_ERROR), and a
 /// non-blocking listener (EAGAIN, then POLLIN once a client connects), and accepted
 /// connections that are TCP sockets (options, names), a closed socket's port free at once
-/// while another socket has traffic, and ENOTCONN from recv before connect.
+/// while another socket has traffic, and a failing recv before connect.
 #[test]
 fn loopback_sockets_behave_as_on_linux() {
     let img = Image::default("sockets");

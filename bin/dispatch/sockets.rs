@@ -165,6 +165,15 @@ fn pump_to_kernel(task: &Task, kfd: i32, host: &OwnedFd, datagrams: bool) {
 fn finish_to_kernel(task: &Task, kfd: i32, host: &OwnedFd) {
     let _ = lkl(task, g::SHUTDOWN, [fdv(kfd), SHUT_WR, 0, 0, 0, 0]);
     let _ = rustix::net::shutdown(host, rustix::net::Shutdown::Read);
+    // What the guest sent that can no longer go (the peer reset the connection) is dropped,
+    // so a guest waiting for room to write wakes up and its next write fails (EPIPE), as a
+    // write to a reset TCP connection does.
+    let mut sink = vec![0u8; PUMP_CHUNK];
+    while let Ok((n, _)) = rustix::net::recv(host, &mut sink, rustix::net::RecvFlags::DONTWAIT) {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Kernel socket → guest reads. At the peer's end of stream, the guest reads end of file.
