@@ -195,6 +195,9 @@ impl Engine {
         if let Some(fd) = self.open_host_view(guest, pid, &path, flags)? {
             return Ok(fd);
         }
+        if let Some(fd) = self.reopen_host_fd(guest, pid, &path, flags)? {
+            return Ok(fd);
+        }
         let (dirfd, path) = match self.route(pid, args[0], path)? {
             Route::Host(bind, rel) => {
                 return self.bind_open(guest, pid, bind, &rel, flags, args[3]);
@@ -297,6 +300,43 @@ impl Engine {
         };
         let n = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
         Ok(Some(i64::from(n)))
+    }
+
+    /// Opening one of the caller's own FDs by name (`/dev/stdin`, `/dev/fd/N`,
+    /// `/proc/self/fd/N`) when kbox does not serve it (a pipe, the terminal, a socketpair):
+    /// the host reopens it as Linux would, so `cat /dev/stdin` and a shell's `<(...)` work.
+    /// FDs kbox serves are reopened by the kernel library, which holds them.
+    fn reopen_host_fd(
+        &self,
+        guest: &dyn Guest,
+        pid: u32,
+        path: &std::ffi::CStr,
+        flags: u64,
+    ) -> Result<Option<i64>, Errno> {
+        let p = path.to_bytes();
+        let n = match p {
+            b"/dev/stdin" => Some(0),
+            b"/dev/stdout" => Some(1),
+            b"/dev/stderr" => Some(2),
+            _ => p
+                .strip_prefix(b"/dev/fd/")
+                .or_else(|| p.strip_prefix(b"/proc/self/fd/"))
+                .or_else(|| p.strip_prefix(b"/proc/thread-self/fd/"))
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i32>().ok()),
+        };
+        let Some(n) = n else { return Ok(None) };
+        let kernel_backed = self.served(pid, n).is_some_and(|k| k != FdKind::Host);
+        if kernel_backed || !self.host_fd_open(guest.tid(), n) {
+            return Ok(None);
+        }
+        let acc = match flags & O_ACCMODE {
+            O_WRONLY => OFlags::WRONLY,
+            O_RDWR => OFlags::RDWR,
+            _ => OFlags::RDONLY,
+        };
+        let fd = hostio::open_host(&format!("/proc/{}/fd/{n}", guest.tid()), acc)?;
+        let installed = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
+        Ok(Some(i64::from(installed)))
     }
 
     /// Gives the guest a host FD for kernel FD `kfd` and makes the numbers agree.

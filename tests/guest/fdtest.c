@@ -176,6 +176,15 @@ int main(int argc, char **argv)
             target[n] = 0;
         check(strncmp(target, "pipe:[", 6) == 0, "proc-self-fd-pipe-link", "readlink gave %ld%ld",
               (long)n, 0);
+        /* Opening /proc/self/fd/N reopens the pipe itself (what /dev/stdin and a shell's
+         * <(...) rely on). */
+        char got[8] = "";
+        int re = open(link, O_RDONLY);
+        long w = write(pfd[1], "piped", 5), r = re < 0 ? -1 : read(re, got, 5);
+        check(w == 5 && r == 5 && memcmp(got, "piped", 5) == 0, "proc-self-fd-reopens-pipe",
+              "open %ld, read %ld", re, r);
+        if (re >= 0)
+            close(re);
         close(pfd[0]);
         close(pfd[1]);
     }
