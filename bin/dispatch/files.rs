@@ -276,11 +276,7 @@ impl Engine {
         ) {
             return Ok(None);
         }
-        let acc = match flags & O_ACCMODE {
-            O_WRONLY => OFlags::WRONLY,
-            O_RDWR => OFlags::RDWR,
-            _ => OFlags::RDONLY,
-        };
+        let acc = host_access(flags);
         let fd = if tail == b"stat" {
             // Its pid fields must be the guest's, as the rest of its /proc has them.
             if acc != OFlags::RDONLY {
@@ -329,11 +325,7 @@ impl Engine {
         if kernel_backed || !self.host_fd_open(guest.tid(), n) {
             return Ok(None);
         }
-        let acc = match flags & O_ACCMODE {
-            O_WRONLY => OFlags::WRONLY,
-            O_RDWR => OFlags::RDWR,
-            _ => OFlags::RDONLY,
-        };
+        let acc = host_access(flags);
         let fd = hostio::open_host(&format!("/proc/{}/fd/{n}", guest.tid()), acc)?;
         let installed = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
         Ok(Some(i64::from(installed)))
@@ -916,6 +908,15 @@ impl Engine {
             return Reply::Fail(e);
         }
         lkl(&p.task, nr, [fdv(fd), 0, 0, 0, 0, 0]).into()
+    }
+}
+
+/// The host access mode of a guest's open flags.
+fn host_access(flags: u64) -> OFlags {
+    match flags & O_ACCMODE {
+        O_WRONLY => OFlags::WRONLY,
+        O_RDWR => OFlags::RDWR,
+        _ => OFlags::RDONLY,
     }
 }
 
