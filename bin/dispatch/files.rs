@@ -15,9 +15,9 @@ use rustix::fs::OFlags;
 use super::binds::Place;
 pub use super::linux::AT_FDCWD;
 use super::linux::{
-    AT_EMPTY_PATH, CLOSE_RANGE_CLOEXEC, F_DUPFD, F_DUPFD_CLOEXEC, O_ACCMODE, O_APPEND, O_CLOEXEC,
-    O_NONBLOCK, O_PATH, O_RDWR, O_TRUNC, O_WRONLY, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
-    STATX_SIZE,
+    AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, CLOSE_RANGE_CLOEXEC, F_DUPFD, F_DUPFD_CLOEXEC, O_ACCMODE,
+    O_APPEND, O_CLOEXEC, O_NONBLOCK, O_PATH, O_RDWR, O_TRUNC, O_WRONLY, S_IFCHR, S_IFDIR, S_IFIFO,
+    S_IFMT, S_IFREG, STATX_SIZE,
 };
 use super::shadow::{self, Writable};
 use super::{Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
@@ -298,10 +298,32 @@ impl Engine {
         Ok(Some(i64::from(n)))
     }
 
-    /// Opening one of the caller's own FDs by name (`/dev/stdin`, `/dev/fd/N`,
-    /// `/proc/self/fd/N`) when kbox does not serve it (a pipe, the terminal, a socketpair):
-    /// the host reopens it as Linux would, so `cat /dev/stdin` and a shell's `<(...)` work.
-    /// FDs kbox serves are reopened by the kernel library, which holds them.
+    /// The FD number N when `path` names one of the caller's own FDs (`/dev/stdin`,
+    /// `/dev/fd/N`, `/proc/self/fd/N`) that kbox does not serve (a pipe, the terminal, a
+    /// socketpair) and the host has: such a name is the host's to resolve, as kbox's
+    /// kernel library does not hold the FD. FDs kbox serves are the kernel library's.
+    fn own_host_fd_named(&self, guest: &dyn Guest, pid: u32, path: &[u8]) -> Option<i32> {
+        let n = match path {
+            b"/dev/stdin" => 0,
+            b"/dev/stdout" => 1,
+            b"/dev/stderr" => 2,
+            _ => path
+                .strip_prefix(b"/dev/fd/")
+                .or_else(|| path.strip_prefix(b"/proc/self/fd/"))
+                .or_else(|| path.strip_prefix(b"/proc/thread-self/fd/"))
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i32>().ok())?,
+        };
+        let kernel_backed = self.served(pid, n).is_some_and(|k| k != FdKind::Host);
+        (!kernel_backed && self.host_fd_open(guest.tid(), n)).then_some(n)
+    }
+
+    /// The host object behind the caller's FD `n`, opened O_PATH (for stat).
+    fn own_host_fd_path(guest: &dyn Guest, n: i32) -> Result<OwnedFd, Errno> {
+        hostio::open_host(&format!("/proc/{}/fd/{n}", guest.tid()), OFlags::PATH)
+    }
+
+    /// Opening one of the caller's own host FDs by name reopens it as Linux would, so
+    /// `cat /dev/stdin` and a shell's `<(...)` work.
     fn reopen_host_fd(
         &self,
         guest: &dyn Guest,
@@ -309,24 +331,10 @@ impl Engine {
         path: &std::ffi::CStr,
         flags: u64,
     ) -> Result<Option<i64>, Errno> {
-        let p = path.to_bytes();
-        let n = match p {
-            b"/dev/stdin" => Some(0),
-            b"/dev/stdout" => Some(1),
-            b"/dev/stderr" => Some(2),
-            _ => p
-                .strip_prefix(b"/dev/fd/")
-                .or_else(|| p.strip_prefix(b"/proc/self/fd/"))
-                .or_else(|| p.strip_prefix(b"/proc/thread-self/fd/"))
-                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<i32>().ok()),
-        };
-        let Some(n) = n else { return Ok(None) };
-        let kernel_backed = self.served(pid, n).is_some_and(|k| k != FdKind::Host);
-        if kernel_backed || !self.host_fd_open(guest.tid(), n) {
+        let Some(n) = self.own_host_fd_named(guest, pid, path.to_bytes()) else {
             return Ok(None);
-        }
-        let acc = host_access(flags);
-        let fd = hostio::open_host(&format!("/proc/{}/fd/{n}", guest.tid()), acc)?;
+        };
+        let fd = hostio::open_host(&format!("/proc/{}/fd/{n}", guest.tid()), host_access(flags))?;
         let installed = guest.answer_with_fd(fd.as_fd(), None, flags & O_CLOEXEC != 0)?;
         Ok(Some(i64::from(installed)))
     }
@@ -700,6 +708,15 @@ impl Engine {
         if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
             return self.fstat(guest, pid, [args[0], args[2], 0, 0, 0, 0]);
         }
+        if args[3] & AT_SYMLINK_NOFOLLOW == 0
+            && let Some(n) = self.own_host_fd_named(guest, pid, path.as_bytes())
+        {
+            return Self::own_host_fd_path(guest, n)
+                .and_then(|fd| hostio::stat_raw(fd.as_fd(), c"", AT_EMPTY_PATH))
+                .and_then(|st| guest.write(args[2], &st))
+                .map(|()| 0)
+                .into();
+        }
         let (dirfd, path) = match self.route(pid, args[0], path) {
             Ok(Route::Kernel(d, p)) => (d, p),
             Ok(Route::Host(bind, rel)) => {
@@ -763,6 +780,15 @@ impl Engine {
             Err(e) => return Reply::Fail(e),
         };
         let fd = fd_arg(args[0]);
+        if args[2] & AT_SYMLINK_NOFOLLOW == 0
+            && let Some(n) = self.own_host_fd_named(guest, pid, path.as_bytes())
+        {
+            return Self::own_host_fd_path(guest, n)
+                .and_then(|h| hostio::statx_raw(h.as_fd(), c"", args[2] | AT_EMPTY_PATH, args[3]))
+                .and_then(|st| guest.write(args[4], &st))
+                .map(|()| 0)
+                .into();
+        }
         let dirfd = if path.as_bytes().is_empty() && empty_ok && args[0] != AT_FDCWD {
             match self.served(pid, fd) {
                 Some(FdKind::Host) | None => return Reply::Continue,

@@ -185,6 +185,11 @@ int main(int argc, char **argv)
               "open %ld, read %ld", re, r);
         if (re >= 0)
             close(re);
+        /* And stat of that name is the pipe's (diff <(a) <(b) stats its arguments). */
+        struct stat pst;
+        int sr = stat(link, &pst);
+        check(sr == 0 && S_ISFIFO(pst.st_mode), "proc-self-fd-stat-is-the-pipe",
+              "stat %ld, mode %lo", sr, sr == 0 ? (long)pst.st_mode : 0);
         close(pfd[0]);
         close(pfd[1]);
     }
