@@ -317,23 +317,10 @@ impl Engine {
         ) && let Some(p) = self.procs.get(pid)
             && !p.exe.as_bytes().is_empty()
         {
-            let exe = p.exe.as_bytes();
-            let n = exe
-                .len()
-                .min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
-            return match guest.write(args[2], &exe[..n]) {
-                Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
-                Err(e) => Reply::Fail(e),
-            };
+            return answer_link(guest, args, p.exe.as_bytes());
         }
         if let Some(link) = self.host_fd_link(guest, pid, path.as_bytes()) {
-            let n = link
-                .len()
-                .min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
-            return match guest.write(args[2], &link[..n]) {
-                Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
-                Err(e) => Reply::Fail(e),
-            };
+            return answer_link(guest, args, &link);
         }
         let _ = AT_FDCWD;
         self.forward_shaped(
@@ -455,6 +442,18 @@ fn file_replaced_by(task: &kbox_lkl::Task, nr: u32, kargs: [u64; 6]) -> Option<F
 }
 
 /// newfstatat in the kernel library, `path` being a pointer to our own memory.
+/// readlinkat's answer made by kbox: `link`, cut to the guest's buffer (args[2], size
+/// args[3]) as readlink cuts it, without a NUL.
+fn answer_link(guest: &dyn Guest, args: [u64; 6], link: &[u8]) -> Reply {
+    let n = link
+        .len()
+        .min(usize::try_from(args[3] & 0xffff_ffff).unwrap_or(0));
+    match guest.write(args[2], &link[..n]) {
+        Ok(()) => Reply::Value(i64::try_from(n).unwrap_or(0)),
+        Err(e) => Reply::Fail(e),
+    }
+}
+
 fn stat_at(task: &kbox_lkl::Task, dirfd: u64, path: u64, flags: u64) -> Result<GenericStat, Errno> {
     let mut buf = [0u8; GENERIC_STAT_SIZE];
     lkl(
