@@ -19,6 +19,8 @@ use crate::seccomp::filter::Program;
 use crate::seccomp::guest_mem::{self, MemError, PATH_MAX};
 use crate::seccomp::notify::{FdTarget, NotifyError, NotifyFd, Pending};
 
+mod receivers;
+
 /// The guest's RLIMIT_NOFILE (and the kernel library's): FD numbers up to this work.
 const GUEST_NOFILE: u64 = 65536;
 /// Signals sent to kbox that it passes on to the guest.
@@ -374,95 +376,15 @@ fn yes(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-/// Threads answering notifications (leader/followers; see `serve`).
-const RECEIVERS: usize = 4;
-
-/// Which receiver may call RECV: exactly one at a time, so that a notification never wakes
-/// several threads.
-struct Leadership {
-    taken: Mutex<bool>,
-    free: std::sync::Condvar,
-}
-
-impl Leadership {
-    fn take(&self) {
-        let mut taken = self
-            .taken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *taken {
-            taken = self
-                .free
-                .wait(taken)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        *taken = true;
-    }
-
-    fn pass(&self) {
-        *self
-            .taken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
-        self.free.notify_one();
-    }
-}
-
-/// Answers notifications until the first guest process exits.
-///
-/// A guest's notified call can be interrupted by a (handled) signal until a supervisor
-/// thread has received it; after that only fatal signals end the wait (WAIT_KILLABLE_RECV).
-/// A signal landing in that window turns even fork into EINTR, which Linux never returns
-/// for fork. So receiving never waits behind slow work: a thread that received a call passes
-/// the right to receive to the next thread before anything slow (the engine says when:
-/// exec, fork, socket set-up, filling a shadow, a write-back; or the engine is busy with
-/// another call), so a new notification finds a thread already waiting in RECV. Fast calls
-/// (a few microseconds, about a RECV's own latency) are answered by the receiving thread
-/// before it receives again, which saves a thread wake-up per call.
+/// Answers notifications (on the receiver threads) until the first guest process exits.
 fn serve(
     engine: &Arc<Mutex<Engine>>,
     notify: &'static NotifyFd,
     child: BorrowedFd<'_>,
 ) -> Result<(), RuntimeError> {
     use rustix::event::{PollFd, PollFlags, poll};
-    let leader = Arc::new(Leadership {
-        taken: Mutex::new(false),
-        free: std::sync::Condvar::new(),
-    });
-    for _ in 0..RECEIVERS {
-        let (e, l) = (Arc::clone(engine), Arc::clone(&leader));
-        std::thread::Builder::new()
-            .name("kbox-receiver".into())
-            .spawn(move || {
-                l.take();
-                loop {
-                    let Ok(Some(pending)) = notify.recv() else {
-                        l.pass();
-                        return;
-                    };
-                    let passed = std::cell::Cell::new(false);
-                    let pass = || {
-                        if !passed.replace(true) {
-                            l.pass();
-                        }
-                    };
-                    let mut engine = match e.try_lock() {
-                        Ok(g) => g,
-                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                        Err(std::sync::TryLockError::WouldBlock) => {
-                            pass();
-                            lock(&e)
-                        }
-                    };
-                    answer(&mut engine, pending, &pass);
-                    drop(engine);
-                    if passed.get() {
-                        l.take();
-                    }
-                }
-            })
-            .map_err(|e| RuntimeError::Notify(NotifyError::Poll(e)))?;
-    }
+    receivers::start(engine, notify, answer)
+        .map_err(|e| RuntimeError::Notify(NotifyError::Poll(e)))?;
     loop {
         let mut fds = [PollFd::new(&child, PollFlags::IN)];
         match poll(&mut fds, None) {

@@ -244,7 +244,7 @@ impl Engine {
     ) -> Reply {
         let tid = guest.tid();
         self.adopt_accepted();
-        let Some(pid) = self.procs.attach(tid, &mut self.shadows) else {
+        let Some(pid) = self.procs.attach(tid, &mut self.shadows, &|| guest.slow()) else {
             return Reply::Fail(Errno::ESRCH);
         };
         if matches!(
@@ -268,7 +268,7 @@ impl Engine {
             guest.slow();
         }
         if changes_inherited_state(nr) && self.inherited_change(pid, nr, args) {
-            self.procs.before_change(pid, guest.tid());
+            self.procs.before_change(pid, guest.tid(), &|| guest.slow());
         }
         match nr {
             g::OPENAT => self.open(guest, pid, args).into(),

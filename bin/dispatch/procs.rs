@@ -110,10 +110,12 @@ impl Procs {
     /// its parent's kernel state: a snapshot if the parent changed that state since
     /// (`before_change`), else the parent's state now; FDs the parent opened after the fork
     /// are then dropped by comparing the two processes' FD tables (kcmp).
-    pub fn attach(&mut self, tid: u32, shadows: &mut Shadows) -> Option<u32> {
+    /// `slow` is called before any work beyond a lookup (a new thread or process).
+    pub fn attach(&mut self, tid: u32, shadows: &mut Shadows, slow: &dyn Fn()) -> Option<u32> {
         if let Some(&pid) = self.tids.get(&tid) {
             return Some(pid);
         }
+        slow();
         let (tgid, ppid) = hostio::thread_ids(tid)?;
         if self.procs.contains_key(&tgid) {
             self.tids.insert(tid, tgid);
@@ -127,7 +129,7 @@ impl Procs {
             && Some(ppid) != self.init
             && is_guest(ppid)
         {
-            let _ = self.attach(ppid, shadows);
+            let _ = self.attach(ppid, shadows, slow);
         }
         let forked = match self.snapshots.remove(&tgid) {
             Some(f) => Some(f),
@@ -174,13 +176,15 @@ impl Procs {
 
     /// Process `pid` (thread `tid`) is about to change kernel state its children inherit
     /// (close an FD, cd, umask, credentials, exec, exit): children it forked that kbox has
-    /// not met yet get a snapshot of the state they were forked with.
-    pub fn before_change(&mut self, pid: u32, tid: u32) {
+    /// not met yet get a snapshot of the state they were forked with (after `slow` is
+    /// called: a snapshot forks a kernel task).
+    pub fn before_change(&mut self, pid: u32, tid: u32, slow: &dyn Fn()) {
         let kids = hostio::children(pid, tid);
         for kid in kids {
             if self.procs.contains_key(&kid) || self.snapshots.contains_key(&kid) {
                 continue;
             }
+            slow();
             if let Some(p) = self.procs.get(&pid)
                 && let Ok(f) = snapshot(p, kid)
             {

@@ -9,6 +9,7 @@ pub mod guest_mem;
 pub mod notify;
 mod sys;
 
+pub use sys::ask_short_slice;
 pub use sys::ignore_terminal_stops as sys_ignore_terminal_stops;
 
 // Native x86_64 only: the probe guest is compiled by the host's x86_64 musl-gcc, and under
