@@ -517,6 +517,7 @@ impl Engine {
         }
         if let Some(w) = p.writable.remove(&fd) {
             let _ = self.shadows.write_back(&w, &p.task, fd, true);
+            self.procs.keep_if_passed(pid, fd, &w, &mut self.shadows);
         }
         self.socket_closed(pid, fd);
         let Some(p) = self.procs.get_mut(pid) else {

@@ -470,6 +470,7 @@ impl Engine {
     /// copies itself instead of trusting timestamps).
     fn after_change(&mut self, pid: u32, nr: u32, kargs: [u64; 6], victim: Option<FileId>) {
         if let Some(id) = victim {
+            self.procs.release_kept(id, &mut self.shadows);
             self.shadows.unlinked(id);
         }
         match nr {

@@ -267,6 +267,10 @@ impl Engine {
         ) {
             guest.slow();
         }
+        if nr == g::UMOUNT2 {
+            // A kernel FD kbox keeps would make the file system busy.
+            self.procs.release_all_kept(&mut self.shadows);
+        }
         if changes_inherited_state(nr) && self.inherited_change(pid, nr, args) {
             self.procs.before_change(pid, guest.tid(), &|| guest.slow());
         }

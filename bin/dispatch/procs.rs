@@ -2,13 +2,15 @@
 //! in the kernel library, forked from its parent's task at the moment the parent called
 //! fork/clone, so FD tables, cwd, umask and credentials follow Linux's fork semantics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kbox_core::fd::{FdEntry, FdKind, FdTable, GuestFd, KernelFd};
+use kbox_core::shadow::FileId;
+use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, PID_MAX, PidWish, Task, TaskKind};
 
 use super::hostio;
@@ -77,7 +79,80 @@ pub struct Procs {
     snapshots: HashMap<u32, Forked>,
     /// kbox's init of the guest's PID namespace, if any: a parent, never a guest process.
     init: Option<u32>,
+    /// Writable shadows whose last guest FD kbox knows of was closed: the process may have
+    /// passed the FD to another (SCM_RIGHTS), which writes through it where kbox cannot
+    /// see. Each keeps a kernel FD of its file in the root task, so what is written is
+    /// still written back (`sync_file`, sync, exit).
+    kept: KeptShadows,
 }
+
+#[derive(Default)]
+struct KeptShadows {
+    /// Each with its file open in the root task.
+    by_file: HashMap<FileId, (Arc<Writable>, i32)>,
+    /// Their order of arrival: the oldest is written back and dropped beyond `MAX_KEPT`.
+    order: VecDeque<FileId>,
+}
+
+impl KeptShadows {
+    /// Keeps `w`, guest FD `fd` of `task`, which is being closed for the last time (see
+    /// `Procs::keep_if_passed`).
+    fn keep(
+        &mut self,
+        root: &Task,
+        task: &Task,
+        fd: i32,
+        w: &Arc<Writable>,
+        shadows: &mut Shadows,
+    ) {
+        if self.by_file.contains_key(&w.id) {
+            return;
+        }
+        let Ok(kfd) = take_kernel_fd(root, task, fd) else {
+            return;
+        };
+        self.by_file.insert(w.id, (Arc::clone(w), kfd));
+        self.order.push_back(w.id);
+        while self.order.len() > MAX_KEPT {
+            if let Some(old) = self.order.front().copied() {
+                self.release(root, old, false, shadows);
+            }
+        }
+    }
+
+    /// Writes kept shadow `id` back one last time (`thorough`: see `Writable::write_back`)
+    /// and closes its kernel FD.
+    fn release(&mut self, root: &Task, id: FileId, thorough: bool, shadows: &mut Shadows) {
+        self.order.retain(|&other| other != id);
+        let Some((w, kfd)) = self.by_file.remove(&id) else {
+            return;
+        };
+        let _ = shadows.write_back(&w, root, kfd, thorough);
+        let _ = root.syscall(
+            g::CLOSE,
+            [usize::try_from(kfd).unwrap_or(usize::MAX), 0, 0, 0, 0, 0],
+        );
+    }
+
+    fn release_all(&mut self, root: &Task, shadows: &mut Shadows) {
+        let ids: Vec<FileId> = self.by_file.keys().copied().collect();
+        for id in ids {
+            self.release(root, id, true, shadows);
+        }
+    }
+
+    /// Writes back what was written through kept shadows (of file `id`, or of all).
+    fn sync(&self, root: &Task, id: Option<FileId>, shadows: &mut Shadows) {
+        for (w, kfd) in self.by_file.values() {
+            if id.is_none_or(|id| id == w.id) {
+                let _ = shadows.write_back(w, root, *kfd, id.is_none());
+            }
+        }
+    }
+}
+
+/// Writable shadows kept after their last close, at most (each pins its host copy).
+const MAX_KEPT: usize = 64;
 
 impl Procs {
     pub fn new(root: Task) -> Procs {
@@ -87,6 +162,7 @@ impl Procs {
             procs: HashMap::new(),
             tids: HashMap::new(),
             snapshots: HashMap::new(),
+            kept: KeptShadows::default(),
         }
     }
 
@@ -148,7 +224,16 @@ impl Procs {
                     parent: ppid,
                     exe: f.exe,
                 };
-                reconcile(&mut proc, tgid, ppid);
+                let (kept, root) = (&mut self.kept, self.root.as_ref());
+                reconcile(&mut proc, tgid, ppid, |task, fd, w| {
+                    // The parent's last FD of that open closed before the child was met:
+                    // a copy the child got passed may still write to it.
+                    if let Some(root) = root
+                        && Arc::strong_count(&w) == 1
+                    {
+                        kept.keep(root, task, fd, &w, shadows);
+                    }
+                });
                 proc
             }
             None => {
@@ -195,6 +280,15 @@ impl Procs {
 
     /// The process called exit_group: write its files back and forget it.
     pub fn exit(&mut self, pid: u32, shadows: &mut Shadows) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            let writable = std::mem::take(&mut p.writable);
+            for (fd, w) in writable {
+                if let Some(p) = self.procs.get(&pid) {
+                    let _ = shadows.write_back(&w, &p.task, fd, true);
+                }
+                self.keep_if_passed(pid, fd, &w, shadows);
+            }
+        }
         if let Some(p) = self.procs.remove(&pid) {
             finish(p, shadows);
         }
@@ -221,6 +315,9 @@ impl Procs {
         for p in self.procs.values() {
             flush(p, shadows);
         }
+        if let Some(root) = self.root.as_ref() {
+            self.kept.sync(root, None, shadows);
+        }
     }
 
     /// Forgets every process (writing their files back) and the root task: afterwards no
@@ -230,13 +327,14 @@ impl Procs {
         for pid in pids {
             self.exit(pid, shadows);
         }
+        self.release_all_kept(shadows);
         self.snapshots.clear();
         self.root = None;
     }
 
     /// Writes back every writable shadow of file `id`, in whichever process holds it, so a
     /// new open or stat of the file sees what was written through it.
-    pub fn sync_file(&self, id: kbox_core::shadow::FileId, shadows: &mut Shadows) {
+    pub fn sync_file(&self, id: FileId, shadows: &mut Shadows) {
         for p in self.procs.values() {
             for (&fd, w) in &p.writable {
                 if w.id == id {
@@ -244,11 +342,47 @@ impl Procs {
                 }
             }
         }
+        if let Some(root) = self.root.as_ref() {
+            self.kept.sync(root, Some(id), shadows);
+        }
     }
 
-    /// Whether any process holds a writable shadow (most calls can skip `sync_file`).
+    /// Whether any writable shadow is held or kept (most calls can skip `sync_file`).
     pub fn any_writable(&self) -> bool {
-        self.procs.values().any(|p| !p.writable.is_empty())
+        !self.kept.by_file.is_empty() || self.procs.values().any(|p| !p.writable.is_empty())
+    }
+
+    /// Process `pid` is closing guest FD `fd`, writable shadow `w` (already written back,
+    /// and no longer in its table). When no other guest FD kbox knows of shares `w`, the
+    /// FD may still live on in a process it was passed to (SCM_RIGHTS, over any unix
+    /// socket, the host's socketpairs included, which kbox does not see): `w` is kept, with
+    /// a kernel FD of its file (see `kept`).
+    pub fn keep_if_passed(&mut self, pid: u32, fd: i32, w: &Arc<Writable>, shadows: &mut Shadows) {
+        let Procs {
+            procs, kept, root, ..
+        } = self;
+        let (Some(p), Some(root)) = (procs.get(&pid), root.as_ref()) else {
+            return;
+        };
+        if Arc::strong_count(w) > 1 {
+            return;
+        }
+        kept.keep(root, &p.task, fd, w, shadows);
+    }
+
+    /// File `id` lost a name: a kept shadow of it is written back and let go (kbox must
+    /// not keep the inode alive).
+    pub fn release_kept(&mut self, id: FileId, shadows: &mut Shadows) {
+        if let Some(root) = self.root.as_ref() {
+            self.kept.release(root, id, false, shadows);
+        }
+    }
+
+    /// Releases every kept shadow (before an unmount, and at exit).
+    pub fn release_all_kept(&mut self, shadows: &mut Shadows) {
+        if let Some(root) = self.root.as_ref() {
+            self.kept.release_all(root, shadows);
+        }
     }
 
     /// The host pid of the guest process known to the guest as `pid` (its task's pid).
@@ -319,7 +453,13 @@ fn snapshot(p: &Proc, pid: u32) -> Result<Forked, Errno> {
 /// Drops from a new process's inherited table the FDs it does not actually hold: those
 /// its parent opened (or replaced) after the fork. An FD counts as held when the child's
 /// host FD is the same file as the parent's (kcmp), or the parent has closed it since.
-fn reconcile(proc: &mut Proc, child: u32, parent: u32) {
+/// `dropped` sees each writable shadow dropped so, before its kernel FD closes.
+fn reconcile(
+    proc: &mut Proc,
+    child: u32,
+    parent: u32,
+    mut dropped: impl FnMut(&Task, i32, Arc<Writable>),
+) {
     let fds: Vec<i32> = proc.fds.iter().map(|(g, _)| g.as_raw()).collect();
     for fd in fds {
         let held = match hostio::same_file(child, parent, fd) {
@@ -332,7 +472,9 @@ fn reconcile(proc: &mut Proc, child: u32, parent: u32) {
         if let Ok(g) = GuestFd::from_raw(fd) {
             let _ = proc.fds.remove(g);
         }
-        proc.writable.remove(&fd);
+        if let Some(w) = proc.writable.remove(&fd) {
+            dropped(&proc.task, fd, w);
+        }
         proc.sockets.remove(&fd);
         proc.bind_fds.remove(&fd);
         let _ = proc.task.syscall(
@@ -378,6 +520,20 @@ pub fn fork_helper(parent: &Task, keep: i32) -> Result<Task, Errno> {
     }
     close(keep + 1, u32::MAX)?;
     Ok(task)
+}
+
+/// A duplicate, in task `to`, of kernel FD `fd` of task `from` (the same open file).
+fn take_kernel_fd(to: &Task, from: &Task, fd: i32) -> Result<i32, Errno> {
+    let call = |task: &Task, nr: u32, a: [usize; 3]| task.syscall(nr, [a[0], a[1], a[2], 0, 0, 0]);
+    let pid = call(from, g::GETPID, [0; 3])?;
+    let pidfd = call(to, g::PIDFD_OPEN, [pid, 0, 0])?;
+    let got = call(
+        to,
+        g::PIDFD_GETFD,
+        [pidfd, usize::try_from(fd).map_err(|_| Errno::EBADF)?, 0],
+    );
+    let _ = call(to, g::CLOSE, [pidfd, 0, 0]);
+    i32::try_from(got?).map_err(|_| Errno::EBADF)
 }
 
 /// Writes back every writable shadow of `p`.

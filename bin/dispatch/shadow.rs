@@ -485,15 +485,34 @@ impl Writable {
     ///
     /// That comparison reads the whole file, so it is made only when `thorough` (the FD's
     /// close, fsync, exec or exit), not when another open or stat merely syncs the file.
+    ///
+    /// The copy is parked clean *before* it is read: another process may write to it at any
+    /// moment (it is shared, and may have been passed on), and a write that lands while it
+    /// is copied must leave it dirty for the next write-back, not be declared written.
     pub fn write_back(&self, task: &Task, kfd: i32, thorough: bool) -> Result<bool, Errno> {
         let st = rustix::fs::fstat(&self.fd).map_err(hostio::errno)?;
         let looks_clean = st.st_mtime == 0 && st.st_mtime_nsec == 0;
         if looks_clean && !(thorough && self.readable) {
             return Ok(false);
         }
+        if !looks_clean {
+            self.mark_clean()?;
+        }
+        let copied = self.copy_back(task, kfd, looks_clean);
+        if copied.is_err() && !looks_clean {
+            // Not written: still dirty.
+            let _ = self.mark_dirty();
+        }
+        copied
+    }
+
+    /// Copies the shadow into the file when `compare` finds them different, or always;
+    /// returns whether it copied.
+    fn copy_back(&self, task: &Task, kfd: i32, compare: bool) -> Result<bool, Errno> {
+        let st = rustix::fs::fstat(&self.fd).map_err(hostio::errno)?;
         let len = usize::try_from(st.st_size).unwrap_or(0);
         let map = Mapping::new(self.fd.as_fd(), len, false)?;
-        if looks_clean && !differs(task, kfd, &map)? {
+        if compare && !differs(task, kfd, &map)? {
             return Ok(false);
         }
         write_extents(&self.fd, task, kfd, &map)?;
@@ -502,8 +521,22 @@ impl Writable {
             Ok(_) | Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
             Err(e) => return Err(e),
         }
-        self.mark_clean()?;
         Ok(true)
+    }
+
+    /// Marks the copy changed (its mtime now), as a write would.
+    fn mark_dirty(&self) -> Result<(), Errno> {
+        let now = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        };
+        rustix::fs::futimens(&self.fd, &now).map_err(hostio::errno)
     }
 }
 

@@ -5,12 +5,17 @@
  * the read end of a pipe holding a message, then two FDs in one message (another pipe and a
  * regular file of WORKDIR), then plain bytes. The child checks that each set of FDs comes
  * with the bytes it was sent with, that it can read through them, and that the plain bytes
- * carry no FDs; it reports back over the socket. */
+ * carry no FDs; it writes to the file through the FD it got, after the parent closed its
+ * own, and reports back over the socket. The parent then finds the child's bytes in the
+ * file (its size and a fresh open). The same once more over a socketpair (the way Python's
+ * multiprocessing.reduction.send_handle goes). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,6 +80,8 @@ static int child_checks(int s)
         strcmp(text, "second pipe") || pread(fds[1], text, 9, 0) != 9 ||
         memcmp(text, "file body", 9))
         bad |= 2;
+    if (n != 2 || pwrite(fds[1], " and more", 9, 9) != 9 || close(fds[1]))
+        bad |= 8;
     n = recv_fds(s, buf, 6, fds, 4);
     if (n != 0 || strcmp(buf, "plain."))
         bad |= 4;
@@ -126,5 +133,49 @@ int main(int argc, char **argv)
     check(sent && got == sizeof(bad) && !(bad & 4), "plain bytes carry no FDs",
           "report %ld, bits %ld", (long)got, bad);
     check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exited 0", "status %ld%ld", st, 0);
+    struct stat fst = {0};
+    char text[64] = {0};
+    int again = open(file, O_RDONLY);
+    ssize_t n = again < 0 ? -1 : read(again, text, sizeof(text) - 1);
+    check(!(bad & 8), "the receiver writes to the passed file", "report %ld, bits %ld",
+          (long)got, bad);
+    if (stat(file, &fst) != 0)
+        fst.st_size = -1;
+    check(fst.st_size == 18 && n == 18 && strcmp(text, "file body and more") == 0,
+          "a file passed for writing keeps what the receiver wrote", "size %ld, read %ld",
+          (long)fst.st_size, (long)n);
+
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp))
+        return 2;
+    pid_t writer = fork();
+    if (writer == 0) {
+        int got[4];
+        char tag[8];
+        close(sp[0]);
+        _exit(recv_fds(sp[1], tag, 3, got, 4) == 1 && write(got[0], "foo", 3) == 3 &&
+                      close(got[0]) == 0
+                  ? 0
+                  : 3);
+    }
+    close(sp[1]);
+    snprintf(file, sizeof(file), "%s/file2", argv[1]);
+    int f2 = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    long open_err = f2 < 0 ? errno : 0;
+    int passed = f2 >= 0 && send_fds(sp[0], "fd:", &f2, 1) == 0;
+    check(passed, "a new file passed over a socketpair", "fd %ld, errno %ld", f2, open_err);
+    close(f2);
+    waitpid(writer, &st, 0);
+    memset(text, 0, sizeof(text));
+    fst.st_size = -1;
+    again = open(file, O_RDONLY);
+    n = again < 0 ? -1 : read(again, text, sizeof(text) - 1);
+    long read_err = n < 0 ? errno : 0;
+    if (stat(file, &fst) != 0)
+        fst.st_size = -errno;
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the receiver over a socketpair exited 0",
+          "status %ld%ld", st, 0);
+    check(fst.st_size == 3 && n == 3 && strcmp(text, "foo") == 0, "the same over a socketpair",
+          "size or -errno %ld, read errno %ld", (long)fst.st_size, read_err);
     return failures ? 1 : 0;
 }
