@@ -129,7 +129,12 @@ impl Shadows {
         slow();
         let h = match h.and_then(|h| Some((h, self.slab.get(slot(h))?.as_ref()?))) {
             Some((h, fd)) => {
-                if let Err(e) = fill_into(task, kfd, size, fd.as_fd()) {
+                // Refilled from the file, the copy is the file: parked clean, or a writer's
+                // (or a kept shadow's) next write-back would take kbox's own refill for a
+                // guest's write and move the file's mtime (a utime'd file lost its time).
+                if let Err(e) =
+                    fill_into(task, kfd, size, fd.as_fd()).and_then(|()| park(fd.as_fd()))
+                {
                     self.release(h);
                     return Err(e);
                 }
@@ -207,6 +212,7 @@ impl Shadows {
             // (the cache let go of the writer's) gets its contents.
             if !same_file(w.fd.as_fd(), fd.as_fd()) {
                 copy_into(w.fd.as_fd(), fd.as_fd())?;
+                park(fd.as_fd())?;
             }
             Ok(st)
         });
@@ -233,7 +239,7 @@ impl Shadows {
             .slab
             .get(slot(h))
             .and_then(Option::as_ref)
-            .is_some_and(|fd| rustix::fs::ftruncate(fd, size).is_ok());
+            .is_some_and(|fd| rustix::fs::ftruncate(fd, size).is_ok() && park(fd.as_fd()).is_ok());
         if ok {
             self.keep(id, version_of(st), h);
         } else {
@@ -463,17 +469,7 @@ impl Writable {
     /// whenever the copy matches the file, so "mtime is not zero" means "changed" whatever
     /// the host clock's granularity, and an untouched file's own mtime never moves.
     fn mark_clean(&self) -> Result<(), Errno> {
-        let epoch = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-        };
-        rustix::fs::futimens(&self.fd, &epoch).map_err(hostio::errno)
+        park(self.fd.as_fd())
     }
 
     /// Copies the shadow back into the file open as `kfd` in `task` if it changed: contents,
@@ -538,6 +534,22 @@ impl Writable {
         };
         rustix::fs::futimens(&self.fd, &now).map_err(hostio::errno)
     }
+}
+
+/// Parks copy `fd`'s mtime at the epoch: "the copy matches the file" (see
+/// `Writable::mark_clean`).
+fn park(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let epoch = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::futimens(fd, &epoch).map_err(hostio::errno)
 }
 
 /// The data extents of memfd `fd` below `len` (SEEK_DATA/SEEK_HOLE): (start, end) pairs.

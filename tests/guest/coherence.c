@@ -10,7 +10,9 @@
  *   rename      a same-size file renamed over the name is what a new open reads;
  *   reuse       unlink + create (the inode number is often reused) reads the new data;
  *   mmap        writes through a shared writable mapping reach a reader after close;
- *   pread-loop  the same file rewritten in place with pwrite and read through a fresh FD.
+ *   pread-loop  the same file rewritten in place with pwrite and read through a fresh FD;
+ *   utime       a file written and closed, then given a far-future mtime, keeps that mtime
+ *               through a read (nothing writes it back behind the guest's back).
  * Prints "ok NAME" or "FAIL NAME: ..." per check and exits 1 when any failed. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -246,6 +248,22 @@ static void check_pwrite_loop(void)
     report(ok, "pwrite-loop", got);
 }
 
+static void check_utime(void)
+{
+    char path[PATH_MAX], got[64], detail[128];
+    snprintf(path, sizeof path, "%s/utime", workdir);
+    write_version(path, 7);
+    /* 2108-12-30, as CPython's test_add_file_after_2107 sets it. */
+    const struct timespec far[2] = {{4386268800, 0}, {4386268800, 0}};
+    struct stat before = {0}, after = {0};
+    int ok = utimensat(AT_FDCWD, path, far, 0) == 0 && stat(path, &before) == 0 &&
+             path_has_version(path, 7, got) && stat(path, &after) == 0;
+    snprintf(detail, sizeof detail, "mtime %lld, then %lld after a read; want 4386268800",
+             (long long)before.st_mtime, (long long)after.st_mtime);
+    report(ok && before.st_mtime == 4386268800 && after.st_mtime == 4386268800, "utime",
+           detail);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -268,6 +286,7 @@ int main(int argc, char **argv)
     check_reuse();
     check_mmap();
     check_pwrite_loop();
+    check_utime();
     printf("coherence: %d failure(s)\n", failures);
     return failures ? 1 : 0;
 }
