@@ -52,6 +52,9 @@ Options:
       --preserve-fds N    pass kbox's FDs 3..3+N-1 to the guest (default 0: every
                           FD above 2 is closed)
   -v, --verbose           one line per dispatched syscall on stderr
+      --stats[=FORMAT]    at exit, count and time the calls kbox answered, per
+                          syscall, with errors by errno, on stderr; FORMAT is
+                          table (default) or json
   -h, --help              print this help and exit
       --version           print the version and exit
 
@@ -127,6 +130,13 @@ pub enum SyscallTier {
     Seccomp,
 }
 
+/// How `--stats` prints its report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsFormat {
+    Table,
+    Json,
+}
+
 /// A `-b HOST:GUEST` bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bind {
@@ -162,6 +172,8 @@ pub struct Config {
     pub preserve_fds: u32,
     /// `-v`: report dispatched syscalls.
     pub verbose: bool,
+    /// `--stats`: report counts and times at exit.
+    pub stats: Option<StatsFormat>,
     /// The guest's argv; never empty.
     pub command: Vec<OsString>,
 }
@@ -182,6 +194,7 @@ enum Opt {
     ShadowLimit,
     PreserveFds,
     Verbose,
+    Stats,
     Help,
     Version,
 }
@@ -211,6 +224,7 @@ impl Opt {
             b"shadow-limit" => Self::ShadowLimit,
             b"preserve-fds" => Self::PreserveFds,
             b"verbose" => Self::Verbose,
+            b"stats" => Self::Stats,
             b"help" => Self::Help,
             b"version" => Self::Version,
             _ => return None,
@@ -220,7 +234,7 @@ impl Opt {
     const fn takes_value(self) -> bool {
         !matches!(
             self,
-            Self::RootId | Self::Verbose | Self::Help | Self::Version
+            Self::RootId | Self::Verbose | Self::Stats | Self::Help | Self::Version
         )
     }
 
@@ -240,6 +254,7 @@ impl Opt {
             Self::ShadowLimit => "--shadow-limit",
             Self::PreserveFds => "--preserve-fds",
             Self::Verbose => "-v/--verbose",
+            Self::Stats => "--stats",
             Self::Help => "-h/--help",
             Self::Version => "--version",
         }
@@ -259,6 +274,7 @@ struct Builder {
     shadow_limit: u64,
     preserve_fds: u32,
     verbose: bool,
+    stats: Option<StatsFormat>,
 }
 
 /// Parses kbox's arguments (without argv\[0\]).
@@ -281,6 +297,7 @@ where
         shadow_limit: SHADOW_LIMIT_DEFAULT,
         preserve_fds: 0,
         verbose: false,
+        stats: None,
     };
     let mut args = args.into_iter();
     let mut command = Vec::new();
@@ -303,6 +320,9 @@ where
                     None => args.next().ok_or(UsageError::MissingValue(opt.name()))?,
                 };
                 b.apply_value(opt, value)?;
+            } else if opt == Opt::Stats {
+                // The one option whose value is optional (and so only given inline).
+                b.stats = Some(parse_stats_format(inline)?);
             } else if inline.is_some() {
                 return Err(UsageError::UnexpectedValue(opt.name()));
             } else if let Some(done) = b.apply_flag(opt) {
@@ -352,6 +372,7 @@ impl Builder {
             Opt::Version => return Some(Invocation::Version),
             Opt::RootId => self.root_id = true,
             Opt::Verbose => self.verbose = true,
+            Opt::Stats => self.stats = Some(StatsFormat::Table),
             _ => {}
         }
         None
@@ -389,7 +410,7 @@ impl Builder {
             Opt::SyscallMode => self.tier = parse_syscall_mode(&value)?,
             Opt::ShadowLimit => self.shadow_limit = parse_shadow_limit(&value)?,
             Opt::PreserveFds => self.preserve_fds = parse_preserve_fds(&value)?,
-            Opt::RootId | Opt::Verbose | Opt::Help | Opt::Version => {}
+            Opt::RootId | Opt::Verbose | Opt::Stats | Opt::Help | Opt::Version => {}
         }
         Ok(())
     }
@@ -430,6 +451,7 @@ impl Builder {
             shadow_limit: self.shadow_limit,
             preserve_fds: self.preserve_fds,
             verbose: self.verbose,
+            stats: self.stats,
             command,
         })
     }
@@ -494,6 +516,16 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
         let digit = d.is_ascii_digit().then(|| d - b'0')?;
         n.checked_mul(10)?.checked_add(u64::from(digit))
     })
+}
+
+fn parse_stats_format(value: Option<&[u8]>) -> Result<StatsFormat, UsageError> {
+    match value {
+        None | Some(b"table") => Ok(StatsFormat::Table),
+        Some(b"json") => Ok(StatsFormat::Json),
+        Some(other) => Err(UsageError::UnknownStatsFormat(Box::from(
+            OsStr::from_bytes(other),
+        ))),
+    }
 }
 
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
@@ -668,6 +700,7 @@ mod tests {
             shadow_limit: 256 << 20,
             preserve_fds: 0,
             verbose: false,
+            stats: None,
             command: args(&["/bin/sh"]),
         };
         assert_eq!(config(&["-r", "root.ext4"]), expected);
@@ -1286,6 +1319,36 @@ mod tests {
     }
 
     // Flags, help, version
+
+    #[test]
+    fn stats_is_a_table_unless_json_is_asked_for() {
+        assert_eq!(
+            config(&["-r", "i", "--stats"]).stats,
+            Some(StatsFormat::Table)
+        );
+        assert_eq!(
+            config(&["-r", "i", "--stats=table"]).stats,
+            Some(StatsFormat::Table)
+        );
+        assert_eq!(
+            config(&["-r", "i", "--stats=json"]).stats,
+            Some(StatsFormat::Json)
+        );
+        assert_eq!(config(&["-r", "i"]).stats, None);
+        // The value is only ever inline: a next argument is the command.
+        assert_eq!(
+            config(&["-r", "i", "--stats", "json"]).command,
+            args(&["json"])
+        );
+    }
+
+    #[test]
+    fn stats_with_an_unknown_format_is_an_error() {
+        assert_eq!(
+            error(&["-r", "i", "--stats=xml"]),
+            UsageError::UnknownStatsFormat(os("xml"))
+        );
+    }
 
     #[test]
     fn verbose_when_short_is_set() {

@@ -54,6 +54,8 @@ pub enum UsageError {
     },
     /// `--syscall-mode` with a value that is not a mode at all.
     UnknownSyscallMode(Box<OsStr>),
+    /// `--stats=` with a value that is not a report format.
+    UnknownStatsFormat(Box<OsStr>),
     /// `--syscall-mode` naming a tier that is not built yet.
     SyscallModeNotAvailable(&'static str),
     /// `--shadow-limit` whose value is not a size.
@@ -111,6 +113,9 @@ impl fmt::Display for UsageError {
             Self::UnknownSyscallMode(mode) => {
                 write!(f, "unknown syscall mode {}", Shown(mode))
             }
+            Self::UnknownStatsFormat(format) => {
+                write!(f, "unknown --stats format {}", Shown(format))
+            }
             Self::SyscallModeNotAvailable(mode) => write!(
                 f,
                 "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
@@ -164,6 +169,7 @@ impl UsageError {
                 "use -R instead of -S (or drop -0) to run as --change-id's user"
             }
             Self::UnknownSyscallMode(_) => "use --syscall-mode=auto or --syscall-mode=seccomp",
+            Self::UnknownStatsFormat(_) => "use --stats (a table) or --stats=json",
             Self::SyscallModeNotAvailable(_) => {
                 "use --syscall-mode=seccomp (or auto, which picks it)"
             }

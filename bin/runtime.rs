@@ -20,6 +20,7 @@ use crate::seccomp::guest_mem::{self, MemError, PATH_MAX};
 use crate::seccomp::notify::{FdTarget, NotifyError, NotifyFd, Pending};
 
 mod receivers;
+mod stats;
 
 /// The guest's RLIMIT_NOFILE (and the kernel library's): FD numbers up to this work.
 const GUEST_NOFILE: u64 = 65536;
@@ -338,8 +339,14 @@ fn run_booted(
         );
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());
+    if config.stats.is_some() {
+        stats::enable();
+    }
     let served = serve(&engine, notify, guest.pidfd());
     let status = guest.wait();
+    if let Some(format) = config.stats {
+        eprint!("{}", stats::report(format));
+    }
     // Guest processes still running (daemons, orphans) end with the first one.
     let mut engine = lock(&engine);
     for pid in engine.pids() {
@@ -409,18 +416,20 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
         pending: std::cell::RefCell::new(Some(pending)),
         slow,
     };
+    let started = stats::enabled().then(std::time::Instant::now);
     let reply = engine.handle(&guest, nr, n.args);
     // Already answered with an FD: nothing more to send.
-    let Some(pending) = guest.pending.into_inner() else {
-        engine.after_reply();
-        return;
-    };
-    // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
-    let _ = match reply {
-        Reply::Value(v) => pending.respond_value(v),
-        Reply::Fail(e) => pending.respond_errno(core_errno(e)),
-        Reply::Continue => pending.respond_continue(),
-    };
+    if let Some(pending) = guest.pending.into_inner() {
+        // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
+        let _ = match reply {
+            Reply::Value(v) => pending.respond_value(v),
+            Reply::Fail(e) => pending.respond_errno(core_errno(e)),
+            Reply::Continue => pending.respond_continue(),
+        };
+    }
+    if let Some(t) = started {
+        stats::record(nr, reply, t.elapsed());
+    }
     engine.after_reply();
 }
 

@@ -1041,3 +1041,58 @@ fn sysctl_writes_replace_the_value() {
     );
     assert_eq!(out, "a-long-hostname\nshort\nshort\n");
 }
+
+/// `--stats=json` counts what the guest did: 40 more failing stats (the shell's `[ -e ]` of a
+/// missing file) make exactly 40 more failed calls of that syscall and 40 more ENOENT; the
+/// totals add up; `--stats` prints the table.
+#[test]
+fn stats_count_what_the_guest_did() {
+    let img = Image::default("stats");
+    let run = |n: u32, format: &str| {
+        let script =
+            format!("i=0; while [ $i -lt {n} ]; do [ -e /no/such/file ]; i=$((i+1)); done");
+        let out = img.run(&[format, "-S"], &["/bin/sh", "-c", &script]);
+        expect(&out, 0);
+        text(&out.stderr)
+    };
+    // Python reads the JSON (the last line of stderr): name of the most failed syscall,
+    // its failures, ENOENT, and whether the per-syscall calls add up to the total.
+    let summary = |stderr: String| {
+        let probe = "import json,sys\n\
+            d = json.loads(sys.stdin.read().strip().splitlines()[-1])\n\
+            top = max(d['syscalls'], key=lambda s: s['failed'])\n\
+            total = sum(s['calls'] for s in d['syscalls']) == d['calls']\n\
+            print(top['name'], top['failed'], d['errors'].get('ENOENT', 0), total, d['tier'])";
+        let mut c = Command::new("python3");
+        c.args(["-c", probe])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().expect("python3 (make deps installs it)");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), stderr.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("python3");
+        assert!(out.status.success(), "not JSON:\n{stderr}");
+        let line = text(&out.stdout);
+        let f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(f.len(), 5, "{line}");
+        (
+            f[0].clone(),
+            f[1].parse::<u64>().expect("a count"),
+            f[2].parse::<u64>().expect("a count"),
+            f[3].clone(),
+            f[4].clone(),
+        )
+    };
+    let few = summary(run(40, "--stats=json"));
+    let more = summary(run(80, "--stats=json"));
+    assert_eq!(few.0, more.0, "{few:?} {more:?}");
+    assert!(few.0.contains("stat"), "{few:?}");
+    assert_eq!(more.1 - few.1, 40, "{few:?} {more:?}");
+    assert_eq!(more.2 - few.2, 40, "{few:?} {more:?}");
+    assert_eq!((few.3.as_str(), few.4.as_str()), ("True", "seccomp"));
+    let table = run(10, "--stats");
+    assert!(
+        table.contains("by count:") && table.contains("errors: ") && table.contains("ENOENT"),
+        "{table}"
+    );
+}

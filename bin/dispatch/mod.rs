@@ -437,7 +437,8 @@ fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
     Some((nr, args, Conv::None))
 }
 
-fn syscall_name(nr: u32) -> Option<&'static str> {
+/// The name of host syscall `nr`.
+pub fn syscall_name(nr: u32) -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     return kbox_core::sysno::x86_64::name(nr);
     #[cfg(target_arch = "aarch64")]
