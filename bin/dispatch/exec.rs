@@ -540,16 +540,7 @@ fn persistent_store(image: &Path) -> Option<PathBuf> {
     let _ = rustix::fs::utimensat(
         rustix::fs::CWD,
         &dir,
-        &rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-        },
+        &hostio::timestamps(rustix::fs::UTIME_NOW, rustix::fs::UTIME_NOW),
         rustix::fs::AtFlags::empty(),
     );
     let noexec = rustix::fs::statvfs(&dir)

@@ -29,6 +29,16 @@ pub fn memfd(size: u64) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
+/// Access and modification times for futimens/utimensat, each the epoch plus `nsec`
+/// nanoseconds, or UTIME_NOW / UTIME_OMIT.
+pub fn timestamps(atime_nsec: i64, mtime_nsec: i64) -> rustix::fs::Timestamps {
+    let at = |tv_nsec| rustix::fs::Timespec { tv_sec: 0, tv_nsec };
+    rustix::fs::Timestamps {
+        last_access: at(atime_nsec),
+        last_modification: at(mtime_nsec),
+    }
+}
+
 /// A new open file description of the file `fd` refers to, with its own access mode and
 /// offset (through /proc/self/fd, as Linux allows for memfds and regular files).
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, Errno> {

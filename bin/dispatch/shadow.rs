@@ -522,16 +522,7 @@ impl Writable {
 
     /// Marks the copy changed (its mtime now), as a write would.
     fn mark_dirty(&self) -> Result<(), Errno> {
-        let now = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-        };
+        let now = hostio::timestamps(rustix::fs::UTIME_OMIT, rustix::fs::UTIME_NOW);
         rustix::fs::futimens(&self.fd, &now).map_err(hostio::errno)
     }
 }
@@ -539,16 +530,7 @@ impl Writable {
 /// Parks copy `fd`'s mtime at the epoch: "the copy matches the file" (see
 /// `Writable::mark_clean`).
 fn park(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let epoch = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-    };
+    let epoch = hostio::timestamps(rustix::fs::UTIME_OMIT, 0);
     rustix::fs::futimens(fd, &epoch).map_err(hostio::errno)
 }
 
