@@ -16,7 +16,7 @@
 //!   call another guest thread makes meanwhile waits unreceived, exposed to signals. So while
 //!   guest threads make calls concurrently, two threads wait in RECV instead of one (each
 //!   notification then wakes both, which costs the loser a wake-up: about 3 µs a call, paid
-//!   only then).
+//!   only then: the spare thread steps out when the stretch ends).
 //! - Receivers ask for the shortest time slice (see `ask_short_slice`), so a receiver the
 //!   guest wakes gets a busy CPU sooner.
 
@@ -156,6 +156,28 @@ impl Receivers {
     }
 }
 
+impl Receivers {
+    /// Once a concurrent stretch is over, the spare thread in RECV steps out (else every
+    /// later call would go on waking two threads). Returns whether the caller must step
+    /// out: it then waits in `take`.
+    fn step_down_if_spare(&self) -> bool {
+        let until = self.concurrent_until.load(Ordering::Relaxed);
+        if until == 0 || now() < until {
+            return false;
+        }
+        let mut state = self.state();
+        if state.receiving > 1 {
+            state.receiving -= 1;
+            return true;
+        }
+        // One receiver left: the stretch is over for good (unless a new one began).
+        let _ =
+            self.concurrent_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
+    }
+}
+
 fn start_one(all: &Arc<Receivers>) -> std::io::Result<()> {
     let all = Arc::clone(all);
     std::thread::Builder::new()
@@ -191,7 +213,7 @@ fn receive(all: &Arc<Receivers>) {
         };
         (all.answer)(&mut engine, pending, &pass);
         drop(engine);
-        if passed.get() {
+        if passed.get() || all.step_down_if_spare() {
             all.take();
         }
     }
