@@ -397,6 +397,16 @@ impl Procs {
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
     }
+
+    /// Every guest process, by host pid.
+    pub fn iter(&self) -> impl Iterator<Item = (&u32, &Proc)> {
+        self.procs.iter()
+    }
+
+    /// The image root's task, until shutdown.
+    pub fn root(&self) -> Option<&Task> {
+        self.root.as_ref()
+    }
 }
 
 /// The thread group (process) host thread `tid` belongs to.

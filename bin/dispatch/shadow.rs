@@ -35,6 +35,19 @@ pub struct Shadows {
     changes: Vec<FileId>,
     /// More changes than `changes` keeps came: treat every file as changed.
     changes_overflowed: bool,
+    /// Opens served from a current cached copy, and opens that had to copy (the dashboard).
+    hits: u64,
+    misses: u64,
+}
+
+/// What the shadow cache holds, for the dashboard.
+pub struct CacheUse {
+    /// Cached copies.
+    pub copies: usize,
+    pub hits: u64,
+    pub misses: u64,
+    /// Bytes of file contents in the copies.
+    pub bytes: u64,
 }
 
 /// Changed files remembered between two execs, at most.
@@ -49,6 +62,17 @@ impl Shadows {
             limit: limit.bytes(),
             changes: Vec::new(),
             changes_overflowed: false,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn usage(&self) -> CacheUse {
+        CacheUse {
+            copies: self.cache.len(),
+            hits: self.hits,
+            misses: self.misses,
+            bytes: self.cache.bytes(),
         }
     }
 
@@ -116,6 +140,7 @@ impl Shadows {
         let h = match self.cache.lookup(id, version) {
             Lookup::Hit(h) => {
                 if let Some(Some(_)) = self.slab.get(slot(h)) {
+                    self.hits += 1;
                     return Ok(h);
                 }
                 self.release(h);
@@ -127,6 +152,7 @@ impl Shadows {
             Lookup::Miss => None,
         };
         slow();
+        self.misses += 1;
         let h = match h.and_then(|h| Some((h, self.slab.get(slot(h))?.as_ref()?))) {
             Some((h, fd)) => {
                 // Refilled from the file, the copy is the file: parked clean, or a writer's

@@ -139,6 +139,15 @@ impl<H: Copy, const N: usize> ShadowCache<H, N> {
         self.len() == 0
     }
 
+    /// Bytes of file contents the cached copies hold (their files' sizes).
+    pub fn bytes(&self) -> u64 {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.version.size)
+            .fold(0, u64::saturating_add)
+    }
+
     /// Looks up the copy of `id`, checking it is of `version`.
     pub fn lookup(&mut self, id: FileId, version: FileVersion) -> Lookup<H> {
         let now = self.tick();

@@ -183,3 +183,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bytes_count_what_the_cached_copies_hold() {
+    let mut c: ShadowCache<u32> = ShadowCache::new(ShadowLimit::DEFAULT);
+    assert_eq!(c.bytes(), 0);
+    c.insert(id(1), ver(1, 10), 1);
+    c.insert(id(2), ver(1, 32), 2);
+    assert_eq!(c.bytes(), 42);
+    // A newer version replaces the older copy's size; a removed copy counts nothing.
+    c.insert(id(1), ver(2, 5), 3);
+    assert_eq!(c.bytes(), 37);
+    c.remove(id(2));
+    assert_eq!(c.bytes(), 5);
+}

@@ -101,11 +101,24 @@ pub struct Kernel {
     _private: (),
 }
 
+std::thread_local! {
+    /// Syscalls this host thread has made into the kernel library (see [`calls_made`]).
+    static CALLS_MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many syscalls the calling host thread has made into the kernel library so far: a
+/// caller compares two readings to learn whether some work reached the kernel (kbox's
+/// trace tells "served by the kernel library" from "emulated" this way).
+pub fn calls_made() -> u64 {
+    CALLS_MADE.with(std::cell::Cell::get)
+}
+
 fn call(
     no: u32,
     args: [usize; 6],
     f: impl FnOnce(c_long, *mut c_long) -> c_long,
 ) -> Result<usize, Errno> {
+    CALLS_MADE.with(|n| n.set(n.get().wrapping_add(1)));
     // Arguments are register-sized bit patterns; the kernel reinterprets them.
     let mut params = args.map(|a| c_long::from_ne_bytes(a.to_ne_bytes()));
     Errno::result(f(c_long::from(no), params.as_mut_ptr()))

@@ -11,7 +11,7 @@ mod virtio_mmio;
 
 pub use block::{DiskError, DiskId, MountError, RootMode, add_disk};
 pub use errno::Errno;
-pub use kernel::{BootConfig, BootError, Kernel, PID_MAX, PidWish, Task, TaskKind};
+pub use kernel::{BootConfig, BootError, Kernel, PID_MAX, PidWish, Task, TaskKind, calls_made};
 
 /// Syscall numbers of the kernel library (the asm-generic table).
 pub mod sysno {
