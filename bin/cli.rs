@@ -55,6 +55,13 @@ Options:
       --stats[=FORMAT]    at exit, count and time the calls kbox answered, per
                           syscall, with errors by errno, on stderr; FORMAT is
                           table (default) or json
+      --trace FILE        one JSON line per call kbox answers, to FILE (- for
+                          stderr); see docs/trace.md
+      --trace-filter NAMES  trace only these syscalls (comma-separated names);
+                          alone, it traces to stderr
+      --web[=ADDR:PORT]   serve a live dashboard of the guest's calls and
+                          processes (default 127.0.0.1 and a free port, printed
+                          at start)
   -h, --help              print this help and exit
       --version           print the version and exit
 
@@ -73,7 +80,7 @@ pub enum Invocation {
     /// Print the version and exit successfully.
     Version,
     /// Run a guest.
-    Run(Config),
+    Run(Box<Config>),
 }
 
 /// Which mounts the guest gets besides the image itself.
@@ -137,6 +144,18 @@ pub enum StatsFormat {
     Json,
 }
 
+/// Where `--trace` writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceTarget {
+    Stderr,
+    File(PathBuf),
+}
+
+/// `--web` without an address: loopback, a port the system picks.
+pub const WEB_DEFAULT: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+);
+
 /// A `-b HOST:GUEST` bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bind {
@@ -174,6 +193,12 @@ pub struct Config {
     pub verbose: bool,
     /// `--stats`: report counts and times at exit.
     pub stats: Option<StatsFormat>,
+    /// `--trace`: where the JSON lines go.
+    pub trace: Option<TraceTarget>,
+    /// `--trace-filter`: the host numbers of the syscalls traced (all when empty).
+    pub trace_filter: Vec<u32>,
+    /// `--web`: where the dashboard listens.
+    pub web: Option<std::net::SocketAddr>,
     /// The guest's argv; never empty.
     pub command: Vec<OsString>,
 }
@@ -195,6 +220,9 @@ enum Opt {
     PreserveFds,
     Verbose,
     Stats,
+    Trace,
+    TraceFilter,
+    Web,
     Help,
     Version,
 }
@@ -225,6 +253,9 @@ impl Opt {
             b"preserve-fds" => Self::PreserveFds,
             b"verbose" => Self::Verbose,
             b"stats" => Self::Stats,
+            b"trace" => Self::Trace,
+            b"trace-filter" => Self::TraceFilter,
+            b"web" => Self::Web,
             b"help" => Self::Help,
             b"version" => Self::Version,
             _ => return None,
@@ -234,7 +265,7 @@ impl Opt {
     const fn takes_value(self) -> bool {
         !matches!(
             self,
-            Self::RootId | Self::Verbose | Self::Stats | Self::Help | Self::Version
+            Self::RootId | Self::Verbose | Self::Stats | Self::Web | Self::Help | Self::Version
         )
     }
 
@@ -255,6 +286,9 @@ impl Opt {
             Self::PreserveFds => "--preserve-fds",
             Self::Verbose => "-v/--verbose",
             Self::Stats => "--stats",
+            Self::Trace => "--trace",
+            Self::TraceFilter => "--trace-filter",
+            Self::Web => "--web",
             Self::Help => "-h/--help",
             Self::Version => "--version",
         }
@@ -275,6 +309,9 @@ struct Builder {
     preserve_fds: u32,
     verbose: bool,
     stats: Option<StatsFormat>,
+    trace: Option<TraceTarget>,
+    trace_filter: Vec<u32>,
+    web: Option<std::net::SocketAddr>,
 }
 
 /// Parses kbox's arguments (without argv\[0\]).
@@ -298,6 +335,9 @@ where
         preserve_fds: 0,
         verbose: false,
         stats: None,
+        trace: None,
+        trace_filter: Vec::new(),
+        web: None,
     };
     let mut args = args.into_iter();
     let mut command = Vec::new();
@@ -321,8 +361,10 @@ where
                 };
                 b.apply_value(opt, value)?;
             } else if opt == Opt::Stats {
-                // The one option whose value is optional (and so only given inline).
+                // Options whose value is optional (and so only given inline).
                 b.stats = Some(parse_stats_format(inline)?);
+            } else if opt == Opt::Web {
+                b.web = Some(parse_web_address(inline)?);
             } else if inline.is_some() {
                 return Err(UsageError::UnexpectedValue(opt.name()));
             } else if let Some(done) = b.apply_flag(opt) {
@@ -355,7 +397,7 @@ where
             break;
         }
     }
-    b.finish(command).map(Invocation::Run)
+    b.finish(command).map(|c| Invocation::Run(Box::new(c)))
 }
 
 /// The error for an unknown short option `c` met inside the argument `arg`.
@@ -373,6 +415,7 @@ impl Builder {
             Opt::RootId => self.root_id = true,
             Opt::Verbose => self.verbose = true,
             Opt::Stats => self.stats = Some(StatsFormat::Table),
+            Opt::Web => self.web = Some(WEB_DEFAULT),
             _ => {}
         }
         None
@@ -410,7 +453,15 @@ impl Builder {
             Opt::SyscallMode => self.tier = parse_syscall_mode(&value)?,
             Opt::ShadowLimit => self.shadow_limit = parse_shadow_limit(&value)?,
             Opt::PreserveFds => self.preserve_fds = parse_preserve_fds(&value)?,
-            Opt::RootId | Opt::Verbose | Opt::Stats | Opt::Help | Opt::Version => {}
+            Opt::Trace => {
+                self.trace = Some(if value.as_bytes() == b"-" {
+                    TraceTarget::Stderr
+                } else {
+                    TraceTarget::File(PathBuf::from(value))
+                });
+            }
+            Opt::TraceFilter => self.trace_filter.extend(parse_trace_filter(&value)?),
+            Opt::RootId | Opt::Verbose | Opt::Stats | Opt::Web | Opt::Help | Opt::Version => {}
         }
         Ok(())
     }
@@ -452,6 +503,12 @@ impl Builder {
             preserve_fds: self.preserve_fds,
             verbose: self.verbose,
             stats: self.stats,
+            // A filter alone asks for a trace: to stderr, as strace does.
+            trace: self
+                .trace
+                .or_else(|| (!self.trace_filter.is_empty()).then_some(TraceTarget::Stderr)),
+            trace_filter: self.trace_filter,
+            web: self.web,
             command,
         })
     }
@@ -526,6 +583,32 @@ fn parse_stats_format(value: Option<&[u8]>) -> Result<StatsFormat, UsageError> {
             OsStr::from_bytes(other),
         ))),
     }
+}
+
+/// Parses `--trace-filter` names (comma-separated) into host syscall numbers.
+fn parse_trace_filter(value: &OsStr) -> Result<Vec<u32>, UsageError> {
+    value
+        .as_bytes()
+        .split(|&c| c == b',')
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(crate::dispatch::policy::host_nr)
+                .ok_or_else(|| UsageError::UnknownSyscallName(Box::from(OsStr::from_bytes(name))))
+        })
+        .collect()
+}
+
+/// Parses `--web`'s optional `ADDR:PORT` (IPv6 as `[ADDR]:PORT`).
+fn parse_web_address(value: Option<&[u8]>) -> Result<std::net::SocketAddr, UsageError> {
+    let Some(value) = value else {
+        return Ok(WEB_DEFAULT);
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| UsageError::BadWebAddress(Box::from(OsStr::from_bytes(value))))
 }
 
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
@@ -667,7 +750,7 @@ mod tests {
     /// Parses `list`, which must be a valid command line that runs a guest.
     fn config(list: &[&str]) -> Config {
         match parse(args(list)) {
-            Ok(Invocation::Run(config)) => config,
+            Ok(Invocation::Run(config)) => *config,
             other => panic!("{list:?} gave {other:?}"),
         }
     }
@@ -701,6 +784,9 @@ mod tests {
             preserve_fds: 0,
             verbose: false,
             stats: None,
+            trace: None,
+            trace_filter: Vec::new(),
+            web: None,
             command: args(&["/bin/sh"]),
         };
         assert_eq!(config(&["-r", "root.ext4"]), expected);
@@ -1347,6 +1433,59 @@ mod tests {
         assert_eq!(
             error(&["-r", "i", "--stats=xml"]),
             UsageError::UnknownStatsFormat(os("xml"))
+        );
+    }
+
+    #[test]
+    fn trace_goes_to_a_file_or_to_stderr() {
+        assert_eq!(
+            config(&["-r", "i", "--trace", "t.jsonl"]).trace,
+            Some(TraceTarget::File(PathBuf::from("t.jsonl")))
+        );
+        assert_eq!(
+            config(&["-r", "i", "--trace=-"]).trace,
+            Some(TraceTarget::Stderr)
+        );
+        assert_eq!(config(&["-r", "i"]).trace, None);
+    }
+
+    #[test]
+    fn trace_filter_names_syscalls_and_alone_traces_to_stderr() {
+        let c = config(&[
+            "-r",
+            "i",
+            "--trace-filter=openat,close",
+            "--trace-filter",
+            "execve",
+        ]);
+        let nr = |n| crate::dispatch::policy::host_nr(n).unwrap_or(u32::MAX);
+        assert_eq!(
+            c.trace_filter,
+            vec![nr("openat"), nr("close"), nr("execve")]
+        );
+        assert_eq!(c.trace, Some(TraceTarget::Stderr));
+        assert_eq!(
+            error(&["-r", "i", "--trace-filter=openat,nosuchcall"]),
+            UsageError::UnknownSyscallName(os("nosuchcall"))
+        );
+    }
+
+    #[test]
+    fn web_listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(config(&["-r", "i", "--web"]).web, Some(WEB_DEFAULT));
+        assert_eq!(
+            config(&["-r", "i", "--web=0.0.0.0:8080"]).web,
+            Some("0.0.0.0:8080".parse().unwrap_or(WEB_DEFAULT))
+        );
+        assert_eq!(config(&["-r", "i"]).web, None);
+        // The value is only ever inline: a next argument is the command.
+        assert_eq!(
+            config(&["-r", "i", "--web", "127.0.0.1:1"]).command,
+            args(&["127.0.0.1:1"])
+        );
+        assert_eq!(
+            error(&["-r", "i", "--web=localhost"]),
+            UsageError::BadWebAddress(os("localhost"))
         );
     }
 

@@ -56,6 +56,10 @@ pub enum UsageError {
     UnknownSyscallMode(Box<OsStr>),
     /// `--stats=` with a value that is not a report format.
     UnknownStatsFormat(Box<OsStr>),
+    /// `--trace-filter` naming something that is not a syscall of this arch.
+    UnknownSyscallName(Box<OsStr>),
+    /// `--web=` with a value that is not `ADDR:PORT`.
+    BadWebAddress(Box<OsStr>),
     /// `--syscall-mode` naming a tier that is not built yet.
     SyscallModeNotAvailable(&'static str),
     /// `--shadow-limit` whose value is not a size.
@@ -116,6 +120,12 @@ impl fmt::Display for UsageError {
             Self::UnknownStatsFormat(format) => {
                 write!(f, "unknown --stats format {}", Shown(format))
             }
+            Self::UnknownSyscallName(name) => {
+                write!(f, "--trace-filter: {} is not a syscall here", Shown(name))
+            }
+            Self::BadWebAddress(addr) => {
+                write!(f, "--web={} is not an ADDR:PORT address", Shown(addr))
+            }
             Self::SyscallModeNotAvailable(mode) => write!(
                 f,
                 "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
@@ -170,6 +180,10 @@ impl UsageError {
             }
             Self::UnknownSyscallMode(_) => "use --syscall-mode=auto or --syscall-mode=seccomp",
             Self::UnknownStatsFormat(_) => "use --stats (a table) or --stats=json",
+            Self::UnknownSyscallName(_) => {
+                "name syscalls as the kernel does, e.g. --trace-filter=openat,newfstatat,execve"
+            }
+            Self::BadWebAddress(_) => "e.g. --web=127.0.0.1:8080 or --web alone for a free port",
             Self::SyscallModeNotAvailable(_) => {
                 "use --syscall-mode=seccomp (or auto, which picks it)"
             }

@@ -35,7 +35,7 @@ fn run(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Exit, Error> {
             let version = concat!("kbox ", env!("CARGO_PKG_VERSION"), "\n");
             return print_stdout(version).map(|()| Exit::Done);
         }
-        Invocation::Run(config) => config,
+        Invocation::Run(config) => *config,
     };
     let access = cli::check_host(&config)?;
     if let Some(warning) = access.warning(&config.image) {

@@ -11,7 +11,7 @@ use kbox_core::bpf::Action;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{BootConfig, Errno, Kernel, RootMode, Task};
 
-use crate::cli::{Config, Identity, Mounts};
+use crate::cli::{Config, Identity, Mounts, TraceTarget};
 use crate::dispatch::{self, Engine, Guest, Reply};
 use crate::exit::Exit;
 use crate::seccomp::child::{self, Command, ExitStatus, SpawnError};
@@ -19,8 +19,13 @@ use crate::seccomp::filter::Program;
 use crate::seccomp::guest_mem::{self, MemError, PATH_MAX};
 use crate::seccomp::notify::{FdTarget, NotifyError, NotifyFd, Pending};
 
+mod json;
+mod observe;
 mod receivers;
 mod stats;
+mod ticks;
+mod trace;
+mod web;
 
 /// The guest's RLIMIT_NOFILE (and the kernel library's): FD numbers up to this work.
 const GUEST_NOFILE: u64 = 65536;
@@ -55,6 +60,16 @@ pub enum RuntimeError {
     Filter(kbox_core::bpf::BpfError),
     Spawn(SpawnError),
     Notify(NotifyError),
+    /// `--trace FILE` cannot be created.
+    TraceFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// `--web` cannot listen.
+    Web {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 impl fmt::Display for RuntimeError {
@@ -69,6 +84,14 @@ impl fmt::Display for RuntimeError {
             Self::Filter(e) => write!(f, "cannot build the seccomp filter: {e:?}"),
             Self::Spawn(e) => write!(f, "cannot start the guest: {e}"),
             Self::Notify(e) => write!(f, "lost contact with the guest: {e}"),
+            Self::TraceFile { path, error } => {
+                write!(
+                    f,
+                    "cannot create the trace file {}: {error}",
+                    path.display()
+                )
+            }
+            Self::Web { addr, error } => write!(f, "cannot serve the dashboard on {addr}: {error}"),
         }
     }
 }
@@ -78,6 +101,7 @@ impl RuntimeError {
         match self {
             Self::Mount(_) => Some("check the image with `e2fsck -fn IMAGE`"),
             Self::ExecDir(_) => Some("kbox needs a writable, exec-allowed TMPDIR or ~/.cache"),
+            Self::Web { .. } => Some("pick another port, e.g. --web=127.0.0.1:0 for a free one"),
             _ => None,
         }
     }
@@ -276,9 +300,10 @@ fn run_booted(
             .map_err(RuntimeError::Spawn)?;
     }
     cmd.preserve_fds(config.preserve_fds);
+    start_observers(config, &engine)?;
     let compile = |own_ipc, own_pid| {
         Program::compile_checked(
-            &dispatch::policy::rules(own_ipc, own_pid),
+            &dispatch::policy::rules(own_ipc, own_pid, observe::enabled()),
             &dispatch::policy::checks(),
             Action::Notify,
         )
@@ -339,11 +364,10 @@ fn run_booted(
         );
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());
-    if config.stats.is_some() {
-        stats::enable();
-    }
     let served = serve(&engine, notify, guest.pidfd());
     let status = guest.wait();
+    web::guest_ended();
+    trace::flush();
     if let Some(format) = config.stats {
         eprint!("{}", stats::report(format));
     }
@@ -377,6 +401,39 @@ fn run_booted(
         )),
         Err(e) => Err(RuntimeError::Spawn(e)),
     }
+}
+
+/// Starts what the user asked to watch the guest with: `--stats` counting, `--trace`
+/// lines, the `--web` dashboard (whose address is printed: the port may be the system's
+/// pick).
+fn start_observers(config: &Config, engine: &Arc<Mutex<Engine>>) -> Result<(), RuntimeError> {
+    if config.stats.is_some() {
+        stats::enable();
+    }
+    if let Some(target) = &config.trace {
+        let out: Box<dyn std::io::Write + Send> = match target {
+            TraceTarget::Stderr => Box::new(std::io::stderr()),
+            TraceTarget::File(path) => {
+                Box::new(
+                    std::fs::File::create(path).map_err(|error| RuntimeError::TraceFile {
+                        path: path.clone(),
+                        error,
+                    })?,
+                )
+            }
+        };
+        let only = (!config.trace_filter.is_empty()).then_some(config.trace_filter.as_slice());
+        trace::enable(out, only);
+    }
+    if let Some(addr) = config.web {
+        let bound = web::start(addr, Arc::clone(engine))
+            .map_err(|error| RuntimeError::Web { addr, error })?;
+        eprintln!("kbox: dashboard at http://{bound}/");
+    }
+    if config.stats.is_some() || config.trace.is_some() || config.web.is_some() {
+        observe::enable();
+    }
+    Ok(())
 }
 
 fn yes(b: bool) -> &'static str {
@@ -416,8 +473,15 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
         pending: std::cell::RefCell::new(Some(pending)),
         slow,
     };
-    let started = stats::enabled().then(std::time::Instant::now);
-    let reply = engine.handle(&guest, nr, n.args);
+    let watch = observe::start(&guest, nr, n.args);
+    // Calls the filter denies reach kbox only while they are watched (`policy::rules`
+    // with `counted`); refused here exactly as the filter refuses them.
+    let denied = watch.is_some() && dispatch::policy::denied(nr);
+    let reply = if denied {
+        Reply::Fail(Errno::EPERM)
+    } else {
+        engine.handle(&guest, nr, n.args)
+    };
     // Already answered with an FD: nothing more to send.
     if let Some(pending) = guest.pending.into_inner() {
         // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
@@ -427,8 +491,8 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
             Reply::Continue => pending.respond_continue(),
         };
     }
-    if let Some(t) = started {
-        stats::record(nr, reply, t.elapsed());
+    if let Some(w) = watch {
+        w.finish(n.pid, nr, reply, denied);
     }
     engine.after_reply();
 }

@@ -10,6 +10,7 @@ apt_pkgs=(
   busybox-static e2fsprogs fakeroot debootstrap debian-archive-keyring gpgv  # guest images
   binutils                                   # objdump: the decoder's reference
   proot hyperfine                            # make bench
+  chromium fonts-liberation                  # make check: the --web dashboard in a real browser
 )
 targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 

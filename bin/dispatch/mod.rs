@@ -21,6 +21,7 @@ mod hostio;
 mod interrupt;
 mod linux;
 mod listeners;
+pub mod overview;
 mod pidview;
 pub mod policy;
 mod procs;
@@ -435,6 +436,12 @@ fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
 #[cfg(target_arch = "aarch64")]
 fn lower(nr: u32, args: [u64; 6]) -> Option<(u32, [u64; 6], Conv)> {
     Some((nr, args, Conv::None))
+}
+
+/// Host thread `tid`'s (pid, tid) as the guest knows them.
+pub fn guest_ids(tid: u32) -> Option<(u32, u32)> {
+    let pid = pidview::guest_pid(procs::tgid_of(tid)?)?;
+    Some((pid, pidview::guest_pid(tid)?))
 }
 
 /// The name of host syscall `nr`.

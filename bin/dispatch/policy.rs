@@ -291,12 +291,36 @@ pub const CLONE_NEW_ANY: u32 = 0x7e02_0080;
 pub const TIOCSTI: u32 = 0x5412;
 pub const TIOCLINUX: u32 = 0x541c;
 
+/// Whether host call `nr` is one of DENY's: refused with EPERM by kbox when the filter
+/// notifies it (`rules` with `counted`), as the filter itself would.
+pub fn denied(nr: u32) -> bool {
+    /// Host numbers stay below this on both arches.
+    const CALLS: usize = 512;
+    static DENIED: std::sync::OnceLock<[bool; CALLS]> = std::sync::OnceLock::new();
+    let table = DENIED.get_or_init(|| {
+        let mut t = [false; CALLS];
+        for nr in DENY.iter().filter_map(|n| host_nr(n)) {
+            if let Some(d) = usize::try_from(nr).ok().and_then(|i| t.get_mut(i)) {
+                *d = true;
+            }
+        }
+        t
+    });
+    usize::try_from(nr)
+        .ok()
+        .and_then(|i| table.get(i))
+        .copied()
+        .unwrap_or(false)
+}
+
 /// The filter's rules: HOST allowed, DENY refused, clone3 ENOSYS (libcs fall back to
 /// clone, whose flags the filter can see), SysV IPC allowed only with an IPC namespace of
 /// the guest's own (`own_ipc`), pid-naming calls run by the host only when the guest has a
 /// PID namespace of its own (`own_pid`: the kernel then confines them to it), else notified
-/// and mediated; everything else (the default) notifies.
-pub fn rules(own_ipc: bool, own_pid: bool) -> Vec<Rule> {
+/// and mediated; everything else (the default) notifies. With `counted` (the user watches
+/// the calls), DENY's calls are notified instead, for kbox to count and refuse (`denied`):
+/// a notified call never runs on the host unless kbox lets it.
+pub fn rules(own_ipc: bool, own_pid: bool, counted: bool) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut push = |name: &str, action: Action| {
         if let Some(nr) = host_nr(name)
@@ -305,7 +329,7 @@ pub fn rules(own_ipc: bool, own_pid: bool) -> Vec<Rule> {
             rules.push(Rule { nr, action });
         }
     };
-    for name in DENY {
+    for name in DENY.iter().filter(|_| !counted) {
         push(name, Action::Errno(Errno::EPERM));
     }
     push("clone3", Action::Errno(Errno::ENOSYS));
@@ -392,8 +416,14 @@ mod tests {
 
     #[test]
     fn rules_compile_to_a_filter() {
-        for (own_ipc, own_pid) in [(false, false), (true, false), (false, true), (true, true)] {
-            let rules = rules(own_ipc, own_pid);
+        for (own_ipc, own_pid, counted) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (true, true, false),
+            (true, true, true),
+        ] {
+            let rules = rules(own_ipc, own_pid, counted);
             assert!(rules.len() > 150);
             let mut out = vec![kbox_core::bpf::SockFilter::default(); kbox_core::bpf::MAX_INSNS];
             let arch = crate::seccomp::filter::HOST_ARCH;
@@ -405,16 +435,27 @@ mod tests {
     }
 
     #[test]
+    fn counted_denials_are_notified_and_still_refused() {
+        for name in DENY {
+            let Some(nr) = host_nr(name) else { continue };
+            assert!(denied(nr), "{name}");
+            assert!(rules(false, false, false).iter().any(|r| r.nr == nr));
+            assert!(rules(false, false, true).iter().all(|r| r.nr != nr));
+        }
+        assert!(!denied(host_nr("openat").unwrap_or(u32::MAX)));
+    }
+
+    #[test]
     fn pid_targeted_calls_are_mediated_unless_the_guest_has_its_own_pids() {
         for name in pid_targeted() {
             assert!(!HOST.contains(&name) && !DENY.contains(&name), "{name}");
             let nr = host_nr(name).unwrap_or_else(|| panic!("{name} has no number"));
             assert!(
-                rules(true, false).iter().all(|r| r.nr != nr),
+                rules(true, false, false).iter().all(|r| r.nr != nr),
                 "{name} has a rule"
             );
             assert!(
-                rules(false, true).iter().any(|r| r.nr == nr),
+                rules(false, true, false).iter().any(|r| r.nr == nr),
                 "{name} is not allowed"
             );
         }
