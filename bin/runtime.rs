@@ -482,6 +482,7 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
     } else {
         engine.handle(&guest, nr, n.args)
     };
+    let ended = watch.map(|w| w.end(reply, denied));
     // Already answered with an FD: nothing more to send.
     if let Some(pending) = guest.pending.into_inner() {
         // A guest thread that died meanwhile cannot be answered; nothing else to do for it.
@@ -491,8 +492,8 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
             Reply::Continue => pending.respond_continue(),
         };
     }
-    if let Some(w) = watch {
-        w.finish(n.pid, nr, reply, denied);
+    if let Some(e) = ended {
+        e.finish(n.pid, nr, reply);
     }
     engine.after_reply();
 }

@@ -74,8 +74,10 @@ pub fn start_untraced() -> Watch {
 }
 
 impl Watch {
-    /// How the call was served and how long it took, in ticks.
-    pub fn end(&self, reply: Reply, denied: bool) -> (Served, u64) {
+    /// The call was answered with `reply` (`denied`: by the policy), taken just before
+    /// the answer is sent: with the synchronous wake-up the guest may run before sending
+    /// returns, which is not kbox's time.
+    pub fn end(self, reply: Reply, denied: bool) -> Ended {
         let took = ticks::now().wrapping_sub(self.started);
         let served = match reply {
             _ if denied => Served::Denied,
@@ -83,17 +85,30 @@ impl Watch {
             _ if kbox_lkl::calls_made() != self.kernel_calls => Served::Kernel,
             _ => Served::Emulated,
         };
-        (served, took)
+        Ended {
+            trace: self.trace,
+            served,
+            took,
+        }
     }
+}
 
-    /// Call `nr` of host thread `tid` was answered with `reply`; `denied`: by the policy.
-    pub fn finish(self, tid: u32, nr: u32, reply: Reply, denied: bool) {
-        let (served, took) = self.end(reply, denied);
+/// A watched call, answered.
+pub struct Ended {
+    trace: Option<trace::Before>,
+    pub served: Served,
+    /// Ticks from receiving the call to answering it.
+    pub took: u64,
+}
+
+impl Ended {
+    /// Counts and traces call `nr` of host thread `tid`, answered with `reply`.
+    pub fn finish(self, tid: u32, nr: u32, reply: Reply) {
         if stats::enabled() {
-            stats::record(nr, reply, served, took);
+            stats::record(nr, reply, self.served, self.took);
         }
         if let Some(before) = self.trace {
-            trace::after(before, tid, nr, reply, served, ticks::to_ns(took));
+            trace::after(before, tid, nr, reply, self.served, ticks::to_ns(self.took));
         }
     }
 }
