@@ -248,19 +248,27 @@ def main():
         f"host kernel {platform.release()}; micro: median of 7 batches of {a.calls} calls; "
         f"workloads: median of {a.runs} runs",
         "",
-        "| operation | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "| operation | " + " | ".join(cols) + " | seccomp ÷ floor |",
+        "|---|" + "---|" * (len(cols) + 1),
     ]
+    # The notification floor: a call kbox's seccomp tier answers ENOSYS at once (bench.c's
+    # "enosys" row), measured in the same run; each seccomp row is also given as a multiple
+    # of it.
+    floor = m["kbox seccomp"].get("enosys")
     for op, base in m["native"].items():
         cells = [f"{base:.3g} µs"] + [fmt_ratio(m[c].get(op), base) for c in cols[1:]]
-        lines.append(f"| {op} (µs/call) | " + " | ".join(cells) + " |")
+        value = m["kbox seccomp"].get(op)
+        cells.append(f"{value / floor:.2f}×" if floor and value else "—")
+        label = "enosys: notification floor" if op == "enosys" else op
+        lines.append(f"| {label} (µs/call) | " + " | ".join(cells) + " |")
     for op, base in w["native"].items():
         cells = [f"{base:.3g} s"] + [fmt_ratio(w.get(c, {}).get(op), base) for c in cols[1:]]
+        cells.append("")
         label = op.replace("|", "\\|")
         lines.append(f"| {label} (s) | " + " | ".join(cells) + " |")
     if py:
         base = py["native"]
-        cells = [f"{base:.3g} s"] + [fmt_ratio(py.get(c), base) for c in cols[1:]]
+        cells = [f"{base:.3g} s"] + [fmt_ratio(py.get(c), base) for c in cols[1:]] + [""]
         lines.append("| python3 start-up + script, Debian image (s) | " + " | ".join(cells) + " |")
     lines += [
         "",
