@@ -12,6 +12,7 @@
 //! that needs the real file.
 
 mod binds;
+mod children;
 mod datagrams;
 mod exec;
 mod fdlist;
@@ -273,7 +274,7 @@ impl Engine {
             self.procs.release_all_kept(&mut self.shadows);
         }
         if changes_inherited_state(nr) && self.inherited_change(pid, nr, args) {
-            self.procs.before_change(pid, guest.tid(), &|| guest.slow());
+            self.procs.before_change(pid, &|| guest.slow());
         }
         match nr {
             g::OPENAT => self.open(guest, pid, args).into(),

@@ -13,6 +13,7 @@ use kbox_core::shadow::FileId;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, PID_MAX, PidWish, Task, TaskKind};
 
+use super::children::ChildrenReader;
 use super::hostio;
 use super::shadow::{Shadows, Writable};
 
@@ -36,6 +37,8 @@ pub struct Proc {
     pub parent: u32,
     /// The guest path of the program running, for /proc/self/exe.
     pub exe: CString,
+    /// Its children, as the host's /proc lists them (`before_change`).
+    pub children: ChildrenReader,
 }
 
 struct Forked {
@@ -223,6 +226,7 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: f.exe,
+                    children: ChildrenReader::default(),
                 };
                 let (kept, root) = (&mut self.kept, self.root.as_ref());
                 reconcile(&mut proc, tgid, ppid, |task, fd, w| {
@@ -251,6 +255,7 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: CString::default(),
+                    children: ChildrenReader::default(),
                 }
             }
         };
@@ -263,8 +268,10 @@ impl Procs {
     /// (close an FD, cd, umask, credentials, exec, exit): children it forked that kbox has
     /// not met yet get a snapshot of the state they were forked with (after `slow` is
     /// called: a snapshot forks a kernel task).
-    pub fn before_change(&mut self, pid: u32, tid: u32, slow: &dyn Fn()) {
-        let kids = hostio::children(pid, tid);
+    pub fn before_change(&mut self, pid: u32, slow: &dyn Fn()) {
+        let Some(kids) = self.procs.get_mut(&pid).map(|p| p.children.children(pid)) else {
+            return;
+        };
         for kid in kids {
             if self.procs.contains_key(&kid) || self.snapshots.contains_key(&kid) {
                 continue;
