@@ -130,6 +130,26 @@ fn a_child_keeps_the_state_it_was_forked_with() {
 }
 
 #[test]
+fn a_fork_that_only_forks_and_exits_still_hands_its_state_down() {
+    // The middle process makes no call of its own before exit_group (kbox meets it only
+    // then, and must not skip it while it has children kbox has not met): the grandchild
+    // inherits its cwd and FDs, not the image root's, and so do the programs it runs
+    // (/bin/pwd asks the kernel, where the shell's own pwd would print $PWD). Linux
+    // prints /etc and /tmp/x.
+    let img = Image::default("fork-only-exits");
+    let script = r#"
+        cd /tmp
+        sh -c 'cd /etc; exec 3>/tmp/x; ( (sleep 0.3; /bin/pwd; readlink /proc/self/fd/3) >/tmp/gc.out & ); exit'
+        sleep 0.8
+        cat /tmp/gc.out
+        i=0; while [ $i -lt 20 ]; do (exit 3); [ $? = 3 ] || echo bad-status; i=$((i+1)); done
+    "#;
+    let out = expect(&img.sh(script), 0);
+    assert_eq!(out, "/etc\n/tmp/x\n");
+    img.assert_clean();
+}
+
+#[test]
 fn identity_is_root_under_s_and_the_given_ids_under_change_id() {
     let img = Image::default("identity");
     let out = expect(&img.run(&["-S"], &["id"]), 0);

@@ -174,6 +174,13 @@ pub fn thread_ids(tid: u32) -> Option<(u32, u32)> {
     Some((field("Tgid:")?, field("PPid:")?))
 }
 
+/// How many threads the thread group of thread `tid` has (its task directory's link count
+/// is that plus two); None when `tid` is gone.
+pub fn thread_count(tid: u32) -> Option<u64> {
+    let st = rustix::fs::stat(format!("/proc/{tid}/task").as_str()).ok()?;
+    Some(st.st_nlink.saturating_sub(2))
+}
+
 /// Whether guest FD `fd` of process `pid` is close-on-exec right now (its fdinfo flags).
 pub fn is_cloexec(pid: u32, fd: i32) -> Option<bool> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;

@@ -246,6 +246,9 @@ impl Engine {
     ) -> Reply {
         let tid = guest.tid();
         self.adopt_accepted();
+        if nr == g::EXIT_GROUP && self.procs.end_unmet(tid) {
+            return Reply::Continue;
+        }
         let Some(pid) = self.procs.attach(tid, &mut self.shadows, &|| guest.slow()) else {
             return Reply::Fail(Errno::ESRCH);
         };

@@ -285,6 +285,33 @@ impl Procs {
         }
     }
 
+    /// Thread `tid` ends its process (exit_group) before kbox has met the process (a fork
+    /// that only exits): true when that needs nothing of kbox, which then spares making the
+    /// process a kernel task only to end it. It does not when the process has children
+    /// kbox has not met either: they inherit its state, so it is met (and they get
+    /// snapshots) as usual. A snapshot made for it is dropped.
+    pub fn end_unmet(&mut self, tid: u32) -> bool {
+        if self.tids.contains_key(&tid) {
+            return false;
+        }
+        // A thread alone in its group is the group (a stat, where the group's id costs a
+        // read of the thread's status).
+        let tgid = if hostio::thread_count(tid) == Some(1) {
+            tid
+        } else {
+            match tgid_of(tid) {
+                Some(tgid) => tgid,
+                None => return false,
+            }
+        };
+        if self.procs.contains_key(&tgid) || !ChildrenReader::default().children(tgid).is_empty()
+        {
+            return false;
+        }
+        self.snapshots.remove(&tgid);
+        true
+    }
+
     /// The process called exit_group: write its files back and forget it.
     pub fn exit(&mut self, pid: u32, shadows: &mut Shadows) {
         if let Some(p) = self.procs.get_mut(&pid) {
