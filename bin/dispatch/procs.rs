@@ -195,7 +195,14 @@ impl Procs {
             return Some(pid);
         }
         slow();
-        let (tgid, ppid) = hostio::thread_ids(tid)?;
+        let status = hostio::thread_status(tid)?;
+        let (tgid, ppid) = (status.tgid, status.ppid);
+        // The process's pid as the guest knows it: the leader's own, read with the rest.
+        let guest_pid = if tid == tgid {
+            status.ns_tid
+        } else {
+            super::pidview::guest_pid(tgid)
+        };
         if self.procs.contains_key(&tgid) {
             self.tids.insert(tid, tgid);
             return Some(tgid);
@@ -212,7 +219,10 @@ impl Procs {
         }
         let forked = match self.snapshots.remove(&tgid) {
             Some(f) => Some(f),
-            None => self.procs.get(&ppid).and_then(|p| snapshot(p, tgid).ok()),
+            None => self
+                .procs
+                .get(&ppid)
+                .and_then(|p| snapshot(p, guest_pid).ok()),
         };
         let proc = match forked {
             Some(f) => {
@@ -244,7 +254,7 @@ impl Procs {
                 // A process whose parent kbox does not know: the first command (or one
                 // reparented after its parent died without kbox seeing it fork). It starts
                 // from the image root's state.
-                let task = fork_task(self.root.as_ref()?, tgid).ok()?;
+                let task = fork_task(self.root.as_ref()?, guest_pid).ok()?;
                 Proc {
                     task,
                     fds: empty_table(),
@@ -278,7 +288,7 @@ impl Procs {
             }
             slow();
             if let Some(p) = self.procs.get(&pid)
-                && let Ok(f) = snapshot(p, kid)
+                && let Ok(f) = snapshot(p, super::pidview::guest_pid(kid))
             {
                 self.snapshots.insert(kid, f);
             }
@@ -304,8 +314,7 @@ impl Procs {
                 None => return false,
             }
         };
-        if self.procs.contains_key(&tgid) || !ChildrenReader::default().children(tgid).is_empty()
-        {
+        if self.procs.contains_key(&tgid) || !ChildrenReader::default().children(tgid).is_empty() {
             return false;
         }
         self.snapshots.remove(&tgid);
@@ -481,10 +490,10 @@ pub fn is_guest(pid: u32) -> bool {
     false
 }
 
-/// The kernel state child `pid` forked from `p` now starts with.
-fn snapshot(p: &Proc, pid: u32) -> Result<Forked, Errno> {
+/// Process `p`'s state, for a child of it known to the guest as `guest_pid`.
+fn snapshot(p: &Proc, guest_pid: Option<u32>) -> Result<Forked, Errno> {
     Ok(Forked {
-        task: fork_task(&p.task, pid)?,
+        task: fork_task(&p.task, guest_pid)?,
         fds: copy_table(&p.fds),
         writable: p.writable.clone(),
         sockets: p.sockets.clone(),
@@ -528,11 +537,11 @@ fn reconcile(
     }
 }
 
-/// The task of host process `pid`, forked from `parent` with the pid the guest knows the
-/// process by, so its /proc/self, /proc/PID and getpid agree. (Should the kernel library
-/// have that pid in use, the task gets the next free one.)
-fn fork_task(parent: &Task, pid: u32) -> Result<Task, Errno> {
-    let wish = super::pidview::guest_pid(pid).map_or(PidWish::Any, PidWish::Exact);
+/// The task of a host process, forked from `parent` with the pid the guest knows the
+/// process by (`guest_pid`), so its /proc/self, /proc/PID and getpid agree. (Should the
+/// kernel library have that pid in use, the task gets the next free one.)
+fn fork_task(parent: &Task, guest_pid: Option<u32>) -> Result<Task, Errno> {
+    let wish = guest_pid.map_or(PidWish::Any, PidWish::Exact);
     parent.fork_with_pid(TaskKind::Process, wish)
 }
 
