@@ -259,6 +259,18 @@ pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
+/// Process `pid`'s soft RLIMIT_NOFILE (the guest may lower its own: kbox's is not its).
+pub fn nofile_limit(pid: u32) -> Option<u64> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a NULL new limit only reads; `old` is a valid rlimit to write.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, core::ptr::null(), &raw mut old) };
+    (r == 0).then_some(old.rlim_cur)
+}
+
 /// Opens a host path for a guest (devices kbox passes through), close-on-exec in kbox.
 pub fn open_host(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(

@@ -12,7 +12,6 @@
 //! that needs the real file.
 
 mod binds;
-mod children;
 mod datagrams;
 mod exec;
 mod fdlist;
@@ -25,6 +24,7 @@ mod listeners;
 pub mod overview;
 mod pidview;
 pub mod policy;
+mod proc_files;
 mod procs;
 mod rights;
 mod shadow;

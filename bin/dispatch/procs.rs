@@ -13,8 +13,8 @@ use kbox_core::shadow::FileId;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, PID_MAX, PidWish, Task, TaskKind};
 
-use super::children::ChildrenReader;
 use super::hostio;
+use super::proc_files::ProcFiles;
 use super::shadow::{Shadows, Writable};
 
 /// One guest process as the engine knows it.
@@ -37,8 +37,8 @@ pub struct Proc {
     pub parent: u32,
     /// The guest path of the program running, for /proc/self/exe.
     pub exe: CString,
-    /// Its children, as the host's /proc lists them (`before_change`).
-    pub children: ChildrenReader,
+    /// Its /proc files kbox reads often (children, thread count).
+    pub proc_files: ProcFiles,
 }
 
 struct Forked {
@@ -236,7 +236,7 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: f.exe,
-                    children: ChildrenReader::default(),
+                    proc_files: ProcFiles::default(),
                 };
                 let (kept, root) = (&mut self.kept, self.root.as_ref());
                 reconcile(&mut proc, tgid, ppid, |task, fd, w| {
@@ -265,7 +265,7 @@ impl Procs {
                     pidfd: hostio::pidfd_open(tgid),
                     parent: ppid,
                     exe: CString::default(),
-                    children: ChildrenReader::default(),
+                    proc_files: ProcFiles::default(),
                 }
             }
         };
@@ -279,7 +279,7 @@ impl Procs {
     /// not met yet get a snapshot of the state they were forked with (after `slow` is
     /// called: a snapshot forks a kernel task).
     pub fn before_change(&mut self, pid: u32, slow: &dyn Fn()) {
-        let Some(kids) = self.procs.get_mut(&pid).map(|p| p.children.children(pid)) else {
+        let Some(kids) = self.procs.get_mut(&pid).map(|p| p.proc_files.children(pid)) else {
             return;
         };
         for kid in kids {
@@ -314,7 +314,7 @@ impl Procs {
                 None => return false,
             }
         };
-        if self.procs.contains_key(&tgid) || !ChildrenReader::default().children(tgid).is_empty() {
+        if self.procs.contains_key(&tgid) || !ProcFiles::default().children(tgid).is_empty() {
             return false;
         }
         self.snapshots.remove(&tgid);

@@ -94,9 +94,26 @@ int main(int argc, char **argv)
     close(c);
     close(c2);
 
+    /* dup3: flags other than O_CLOEXEC are EINVAL (and make nothing); O_CLOEXEC sets it.
+     * dup2 over an open descriptor replaces it with the same file (fstat agrees). */
+    EXPECT_ERR(syscall(SYS_dup3, fd, 200, O_APPEND), EINVAL, "dup3-bad-flags-einval");
+    EXPECT_ERR(fcntl(200, F_GETFD), EBADF, "dup3-bad-flags-made-nothing");
+    check(dup3(fd, 200, O_CLOEXEC) == 200 && fcntl(200, F_GETFD) == FD_CLOEXEC, "dup3-cloexec",
+          "F_GETFD=%ld errno=%ld", fcntl(200, F_GETFD), errno);
+    int other = open("/", O_RDONLY | O_DIRECTORY);
+    struct stat sa, sb;
+    check(other >= 0 && dup2(fd, other) == other && fstat(fd, &sa) == 0 && fstat(other, &sb) == 0 &&
+              sa.st_ino == sb.st_ino && S_ISREG(sb.st_mode),
+          "dup2-over-open-replaces", "fd=%ld errno=%ld", other, errno);
+    close(other);
+    close(200);
+
     /* EMFILE: with a small limit, opening until failure fills exactly 0..limit-1. */
     struct rlimit small = {.rlim_cur = 64, .rlim_max = rl.rlim_max};
     check(setrlimit(RLIMIT_NOFILE, &small) == 0, "set-nofile-64", "setrlimit errno=%ld %ld", errno, 0);
+    /* The process's own limit bounds dup2, not kbox's. */
+    EXPECT_ERR(dup2(fd, 100), EBADF, "dup2-above-lowered-limit-ebadf");
+    EXPECT_ERR(fcntl(100, F_GETFD), EBADF, "dup2-above-limit-made-nothing");
     int opened = 0, last = -1, err = 0;
     for (int i = 0; i < 200; i++) {
         int f = open(file, O_RDONLY);

@@ -1,8 +1,10 @@
-//! Which children a guest process has forked, read from the host's /proc before every change
-//! of state its children inherit (procs.rs `before_change`). Reading by path cost 6.4 µs a
-//! time (path walks, open, read, close, a stat for the thread count), a large share of a
-//! notified close; the files are kept open per process instead, which brings it to about
-//! 0.5 µs (one pread and one fstat) for a single-threaded process.
+//! What kbox reads of a guest process in the host's /proc on hot paths: which children it
+//! has forked, read before every change of state its children inherit (procs.rs
+//! `before_change`), and how many threads it has (files.rs `host_can_dup`). Reading them
+//! by path cost 6.4 µs a time (path walks, open, read, close, a stat for the thread
+//! count), a large share of a notified close; the files are kept open per process
+//! instead, which brings it to about 0.5 µs (one pread and one fstat) for a
+//! single-threaded process.
 
 use std::os::fd::OwnedFd;
 
@@ -10,7 +12,7 @@ use rustix::fs::{Mode, OFlags};
 
 /// Open /proc files of one process (its thread group leader's), opened on first use.
 #[derive(Default)]
-pub struct ChildrenReader {
+pub struct ProcFiles {
     /// /proc/PID/task: its link count is the number of threads plus two.
     task_dir: Option<OwnedFd>,
     /// /proc/PID/task/PID/children. Kept only for the leader: /proc files name a pid, and
@@ -20,7 +22,7 @@ pub struct ChildrenReader {
     leader: Option<OwnedFd>,
 }
 
-impl ChildrenReader {
+impl ProcFiles {
     /// The children of process `pid`, forked by any of its threads (CONFIG_PROC_CHILDREN;
     /// empty where the kernel lacks it).
     pub fn children(&mut self, pid: u32) -> Vec<u32> {
@@ -50,7 +52,7 @@ impl ChildrenReader {
     }
 
     /// How many threads process `pid` has; 0 when unknown.
-    fn threads(&mut self, pid: u32) -> u64 {
+    pub fn threads(&mut self, pid: u32) -> u64 {
         cached(&mut self.task_dir, &format!("/proc/{pid}/task"))
             .and_then(|fd| rustix::fs::fstat(fd).ok())
             .map_or(0, |st| st.st_nlink.saturating_sub(2))
