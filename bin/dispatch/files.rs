@@ -566,24 +566,12 @@ impl Engine {
         Reply::Continue
     }
 
-    /// dup/dup2/dup3/F_DUPFD of a served FD: the host file and the kernel FD are duplicated
-    /// to the same number.
+    /// dup/dup2/dup3/F_DUPFD of served FD `raw` of `pid` (at `at`, or the lowest free
+    /// number): the kernel FD and the host file are duplicated to the same number, on the
+    /// host by an FD kbox hands the guest (ADDFD), or, with `by_host`, by the guest's own
+    /// call, which the caller then lets run (the host makes the same duplicate at `at`,
+    /// which must be given).
     pub(super) fn dup(
-        &mut self,
-        guest: &dyn Guest,
-        pid: u32,
-        raw: u64,
-        at: Option<i32>,
-        cloexec: bool,
-    ) -> Result<i64, Errno> {
-        self.dup_served(guest, pid, raw, at, cloexec, false)
-    }
-
-    /// Duplicates served FD `raw` of `pid` (at `at`, or the lowest free number), in the
-    /// kernel task and the engine's table; on the host by an FD kbox hands the guest
-    /// (ADDFD), or, with `by_host`, by the guest's own call, which the caller then lets
-    /// run (the host makes the same duplicate at `at`, which must be given).
-    fn dup_served(
         &mut self,
         guest: &dyn Guest,
         pid: u32,
@@ -643,13 +631,7 @@ impl Engine {
         }
         let cloexec = conv != super::Conv::Dup2 && args[2] & O_CLOEXEC != 0;
         if self.served(pid, old).is_some() {
-            if self.host_can_dup(pid, new) {
-                return match self.dup_served(guest, pid, args[0], Some(new), cloexec, true) {
-                    Ok(_) => Reply::Continue,
-                    Err(e) => Reply::Fail(e),
-                };
-            }
-            return self.dup(guest, pid, args[0], Some(new), cloexec).into();
+            return self.dup_at(guest, pid, args[0], new, cloexec);
         }
         // The host duplicates a host-only FD; a served FD at `new` is replaced by it. A
         // closed `old` leaves `new` alone, so check before forgetting it.
@@ -673,20 +655,22 @@ impl Engine {
                 Ok(at) => at,
                 Err(e) => return Reply::Fail(e),
             };
-            let cloexec = cmd == F_DUPFD_CLOEXEC;
-            if self.host_can_dup(pid, at) {
-                // The host picks the lowest free number from `min` too: `at`.
-                return match self.dup_served(guest, pid, args[0], Some(at), cloexec, true) {
-                    Ok(_) => Reply::Continue,
-                    Err(e) => Reply::Fail(e),
-                };
-            }
-            return self.dup(guest, pid, args[0], Some(at), cloexec).into();
+            // The host picks the lowest free number from `min` too: `at`.
+            return self.dup_at(guest, pid, args[0], at, cmd == F_DUPFD_CLOEXEC);
         }
         Reply::Continue
     }
 
     /// The lowest FD number at or above `min` that process `pid` has free on the host.
+    /// [`Engine::dup`] to number `at`, by the guest's own call when the host can make it.
+    fn dup_at(&mut self, guest: &dyn Guest, pid: u32, raw: u64, at: i32, cloexec: bool) -> Reply {
+        let by_host = self.host_can_dup(pid, at);
+        match self.dup(guest, pid, raw, Some(at), cloexec, by_host) {
+            Ok(_) if by_host => Reply::Continue,
+            r => r.into(),
+        }
+    }
+
     /// Whether the guest's own dup2/dup3/F_DUPFD of a served FD, to number `at`, can run
     /// on the host once kbox has made the same duplicate in the kernel task, instead of
     /// kbox handing over the FD (ADDFD: 15-20 µs of cross-CPU wake-ups here, against one

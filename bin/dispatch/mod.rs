@@ -285,7 +285,7 @@ impl Engine {
             g::CLOSE => self.close(guest, pid, args[0]),
             g::CLOSE_RANGE => self.close_range(pid, args),
             g::DUP if self.served(pid, fd_arg(args[0])).is_some() => {
-                self.dup(guest, pid, args[0], None, false).into()
+                self.dup(guest, pid, args[0], None, false, false).into()
             }
             g::DUP => Reply::Continue,
             g::DUP3 => self.dup3(guest, pid, args, conv),
