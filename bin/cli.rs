@@ -62,6 +62,10 @@ Options:
       --web[=ADDR:PORT]   serve a live dashboard of the guest's calls and
                           processes (default 127.0.0.1 and a free port, printed
                           at start)
+      --net[=MODE]        none (default): the guest's IP sockets reach only its
+                          own loopback; host: they are the host's (its
+                          interfaces, its addresses); user (the default value
+                          of a bare --net) is not built yet
   -h, --help              print this help and exit
       --version           print the version and exit
 
@@ -137,6 +141,15 @@ pub enum SyscallTier {
     Seccomp,
 }
 
+/// What the guest's internet sockets reach (`--net`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetMode {
+    /// The kernel library's loopback only.
+    None,
+    /// The host's network: a guest's AF_INET/AF_INET6 socket is a host socket.
+    Host,
+}
+
 /// How `--stats` prints its report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatsFormat {
@@ -199,6 +212,8 @@ pub struct Config {
     pub trace_filter: Vec<u32>,
     /// `--web`: where the dashboard listens.
     pub web: Option<std::net::SocketAddr>,
+    /// `--net`: what the guest's internet sockets reach.
+    pub net: NetMode,
     /// The guest's argv; never empty.
     pub command: Vec<OsString>,
 }
@@ -223,6 +238,7 @@ enum Opt {
     Trace,
     TraceFilter,
     Web,
+    Net,
     Help,
     Version,
 }
@@ -256,6 +272,7 @@ impl Opt {
             b"trace" => Self::Trace,
             b"trace-filter" => Self::TraceFilter,
             b"web" => Self::Web,
+            b"net" => Self::Net,
             b"help" => Self::Help,
             b"version" => Self::Version,
             _ => return None,
@@ -265,7 +282,13 @@ impl Opt {
     const fn takes_value(self) -> bool {
         !matches!(
             self,
-            Self::RootId | Self::Verbose | Self::Stats | Self::Web | Self::Help | Self::Version
+            Self::RootId
+                | Self::Verbose
+                | Self::Stats
+                | Self::Web
+                | Self::Net
+                | Self::Help
+                | Self::Version
         )
     }
 
@@ -289,6 +312,7 @@ impl Opt {
             Self::Trace => "--trace",
             Self::TraceFilter => "--trace-filter",
             Self::Web => "--web",
+            Self::Net => "--net",
             Self::Help => "-h/--help",
             Self::Version => "--version",
         }
@@ -312,6 +336,7 @@ struct Builder {
     trace: Option<TraceTarget>,
     trace_filter: Vec<u32>,
     web: Option<std::net::SocketAddr>,
+    net: NetMode,
 }
 
 /// Parses kbox's arguments (without argv\[0\]).
@@ -338,6 +363,7 @@ where
         trace: None,
         trace_filter: Vec::new(),
         web: None,
+        net: NetMode::None,
     };
     let mut args = args.into_iter();
     let mut command = Vec::new();
@@ -365,6 +391,8 @@ where
                 b.stats = Some(parse_stats_format(inline)?);
             } else if opt == Opt::Web {
                 b.web = Some(parse_web_address(inline)?);
+            } else if opt == Opt::Net {
+                b.net = parse_net_mode(inline)?;
             } else if inline.is_some() {
                 return Err(UsageError::UnexpectedValue(opt.name()));
             } else if let Some(done) = b.apply_flag(opt) {
@@ -461,7 +489,13 @@ impl Builder {
                 });
             }
             Opt::TraceFilter => self.trace_filter.extend(parse_trace_filter(&value)?),
-            Opt::RootId | Opt::Verbose | Opt::Stats | Opt::Web | Opt::Help | Opt::Version => {}
+            Opt::RootId
+            | Opt::Verbose
+            | Opt::Stats
+            | Opt::Web
+            | Opt::Net
+            | Opt::Help
+            | Opt::Version => {}
         }
         Ok(())
     }
@@ -509,6 +543,7 @@ impl Builder {
                 .or_else(|| (!self.trace_filter.is_empty()).then_some(TraceTarget::Stderr)),
             trace_filter: self.trace_filter,
             web: self.web,
+            net: self.net,
             command,
         })
     }
@@ -609,6 +644,18 @@ fn parse_web_address(value: Option<&[u8]>) -> Result<std::net::SocketAddr, Usage
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| UsageError::BadWebAddress(Box::from(OsStr::from_bytes(value))))
+}
+
+/// Parses `--net`'s optional value (only inline, like `--stats`); alone it means `user`.
+fn parse_net_mode(value: Option<&[u8]>) -> Result<NetMode, UsageError> {
+    match value {
+        Some(b"none") => Ok(NetMode::None),
+        Some(b"host") => Ok(NetMode::Host),
+        None | Some(b"user") => Err(UsageError::NetModeNotAvailable("user")),
+        Some(other) => Err(UsageError::UnknownNetMode(Box::from(OsStr::from_bytes(
+            other,
+        )))),
+    }
 }
 
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
@@ -787,6 +834,7 @@ mod tests {
             trace: None,
             trace_filter: Vec::new(),
             web: None,
+            net: NetMode::None,
             command: args(&["/bin/sh"]),
         };
         assert_eq!(config(&["-r", "root.ext4"]), expected);
@@ -1486,6 +1534,25 @@ mod tests {
         assert_eq!(
             error(&["-r", "i", "--web=localhost"]),
             UsageError::BadWebAddress(os("localhost"))
+        );
+    }
+
+    #[test]
+    fn net_is_none_unless_host_is_asked_for_and_user_is_not_built_yet() {
+        assert_eq!(config(&["-r", "i"]).net, NetMode::None);
+        assert_eq!(config(&["-r", "i", "--net=none"]).net, NetMode::None);
+        assert_eq!(config(&["-r", "i", "--net=host"]).net, NetMode::Host);
+        assert_eq!(
+            error(&["-r", "i", "--net"]),
+            UsageError::NetModeNotAvailable("user")
+        );
+        assert_eq!(
+            error(&["-r", "i", "--net=user"]),
+            UsageError::NetModeNotAvailable("user")
+        );
+        assert_eq!(
+            error(&["-r", "i", "--net=bridge"]),
+            UsageError::UnknownNetMode(os("bridge"))
         );
     }
 

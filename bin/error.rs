@@ -60,6 +60,10 @@ pub enum UsageError {
     UnknownSyscallName(Box<OsStr>),
     /// `--web=` with a value that is not `ADDR:PORT`.
     BadWebAddress(Box<OsStr>),
+    /// `--net=` with a value that is not a network mode.
+    UnknownNetMode(Box<OsStr>),
+    /// `--net` naming a mode that is not built yet.
+    NetModeNotAvailable(&'static str),
     /// `--syscall-mode` naming a tier that is not built yet.
     SyscallModeNotAvailable(&'static str),
     /// `--shadow-limit` whose value is not a size.
@@ -126,6 +130,10 @@ impl fmt::Display for UsageError {
             Self::BadWebAddress(addr) => {
                 write!(f, "--web={} is not an ADDR:PORT address", Shown(addr))
             }
+            Self::UnknownNetMode(mode) => write!(f, "unknown network mode {}", Shown(mode)),
+            Self::NetModeNotAvailable(mode) => {
+                write!(f, "network mode '{mode}' is not available yet")
+            }
             Self::SyscallModeNotAvailable(mode) => write!(
                 f,
                 "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
@@ -184,6 +192,9 @@ impl UsageError {
                 "name syscalls as the kernel does, e.g. --trace-filter=openat,newfstatat,execve"
             }
             Self::BadWebAddress(_) => "e.g. --web=127.0.0.1:8080 or --web alone for a free port",
+            Self::UnknownNetMode(_) | Self::NetModeNotAvailable(_) => {
+                "use --net=none (the default) or --net=host"
+            }
             Self::SyscallModeNotAvailable(_) => {
                 "use --syscall-mode=seccomp (or auto, which picks it)"
             }

@@ -11,7 +11,7 @@ use kbox_core::bpf::Action;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{BootConfig, Errno, Kernel, RootMode, Task};
 
-use crate::cli::{Config, Identity, Mounts, TraceTarget};
+use crate::cli::{Config, Identity, Mounts, NetMode, TraceTarget};
 use crate::dispatch::{self, Engine, Guest, Reply};
 use crate::exit::Exit;
 use crate::seccomp::child::{self, Command, ExitStatus, SpawnError};
@@ -285,6 +285,7 @@ fn run_booted(
             .map(|b| (b.host.clone(), b.guest.clone()))
             .collect(),
         shared_memory: config.mounts == Mounts::System,
+        host_network: config.net == NetMode::Host,
     };
     let engine = Arc::new(Mutex::new(
         Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
@@ -360,6 +361,14 @@ fn run_booted(
                 "rooted (guests chrooted into kbox's copies, guest memory never written)"
             } else {
                 "by path rewrite (no chroot possible here: see docs/dispatch.md)"
+            }
+        );
+        eprintln!(
+            "kbox: network: {}",
+            match config.net {
+                NetMode::None => "none (internet sockets reach the kernel library's loopback only)",
+                NetMode::Host =>
+                    "host (internet sockets are the host's, on its interfaces and addresses)",
             }
         );
     }

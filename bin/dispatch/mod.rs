@@ -112,6 +112,8 @@ pub struct Settings {
     /// Serve `/dev/shm` from a host directory of kbox's (POSIX shared memory and named
     /// semaphores must be one file for every process that opens them).
     pub shared_memory: bool,
+    /// `--net=host`: the guest's AF_INET/AF_INET6 sockets are the host's own.
+    pub host_network: bool,
 }
 
 /// The engine: per-process kernel tasks, shadows, exec copies.
@@ -317,7 +319,7 @@ impl Engine {
                 self.procs.flush_all(&mut self.shadows);
                 self.forward(guest, pid, nr, args)
             }
-            g::SOCKET => self.socket(guest, pid, args).into(),
+            g::SOCKET => self.socket(guest, pid, args),
             g::BIND | g::CONNECT => self.sock_addr_call(guest, pid, nr, args),
             g::LISTEN | g::SETSOCKOPT => self.sock_forward(guest, pid, nr, args),
             g::GETSOCKNAME | g::GETPEERNAME => self.sock_name(guest, pid, nr, args),

@@ -336,20 +336,28 @@ fn new_host_socket(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, Option<
 }
 
 impl Engine {
-    pub(super) fn socket(
-        &mut self,
-        guest: &dyn Guest,
-        pid: u32,
-        args: [u64; 6],
-    ) -> Result<i64, Errno> {
+    pub(super) fn socket(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Reply {
         let (domain, ty) = (args[0] & 0xffff_ffff, args[1] & 0xffff_ffff);
         if !matches!(domain, AF_UNIX | AF_INET | AF_INET6) {
-            return Err(Errno::EAFNOSUPPORT);
+            return Reply::Fail(Errno::EAFNOSUPPORT);
         }
         let kind = ty & SOCK_TYPE_MASK;
         if !matches!(kind, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET) {
-            return Err(Errno::EPROTONOSUPPORT);
+            return Reply::Fail(Errno::EPROTONOSUPPORT);
         }
+        if self.settings.host_network && domain != AF_UNIX {
+            // --net=host: the host makes it, and every later call on it is the host's
+            // (kbox does not know the FD, so it lets them run).
+            return Reply::Continue;
+        }
+        self.served_socket(guest, pid, args).into()
+    }
+
+    /// A socket of the kernel library's, reached by the guest through a host socketpair
+    /// end that kbox pumps.
+    fn served_socket(&mut self, guest: &dyn Guest, pid: u32, args: [u64; 6]) -> Result<i64, Errno> {
+        let (domain, ty) = (args[0] & 0xffff_ffff, args[1] & 0xffff_ffff);
+        let kind = ty & SOCK_TYPE_MASK;
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         // The kernel socket stays blocking: the pump threads wait in it.
         let kfd = lkl(&p.task, g::SOCKET, [domain, kind, args[2], 0, 0, 0])?;
