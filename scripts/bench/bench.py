@@ -148,6 +148,45 @@ def workloads(env, runs, scale):
     return results
 
 
+def http_throughput(kbox, image, tree, runs, megabytes, startup):
+    """MB/s of busybox wget fetching a file from an HTTP server on the host's 127.0.0.1:
+    natively and in kbox with --net=host (the server is the same for both). kbox's time
+    has its start-up (measured apart) taken off: the transfer is what is compared."""
+    import http.server
+    import threading
+
+    served = tempfile.mkdtemp(prefix="kbox-bench-http.")
+    with open(os.path.join(served, "blob"), "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(megabytes):
+            f.write(chunk)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=served, **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/blob"
+    try:
+        native = [tree + "/bin/busybox", "wget", "-q", "-O", "/dev/null", url]
+        guest = [kbox, "--net=host", "-S", image, "--", "wget", "-q", "-O", "/dev/null", url]
+        home = dict(os.environ, HOME=os.path.dirname(image))
+        out = {}
+        for name, argv, env in (("native", native, None), ("kbox --net=host", guest, home)):
+            secs = statistics.median(run(argv, env=env)[0] for _ in range(runs))
+            if env is not None:
+                secs = max(secs - startup, 1e-6)
+            out[name] = megabytes / secs
+        return out
+    finally:
+        server.shutdown()
+        shutil.rmtree(served, ignore_errors=True)
+
+
 def python_workload(env, runs):
     if env.name == "native":
         argv = [env.tree + "/usr/bin/python3", "-c", PYTHON_SCRIPT]
@@ -241,6 +280,9 @@ def main():
                 # Start-up is short and the machine noisy: more runs for a steady median.
                 py[e.name] = python_workload(e, max(a.runs, 10))
         startup, rss = kbox_startup_and_rss(a.kbox, image, max(a.runs, 5))
+        megabytes = max(1, 100 // a.scale_down)
+        print(f"bench: HTTP, {megabytes} MB", file=sys.stderr)
+        http = http_throughput(a.kbox, image, tree, max(a.runs, 5), megabytes, startup)
 
     cols = [e.name for e in envs]
     lines = [
@@ -276,6 +318,10 @@ def main():
         f"{startup * 1000:.1f} ms; kbox peak RSS during `find / -type f`: {rss:.1f} MiB",
         f"--stats bookkeeping: {stats_cost:.0f} ns per answered call (kbox's own timing of "
         f"100000 rounds at exit; the --stats column is the same calls end to end)",
+        f"HTTP download of {megabytes} MB from a server on the host's 127.0.0.1 (busybox wget, "
+        f"median of {max(a.runs, 5)}, kbox's start-up taken off): native {http['native']:.0f} MB/s, "
+        f"kbox --net=host {http['kbox --net=host']:.0f} MB/s "
+        f"({http['kbox --net=host'] / http['native']:.2f}×)",
     ]
     table = "\n".join(lines)
     print(table)
