@@ -299,7 +299,7 @@ impl Procs {
     /// that only exits): true when that needs nothing of kbox, which then spares making the
     /// process a kernel task only to end it. It does not when the process has children
     /// kbox has not met either: they inherit its state, so it is met (and they get
-    /// snapshots) as usual. A snapshot made for it is dropped.
+    /// snapshots) as usual, nor when it has a snapshot (see below).
     pub fn end_unmet(&mut self, tid: u32) -> bool {
         if self.tids.contains_key(&tid) {
             return false;
@@ -314,10 +314,14 @@ impl Procs {
                 None => return false,
             }
         };
-        if self.procs.contains_key(&tgid) || !ProcFiles::default().children(tgid).is_empty() {
+        // A snapshot holds the writable shadows the process inherited: ending it unmet
+        // would drop them unwritten when the parent has closed its own copies.
+        if self.procs.contains_key(&tgid)
+            || self.snapshots.contains_key(&tgid)
+            || !ProcFiles::default().children(tgid).is_empty()
+        {
             return false;
         }
-        self.snapshots.remove(&tgid);
         true
     }
 

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define SIZE 4096
@@ -264,6 +265,41 @@ static void check_utime(void)
            detail);
 }
 
+/* A child that makes no call of its own but exit_group writes through an FD it inherited,
+ * after its parent has changed state (cd) and closed its own copy: a later open of the file
+ * (which reads what the kernel has) sees the child's bytes. */
+static void check_unmet_child_write(void)
+{
+    char path[PATH_MAX], detail[160];
+    snprintf(path, sizeof path, "%s/unmet", workdir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int go[2];
+    if (fd < 0 || pipe(go) != 0) {
+        report(0, "unmet-child-write", "setup failed");
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c;
+        /* Only calls the host runs unasked until the exit. */
+        if (read(go[0], &c, 1) == 1 && write(fd, "child-bytes", 11) == 11)
+            _exit(0);
+        _exit(1);
+    }
+    int ok = pid > 0 && chdir(workdir) == 0 && close(fd) == 0 && write(go[1], "g", 1) == 1;
+    int status = 0;
+    ok = ok && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    char got[32] = {0};
+    int r = open(path, O_RDONLY);
+    ssize_t n = r >= 0 ? read(r, got, sizeof got - 1) : -1;
+    if (r >= 0)
+        close(r);
+    close(go[0]);
+    close(go[1]);
+    snprintf(detail, sizeof detail, "read %zd bytes: '%s'; want 'child-bytes'", n, got);
+    report(ok && n == 11 && memcmp(got, "child-bytes", 11) == 0, "unmet-child-write", detail);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -287,6 +323,7 @@ int main(int argc, char **argv)
     check_mmap();
     check_pwrite_loop();
     check_utime();
+    check_unmet_child_write();
     printf("coherence: %d failure(s)\n", failures);
     return failures ? 1 : 0;
 }
