@@ -68,11 +68,19 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, Errno> {
     .map_err(errno)
 }
 
-/// A shared mapping of `len` bytes of `fd`, unmapped on drop.
+/// A shared mapping of `len` bytes of `fd`, unmapped on drop; for a small read-only one,
+/// a copy of the bytes instead (see `COPY_BELOW`).
 pub struct Mapping {
     addr: *mut core::ffi::c_void,
     len: usize,
+    copy: Option<Box<[u8]>>,
 }
+
+/// Read-only "mappings" smaller than this are copies: a pread of a few KiB costs about a
+/// microsecond, where mmap, the page faults on reading and munmap (which must flush the
+/// other CPUs' TLBs while kbox's threads run there) cost several. Most files a guest
+/// writes and closes are this small.
+const COPY_BELOW: usize = 64 << 10;
 
 impl Mapping {
     pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> Result<Mapping, Errno> {
@@ -80,6 +88,26 @@ impl Mapping {
             return Ok(Mapping {
                 addr: core::ptr::null_mut(),
                 len: 0,
+                copy: None,
+            });
+        }
+        if !writable && len < COPY_BELOW {
+            let mut copy = vec![0u8; len].into_boxed_slice();
+            let mut done = 0;
+            while done < len {
+                match rustix::io::pread(fd, &mut copy[done..], done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(errno(e)),
+                }
+            }
+            // Short only if the file shrank since the caller's stat: the rest stays zeros
+            // (a mapping would fault there instead).
+            return Ok(Mapping {
+                addr: copy.as_mut_ptr().cast(),
+                len,
+                copy: Some(copy),
             });
         }
         let prot = if writable {
@@ -91,7 +119,11 @@ impl Mapping {
         let addr =
             unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
                 .map_err(errno)?;
-        Ok(Mapping { addr, len })
+        Ok(Mapping {
+            addr,
+            len,
+            copy: None,
+        })
     }
 
     pub fn addr(&self) -> u64 {
@@ -105,6 +137,9 @@ impl Mapping {
     /// The mapped bytes. Another process may change them meanwhile (the file is shared),
     /// which for plain bytes is a changed value, never undefined behaviour of ours.
     pub fn bytes(&self) -> &[u8] {
+        if let Some(copy) = &self.copy {
+            return copy;
+        }
         if self.len == 0 {
             return &[];
         }
@@ -114,6 +149,9 @@ impl Mapping {
 
     /// The mapped bytes, writable (the mapping must have been made writable).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        if let Some(copy) = &mut self.copy {
+            return copy;
+        }
         if self.len == 0 {
             return &mut [];
         }
@@ -124,7 +162,7 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len > 0 {
+        if self.len > 0 && self.copy.is_none() {
             // SAFETY: unmaps exactly the range `new` mapped, once.
             let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
         }

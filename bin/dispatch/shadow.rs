@@ -332,11 +332,32 @@ pub fn fill(task: &Task, kfd: i32, size: u64) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
-/// Makes memfd `fd` hold the first `size` bytes of `kfd` (read straight into a shared
-/// mapping: the kernel library copies from its page cache into the memfd's pages once).
+/// Files up to this size are filled through a buffer (one read from the kernel library,
+/// one write into the memfd): cheaper for them than mapping the memfd, whose munmap must
+/// flush the TLBs of the other CPUs kbox's threads run on.
+const FILL_BUFFERED_BELOW: usize = 64 << 10;
+
+/// Makes memfd `fd` hold the first `size` bytes of `kfd` (larger files are read straight
+/// into a shared mapping: the kernel library copies from its page cache into the memfd's
+/// pages once).
 fn fill_into(task: &Task, kfd: i32, size: u64, fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let len = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
     check_holes_fit(task, kfd, size)?;
+    if len < FILL_BUFFERED_BELOW {
+        let mut buf = vec![0u8; len];
+        let done = kernel_io(task, g::PREAD64, kfd, ptr(buf.as_mut_ptr()), len)?;
+        rustix::fs::ftruncate(fd, done as u64).map_err(hostio::errno)?;
+        let mut at = 0;
+        while at < done {
+            match rustix::io::pwrite(fd, &buf[at..done], at as u64) {
+                Ok(0) => return Err(Errno::EIO),
+                Ok(n) => at += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(hostio::errno(e)),
+            }
+        }
+        return Ok(());
+    }
     rustix::fs::ftruncate(fd, size).map_err(hostio::errno)?;
     let map = Mapping::new(fd, len, true)?;
     let done = kernel_io(task, g::PREAD64, kfd, map.addr(), len)?;
