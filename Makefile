@@ -40,7 +40,7 @@ include mk/conformance.mk
 
 all: kbox
 
-check: deps fmt-check clippy check-core check-arch check-lkl check-rootfs check-kbox check-conformance check-bench
+check: deps fmt-check clippy check-kbox-other-arch check-core check-arch check-lkl check-rootfs check-kbox check-conformance check-bench
 	@echo "make check: all suites passed"
 
 fmt-check:

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod cycles;
 pub mod elf;
 
 #[path = "../x86_64/mod.rs"]

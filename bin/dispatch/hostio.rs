@@ -231,7 +231,7 @@ pub fn thread_status(tid: u32) -> Option<ThreadStatus> {
 /// is that plus two); None when `tid` is gone.
 pub fn thread_count(tid: u32) -> Option<u64> {
     let st = rustix::fs::stat(format!("/proc/{tid}/task").as_str()).ok()?;
-    Some(st.st_nlink.saturating_sub(2))
+    Some(links(&st).saturating_sub(2))
 }
 
 /// Whether guest FD `fd` of process `pid` is close-on-exec right now (its fdinfo flags).
@@ -295,6 +295,12 @@ pub fn exited(pidfd: &OwnedFd) -> bool {
 pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// A stat's link count, as u64 on every arch.
+#[allow(clippy::useless_conversion)] // u64 on x86_64 already, u32 on aarch64
+pub fn links(st: &rustix::fs::Stat) -> u64 {
+    u64::from(st.st_nlink)
 }
 
 /// Process `pid`'s soft RLIMIT_NOFILE (the guest may lower its own: kbox's is not its).

@@ -55,7 +55,7 @@ impl ProcFiles {
     pub fn threads(&mut self, pid: u32) -> u64 {
         cached(&mut self.task_dir, &format!("/proc/{pid}/task"))
             .and_then(|fd| rustix::fs::fstat(fd).ok())
-            .map_or(0, |st| st.st_nlink.saturating_sub(2))
+            .map_or(0, |st| super::hostio::links(&st).saturating_sub(2))
     }
 }
 

@@ -15,20 +15,8 @@ pub fn start() {
 }
 
 /// The counter now.
-#[cfg(target_arch = "x86_64")]
 pub fn now() -> u64 {
-    // SAFETY: RDTSC reads a counter and touches no memory; every x86_64 CPU has it.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// The counter now.
-#[cfg(target_arch = "aarch64")]
-pub fn now() -> u64 {
-    let v: u64;
-    // SAFETY: CNTVCT_EL0 is readable at EL0 on Linux (the kernel enables it for the vDSO);
-    // the read touches no memory.
-    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
-    v
+    kbox_arch::cycles::now()
 }
 
 /// Ticks per ns over the run so far (1 until some time has passed).
