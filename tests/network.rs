@@ -1,13 +1,14 @@
 //! `--net`: what a guest's internet sockets reach. A server the test starts on the host's
-//! 127.0.0.1 answers the guest in host mode; the same call fails with `--net=none` (the
-//! guest's loopback is then the kernel library's, where nothing listens), so each run
-//! shows the other could fail. Only this machine's loopback is used. `make check-kbox` sets
+//! 127.0.0.1 answers the same client run natively and in the guest in host mode; the same
+//! call fails with `--net=none` (the guest's loopback is then the kernel library's, where
+//! nothing listens), so each run shows the other could fail. Only this machine's loopback is used. `make check-kbox` sets
 //! the image variables.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -57,9 +58,15 @@ fn host_mode_reaches_a_tcp_server_on_the_hosts_loopback_and_none_does_not() {
     let body = token("served");
     let (port, connections) = http_server(body.clone(), Duration::from_secs(60));
     let url = format!("http://127.0.0.1:{port}/");
+    // Natively first, with the host's own busybox (make deps installs busybox-static).
+    let native = Command::new("busybox")
+        .args(["wget", "-q", "-O", "-", &url])
+        .output()
+        .expect("busybox on the host");
+    assert_eq!(expect(&native, 0), body);
     let out = img.run(&["--net=host", "-S"], &["wget", "-q", "-O", "-", &url]);
     assert_eq!(expect(&out, 0), body);
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
     let out = img.run(&["-S"], &["wget", "-q", "-O", "-", &url]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(
@@ -69,7 +76,7 @@ fn host_mode_reaches_a_tcp_server_on_the_hosts_loopback_and_none_does_not() {
     );
     assert_eq!(
         connections.load(Ordering::SeqCst),
-        1,
+        2,
         "--net=none reached the host"
     );
 }
@@ -102,13 +109,19 @@ fn host_mode_reaches_a_udp_echo_on_the_hosts_loopback_and_none_does_not() {
          s.sendto(b'ping', ('127.0.0.1', {port}))\n\
          print(s.recvfrom(256)[0].decode())"
     );
+    // Natively first, with the host's python3.
+    let native = Command::new("python3")
+        .args(["-c", &probe])
+        .output()
+        .expect("python3 on the host");
+    assert_eq!(expect(&native, 0), "echo:ping\n");
     let out = img.run(&["--net=host", "-S"], &["/usr/bin/python3", "-c", &probe]);
     assert_eq!(expect(&out, 0), "echo:ping\n");
     let out = img.run(&["-S"], &["/usr/bin/python3", "-c", &probe]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(
         answered.load(Ordering::SeqCst),
-        1,
+        2,
         "--net=none reached the host"
     );
 }
