@@ -63,9 +63,16 @@ Options:
                           processes (default 127.0.0.1 and a free port, printed
                           at start)
       --net[=MODE]        none (default): the guest's IP sockets reach only its
-                          own loopback; host: they are the host's (its
-                          interfaces, its addresses); user (the default value
-                          of a bare --net) is not built yet
+                          own loopback; user (a bare --net): a network of its
+                          own (10.0.2.15) through passt, the host's loopback
+                          at 10.0.2.2, DNS at 10.0.2.3; host: the sockets are
+                          the host's (its interfaces, its addresses)
+  -p, --publish HOSTPORT:GUESTPORT[/tcp|/udp]
+                          with --net=user, serve the guest's port on the host's
+                          127.0.0.1 (repeatable; tcp unless /udp)
+      --dns ADDR          the DNS server guest lookups reach (user: the one
+                          10.0.2.3 forwards to; host: the guest's
+                          /etc/resolv.conf); default: the host's first
   -h, --help              print this help and exit
       --version           print the version and exit
 
@@ -146,8 +153,26 @@ pub enum SyscallTier {
 pub enum NetMode {
     /// The kernel library's loopback only.
     None,
+    /// A network of the guest's own: the kernel library's interface, whose frames a
+    /// user-mode network stack (passt) carries to the host's sockets.
+    User,
     /// The host's network: a guest's AF_INET/AF_INET6 socket is a host socket.
     Host,
+}
+
+/// The transport of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// `-p HOSTPORT:GUESTPORT[/PROTO]`: the guest's port served on the host's 127.0.0.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub proto: Proto,
 }
 
 /// How `--stats` prints its report.
@@ -214,6 +239,10 @@ pub struct Config {
     pub web: Option<std::net::SocketAddr>,
     /// `--net`: what the guest's internet sockets reach.
     pub net: NetMode,
+    /// `-p`: guest ports served on the host (user mode only).
+    pub publish: Vec<Publish>,
+    /// `--dns`: the DNS server guest lookups reach.
+    pub dns: Option<std::net::IpAddr>,
     /// The guest's argv; never empty.
     pub command: Vec<OsString>,
 }
@@ -239,6 +268,8 @@ enum Opt {
     TraceFilter,
     Web,
     Net,
+    Publish,
+    Dns,
     Help,
     Version,
 }
@@ -255,6 +286,7 @@ impl Opt {
             b'w' => Self::WorkDir,
             b'0' => Self::RootId,
             b'v' => Self::Verbose,
+            b'p' => Self::Publish,
             b'h' => Self::Help,
             _ => return None,
         })
@@ -273,6 +305,8 @@ impl Opt {
             b"trace-filter" => Self::TraceFilter,
             b"web" => Self::Web,
             b"net" => Self::Net,
+            b"publish" => Self::Publish,
+            b"dns" => Self::Dns,
             b"help" => Self::Help,
             b"version" => Self::Version,
             _ => return None,
@@ -313,6 +347,8 @@ impl Opt {
             Self::TraceFilter => "--trace-filter",
             Self::Web => "--web",
             Self::Net => "--net",
+            Self::Publish => "-p/--publish",
+            Self::Dns => "--dns",
             Self::Help => "-h/--help",
             Self::Version => "--version",
         }
@@ -337,6 +373,8 @@ struct Builder {
     trace_filter: Vec<u32>,
     web: Option<std::net::SocketAddr>,
     net: NetMode,
+    publish: Vec<Publish>,
+    dns: Option<std::net::IpAddr>,
 }
 
 /// Parses kbox's arguments (without argv\[0\]).
@@ -364,6 +402,8 @@ where
         trace_filter: Vec::new(),
         web: None,
         net: NetMode::None,
+        publish: Vec::new(),
+        dns: None,
     };
     let mut args = args.into_iter();
     let mut command = Vec::new();
@@ -489,6 +529,15 @@ impl Builder {
                 });
             }
             Opt::TraceFilter => self.trace_filter.extend(parse_trace_filter(&value)?),
+            Opt::Publish => self.publish.push(parse_publish(&value)?),
+            Opt::Dns => {
+                self.dns = Some(
+                    value
+                        .to_str()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| UsageError::BadDnsAddress(value.into_boxed_os_str()))?,
+                );
+            }
             Opt::RootId
             | Opt::Verbose
             | Opt::Stats
@@ -520,6 +569,16 @@ impl Builder {
         if command.is_empty() {
             command.push(OsString::from(DEFAULT_COMMAND));
         }
+        if !self.publish.is_empty() && self.net != NetMode::User {
+            return Err(UsageError::PublishNeedsUserNet);
+        }
+        if self.dns.is_some() && self.net == NetMode::None {
+            return Err(UsageError::DnsWithoutNet);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(p) = self.publish.iter().find(|p| !seen.insert((p.host_port, p.proto))) {
+            return Err(UsageError::PublishTwice(p.host_port));
+        }
         Ok(Config {
             image,
             fstype: self.fstype,
@@ -544,6 +603,8 @@ impl Builder {
             trace_filter: self.trace_filter,
             web: self.web,
             net: self.net,
+            publish: self.publish,
+            dns: self.dns,
             command,
         })
     }
@@ -651,11 +712,34 @@ fn parse_net_mode(value: Option<&[u8]>) -> Result<NetMode, UsageError> {
     match value {
         Some(b"none") => Ok(NetMode::None),
         Some(b"host") => Ok(NetMode::Host),
-        None | Some(b"user") => Err(UsageError::NetModeNotAvailable("user")),
+        None | Some(b"user") => Ok(NetMode::User),
         Some(other) => Err(UsageError::UnknownNetMode(Box::from(OsStr::from_bytes(
             other,
         )))),
     }
+}
+
+/// Parses `HOSTPORT:GUESTPORT[/tcp|/udp]` (ports 1..=65535).
+fn parse_publish(value: &OsStr) -> Result<Publish, UsageError> {
+    let bad = || UsageError::BadPublish(Box::from(value));
+    let text = value.to_str().ok_or_else(bad)?;
+    let (ports, proto) = match text.split_once('/') {
+        None => (text, Proto::Tcp),
+        Some((ports, "tcp")) => (ports, Proto::Tcp),
+        Some((ports, "udp")) => (ports, Proto::Udp),
+        Some(_) => return Err(bad()),
+    };
+    let (host, guest) = ports.split_once(':').ok_or_else(bad)?;
+    let port = |p: &str| {
+        parse_decimal(p.as_bytes())
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&n| n != 0)
+    };
+    Ok(Publish {
+        host_port: port(host).ok_or_else(bad)?,
+        guest_port: port(guest).ok_or_else(bad)?,
+        proto,
+    })
 }
 
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
@@ -835,6 +919,8 @@ mod tests {
             trace_filter: Vec::new(),
             web: None,
             net: NetMode::None,
+            publish: Vec::new(),
+            dns: None,
             command: args(&["/bin/sh"]),
         };
         assert_eq!(config(&["-r", "root.ext4"]), expected);
@@ -1538,21 +1624,81 @@ mod tests {
     }
 
     #[test]
-    fn net_is_none_unless_host_is_asked_for_and_user_is_not_built_yet() {
+    fn net_is_none_unless_asked_for_and_a_bare_net_is_user() {
         assert_eq!(config(&["-r", "i"]).net, NetMode::None);
         assert_eq!(config(&["-r", "i", "--net=none"]).net, NetMode::None);
         assert_eq!(config(&["-r", "i", "--net=host"]).net, NetMode::Host);
-        assert_eq!(
-            error(&["-r", "i", "--net"]),
-            UsageError::NetModeNotAvailable("user")
-        );
-        assert_eq!(
-            error(&["-r", "i", "--net=user"]),
-            UsageError::NetModeNotAvailable("user")
-        );
+        assert_eq!(config(&["-r", "i", "--net=user"]).net, NetMode::User);
+        assert_eq!(config(&["-r", "i", "--net", "true"]).net, NetMode::User);
+        assert_eq!(config(&["-r", "i", "--net", "true"]).command, args(&["true"]));
         assert_eq!(
             error(&["-r", "i", "--net=bridge"]),
             UsageError::UnknownNetMode(os("bridge"))
+        );
+    }
+
+    #[test]
+    fn publish_takes_ports_and_a_protocol_and_needs_user_net() {
+        let c = config(&["-r", "i", "--net", "-p", "8080:80", "--publish=5353:53/udp"]);
+        assert_eq!(
+            c.publish,
+            [
+                Publish {
+                    host_port: 8080,
+                    guest_port: 80,
+                    proto: Proto::Tcp
+                },
+                Publish {
+                    host_port: 5353,
+                    guest_port: 53,
+                    proto: Proto::Udp
+                }
+            ]
+        );
+        assert_eq!(
+            config(&["-r", "i", "--net", "-p1:2/tcp"]).publish[0].guest_port,
+            2
+        );
+        for bad in ["80", "0:80", "80:0", "80:65536", "a:80", "80:80/sctp", "80:80/", ":80"] {
+            assert_eq!(
+                error(&["-r", "i", "--net", "-p", bad]),
+                UsageError::BadPublish(os(bad)),
+                "{bad}"
+            );
+        }
+        assert_eq!(error(&["-r", "i", "-p", "80:80"]), UsageError::PublishNeedsUserNet);
+        assert_eq!(
+            error(&["-r", "i", "--net=host", "-p", "80:80"]),
+            UsageError::PublishNeedsUserNet
+        );
+        assert_eq!(
+            error(&["-r", "i", "--net", "-p", "80:80", "-p", "80:81"]),
+            UsageError::PublishTwice(80)
+        );
+        // The same port number over both protocols is two publications.
+        assert_eq!(
+            config(&["-r", "i", "--net", "-p", "80:80", "-p", "80:80/udp"]).publish.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn dns_is_an_address_for_a_network_mode() {
+        assert_eq!(
+            config(&["-r", "i", "--net", "--dns", "127.0.0.77"]).dns,
+            Some("127.0.0.77".parse().unwrap())
+        );
+        assert_eq!(
+            config(&["-r", "i", "--net=host", "--dns=::1"]).dns,
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(
+            error(&["-r", "i", "--net", "--dns", "resolver"]),
+            UsageError::BadDnsAddress(os("resolver"))
+        );
+        assert_eq!(
+            error(&["-r", "i", "--dns", "127.0.0.1"]),
+            UsageError::DnsWithoutNet
         );
     }
 

@@ -62,8 +62,16 @@ pub enum UsageError {
     BadWebAddress(Box<OsStr>),
     /// `--net=` with a value that is not a network mode.
     UnknownNetMode(Box<OsStr>),
-    /// `--net` naming a mode that is not built yet.
-    NetModeNotAvailable(&'static str),
+    /// `-p` whose value is not `HOSTPORT:GUESTPORT[/tcp|/udp]`.
+    BadPublish(Box<OsStr>),
+    /// `-p` without `--net=user`.
+    PublishNeedsUserNet,
+    /// The same host port published twice.
+    PublishTwice(u16),
+    /// `--dns` whose value is not an IP address.
+    BadDnsAddress(Box<OsStr>),
+    /// `--dns` with no network to reach it.
+    DnsWithoutNet,
     /// `--syscall-mode` naming a tier that is not built yet.
     SyscallModeNotAvailable(&'static str),
     /// `--shadow-limit` whose value is not a size.
@@ -131,9 +139,13 @@ impl fmt::Display for UsageError {
                 write!(f, "--web={} is not an ADDR:PORT address", Shown(addr))
             }
             Self::UnknownNetMode(mode) => write!(f, "unknown network mode {}", Shown(mode)),
-            Self::NetModeNotAvailable(mode) => {
-                write!(f, "network mode '{mode}' is not available yet")
+            Self::BadPublish(v) => {
+                write!(f, "-p {} is not HOSTPORT:GUESTPORT[/tcp|/udp]", Shown(v))
             }
+            Self::PublishNeedsUserNet => f.write_str("-p publishes a port of --net=user only"),
+            Self::PublishTwice(port) => write!(f, "host port {port} is published twice"),
+            Self::BadDnsAddress(v) => write!(f, "--dns {} is not an IP address", Shown(v)),
+            Self::DnsWithoutNet => f.write_str("--dns needs --net=user or --net=host"),
             Self::SyscallModeNotAvailable(mode) => write!(
                 f,
                 "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
@@ -192,9 +204,12 @@ impl UsageError {
                 "name syscalls as the kernel does, e.g. --trace-filter=openat,newfstatat,execve"
             }
             Self::BadWebAddress(_) => "e.g. --web=127.0.0.1:8080 or --web alone for a free port",
-            Self::UnknownNetMode(_) | Self::NetModeNotAvailable(_) => {
-                "use --net=none (the default) or --net=host"
-            }
+            Self::UnknownNetMode(_) => "use --net=none (the default), --net=user or --net=host",
+            Self::BadPublish(_) => "e.g. -p 8080:80 or -p 5353:53/udp",
+            Self::PublishNeedsUserNet => "add --net=user (or a bare --net)",
+            Self::PublishTwice(_) => "give each -p its own host port",
+            Self::BadDnsAddress(_) => "e.g. --dns 192.0.2.53",
+            Self::DnsWithoutNet => "add --net=user or --net=host",
             Self::SyscallModeNotAvailable(_) => {
                 "use --syscall-mode=seccomp (or auto, which picks it)"
             }

@@ -6,6 +6,7 @@ mod dispatch;
 mod error;
 mod exit;
 mod image_lock;
+mod network;
 mod runtime;
 mod seccomp;
 

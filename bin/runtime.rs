@@ -65,6 +65,8 @@ pub enum RuntimeError {
         path: std::path::PathBuf,
         error: std::io::Error,
     },
+    /// `--net`: the guest's network cannot be set up.
+    Network(crate::network::NetError),
     /// `--web` cannot listen.
     Web {
         addr: std::net::SocketAddr,
@@ -92,6 +94,7 @@ impl fmt::Display for RuntimeError {
                 )
             }
             Self::Web { addr, error } => write!(f, "cannot serve the dashboard on {addr}: {error}"),
+            Self::Network(e) => write!(f, "cannot set up the guest's network: {e}"),
         }
     }
 }
@@ -102,6 +105,7 @@ impl RuntimeError {
             Self::Mount(_) => Some("check the image with `e2fsck -fn IMAGE`"),
             Self::ExecDir(_) => Some("kbox needs a writable, exec-allowed TMPDIR or ~/.cache"),
             Self::Web { .. } => Some("pick another port, e.g. --web=127.0.0.1:0 for a free one"),
+            Self::Network(e) => e.hint(),
             _ => None,
         }
     }
@@ -218,6 +222,8 @@ pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     let _lock = crate::image_lock::ImageLock::take(&config.image, !read_only)
         .map_err(RuntimeError::Lock)?;
     let disk = kbox_lkl::add_disk(&config.image, read_only).map_err(RuntimeError::Disk)?;
+    // Devices are fixed at boot; passt starts meanwhile.
+    let mut network = crate::network::attach(config).map_err(RuntimeError::Network)?;
     let (memory_mib, cmdline) = split_memory(&config.kernel_cmdline);
     let kernel = Kernel::boot(&BootConfig {
         memory_mib,
@@ -227,7 +233,9 @@ pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
         verbose: false,
     })
     .map_err(RuntimeError::Boot)?;
-    let result = run_booted(&kernel, disk, config, read_only);
+    let result = run_booted(&kernel, disk, config, read_only, &mut network);
+    // The network device's thread must not raise interrupts in a halted kernel.
+    drop(network);
     // Whatever happened, the image is unmounted cleanly (halt unmounts first).
     let halted = kernel.halt();
     let exit = result?;
@@ -245,6 +253,7 @@ fn run_booted(
     disk: kbox_lkl::DiskId,
     config: &Config,
     read_only: bool,
+    network: &mut crate::network::Network,
 ) -> Result<Exit, RuntimeError> {
     let mode = match config.mounts {
         Mounts::ImageOnly => RootMode::Raw,
@@ -258,6 +267,9 @@ fn run_booted(
         what: "bring up the kernel library's loopback interface".into(),
         errno,
     })?;
+    network
+        .bring_up(kernel, disk, &root, config, read_only)
+        .map_err(RuntimeError::Network)?;
     make_bind_points(&root, config)?;
     if config.mounts == Mounts::System {
         standard_files(&root, config.verbose);
@@ -363,14 +375,7 @@ fn run_booted(
                 "by path rewrite (no chroot possible here: see docs/dispatch.md)"
             }
         );
-        eprintln!(
-            "kbox: network: {}",
-            match config.net {
-                NetMode::None => "none (internet sockets reach the kernel library's loopback only)",
-                NetMode::Host =>
-                    "host (internet sockets are the host's, on its interfaces and addresses)",
-            }
-        );
+        eprintln!("kbox: network: {}", crate::network::summary(config));
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());
     let served = serve(&engine, notify, guest.pidfd());

@@ -101,7 +101,7 @@ impl Device for BlockDevice {
         &self.config
     }
 
-    fn serve(&mut self, chain: &mut Chain<'_>) -> u32 {
+    fn serve(&mut self, _queue: usize, chain: &mut Chain<'_>) -> u32 {
         let header = chain.readable.first().filter(|h| h.len() >= 16).map(|h| {
             let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let mut sector = [0u8; 8];
@@ -310,6 +310,80 @@ const RECOMMENDED_MOUNTS: [(&str, &str, &str, Option<&CStr>); 5] = [
 ];
 
 const CLONE_NEWPID: usize = 0x2000_0000;
+const MS_BIND: u64 = 4096;
+
+/// Where the kernel library mounts an image root ([`Kernel::image_root`]).
+fn root_dir(disk: DiskId) -> String {
+    format!("/guest-root{}", disk.0)
+}
+
+/// How [`Kernel::overlay_file`] showed a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlaid {
+    /// Over the image's own file, which is unchanged.
+    OverImageFile,
+    /// The image had none: an empty one was created in it to be shown over.
+    CreatedInImage,
+}
+
+impl Kernel {
+    /// Shows `content` at `path` (absolute, inside the image root of `disk`) without
+    /// writing it into the image: the file lives in the kernel library's own root and is
+    /// bind-mounted over the image's. An image without a file there gets an empty one
+    /// when `create_missing` (and it can be written). Unmounted with the disks.
+    pub fn overlay_file(
+        &self,
+        disk: DiskId,
+        path: &str,
+        content: &[u8],
+        create_missing: bool,
+    ) -> Result<Overlaid, MountError> {
+        use crate::sys::{O_CREAT, O_TRUNC, O_WRONLY};
+        let fail = |what: String| move |errno| MountError::Prepare { what, errno };
+        ensure_dir(self, "/kbox-files")?;
+        let index = MOUNTED.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let source = cstr(&format!("/kbox-files/{index}"));
+        let fd = self
+            .open(&source, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            .map_err(fail("create the kernel's copy of a file".into()))?;
+        let written = self.write(fd, content);
+        let _ = self.close(fd);
+        match written {
+            Ok(n) if n == content.len() => {}
+            Ok(_) => {
+                return Err(MountError::Prepare {
+                    what: "write the kernel's copy of a file".into(),
+                    errno: Errno::EIO,
+                });
+            }
+            Err(errno) => return Err(fail("write the kernel's copy of a file".into())(errno)),
+        }
+        let target = cstr(&format!(
+            "{}/{}",
+            root_dir(disk),
+            path.trim_start_matches('/')
+        ));
+        let mut how = Overlaid::OverImageFile;
+        match self.stat(&target) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) if create_missing => {
+                let fd = self
+                    .open(&target, O_WRONLY | O_CREAT, 0o644)
+                    .map_err(fail(format!("create {path} in the image")))?;
+                let _ = self.close(fd);
+                how = Overlaid::CreatedInImage;
+            }
+            Err(errno) => return Err(fail(format!("find {path} in the image"))(errno)),
+        }
+        self.mount(&source, &target, c"", MS_BIND, None)
+            .map_err(fail(format!("show kbox's {path}")))?;
+        MOUNTED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(target);
+        Ok(how)
+    }
+}
 const PR_SET_NAME: usize = 15;
 
 impl Kernel {
@@ -329,7 +403,7 @@ impl Kernel {
         mode: RootMode,
         read_only: bool,
     ) -> Result<crate::Task, MountError> {
-        let base = format!("/guest-root{}", disk.0);
+        let base = root_dir(disk);
         self.mount_disk(disk, fstype, &base, read_only)?;
         let prepare = |what: &str| {
             let what = what.to_string();

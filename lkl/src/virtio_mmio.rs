@@ -6,6 +6,8 @@
 //! described to the kernel with `virtio_mmio.device=` words. Queue notifications are
 //! served synchronously on the thread that wrote the register (it holds the kernel's
 //! CPU, so the completion interrupt simply stays pending until interrupts are enabled).
+//! A queue the device fills on its own (a network device's receive queue) is instead
+//! filled from the device's thread with [`fill`], which raises the interrupt itself.
 use crate::ffi;
 use core::ffi::{c_int, c_ulong, c_void};
 use std::sync::atomic::{Ordering, fence};
@@ -17,16 +19,33 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION_MODERN: u32 = 2;
 const VENDOR: u32 = 0x786f_626b; // "kbox"
 pub const F_VERSION_1: u64 = 1 << 32;
-const QUEUE_SIZE: u32 = 128;
+/// Descriptors may point to tables of descriptors: a request of many segments (a large
+/// network frame in pages) then takes one ring slot, not one per segment.
+const F_INDIRECT_DESC: u64 = 1 << 28;
+const QUEUE_SIZE: u32 = 256;
 const STATUS_FAILED: u32 = 0x80;
+/// Queues per device, at most (a network device without multiqueue has two).
+const MAX_QUEUES: usize = 4;
 
 /// What a device model implements; the transport handles registers and rings.
 pub trait Device: Send {
     fn device_id(&self) -> u32;
     fn features(&self) -> u64;
     fn config(&self) -> &[u8];
-    /// Serve one descriptor chain; returns the number of bytes written to the driver.
-    fn serve(&mut self, chain: &mut Chain<'_>) -> u32;
+    /// How many virtqueues the device has.
+    fn queue_count(&self) -> usize {
+        1
+    }
+    /// Whether the device takes `queue`'s buffers when it has something to put in them
+    /// (with [`fill`]), not when the driver notifies.
+    fn filled_by_device(&self, _queue: usize) -> bool {
+        false
+    }
+    /// The driver made buffers available on a queue the device fills itself.
+    fn buffers_added(&mut self, _queue: usize) {}
+    /// Serve one descriptor chain of `queue`; returns the number of bytes written to the
+    /// driver.
+    fn serve(&mut self, queue: usize, chain: &mut Chain<'_>) -> u32;
 }
 
 /// One descriptor chain, as host slices. Addresses come from the kernel's own memory.
@@ -53,7 +72,7 @@ struct Slot {
     drv_feat_sel: u32,
     drv_features: u64,
     queue_sel: u32,
-    queue: Queue,
+    queues: [Queue; MAX_QUEUES],
     interrupt_status: u32,
 }
 
@@ -62,10 +81,14 @@ static DEVICES: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
 #[derive(Debug)]
 pub enum RegisterError {
     NoIrq,
+    TooManyQueues,
 }
 
 /// Adds a device; call before the kernel boots. Returns its index.
 pub fn register(dev: Box<dyn Device>) -> Result<usize, RegisterError> {
+    if dev.queue_count() > MAX_QUEUES {
+        return Err(RegisterError::TooManyQueues);
+    }
     // SAFETY: the name is a static C string; the call only claims a bit in a bitmap.
     let irq = unsafe { ffi::lkl_get_free_irq(c"virtio".as_ptr()) };
     if irq < 0 {
@@ -80,7 +103,7 @@ pub fn register(dev: Box<dyn Device>) -> Result<usize, RegisterError> {
         drv_feat_sel: 0,
         drv_features: 0,
         queue_sel: 0,
-        queue: Queue::default(),
+        queues: Default::default(),
         interrupt_status: 0,
     });
     Ok(devices.len() - 1)
@@ -168,7 +191,8 @@ impl Slot {
             }
             return u64::from_le_bytes(bytes);
         }
-        let features = self.dev.features() | F_VERSION_1;
+        let features = self.dev.features() | F_VERSION_1 | F_INDIRECT_DESC;
+        let queue = self.selected();
         u64::from(match reg {
             0x000 => MAGIC,
             0x004 => VERSION_MODERN,
@@ -179,12 +203,18 @@ impl Slot {
                 1 => u32::try_from(features >> 32).unwrap_or_default(),
                 _ => 0,
             },
-            0x034 => QUEUE_SIZE,
-            0x044 => self.queue.ready,
+            0x034 => queue.map_or(0, |_| QUEUE_SIZE),
+            0x044 => queue.map_or(0, |q| q.ready),
             0x060 => self.interrupt_status,
             0x070 => self.status,
             _ => 0,
         })
+    }
+
+    /// The queue QueueSel names, if the device has it.
+    fn selected(&self) -> Option<&Queue> {
+        let index = usize::try_from(self.queue_sel).ok()?;
+        (index < self.dev.queue_count()).then(|| &self.queues[index])
     }
 
     fn write(&mut self, reg: u64, value: u64) {
@@ -199,65 +229,64 @@ impl Slot {
             }
             0x024 => self.drv_feat_sel = r,
             0x030 => self.queue_sel = r,
-            0x038 => self.queue.num = r,
-            0x044 => self.queue.ready = r,
-            0x050 => self.notify(),
+            0x050 => self.notify(r as usize),
             0x064 => self.interrupt_status &= !r,
             0x070 => {
                 self.status = r;
                 if self.status == 0 {
-                    self.queue = Queue::default();
+                    self.queues = Default::default();
                     self.drv_features = 0;
                 }
             }
-            0x080 => self.queue.desc = (self.queue.desc & !0xffff_ffff) | v32,
-            0x084 => self.queue.desc = low(self.queue.desc) | (v32 << 32),
-            0x090 => self.queue.avail = (self.queue.avail & !0xffff_ffff) | v32,
-            0x094 => self.queue.avail = low(self.queue.avail) | (v32 << 32),
-            0x0a0 => self.queue.used = (self.queue.used & !0xffff_ffff) | v32,
-            0x0a4 => self.queue.used = low(self.queue.used) | (v32 << 32),
-            _ => {}
+            _ => {
+                let count = self.dev.queue_count();
+                let Some(q) = usize::try_from(self.queue_sel)
+                    .ok()
+                    .filter(|&i| i < count)
+                    .map(|i| &mut self.queues[i])
+                else {
+                    return;
+                };
+                match reg {
+                    0x038 => q.num = r.min(QUEUE_SIZE),
+                    0x044 => q.ready = r,
+                    0x080 => q.desc = (q.desc & !0xffff_ffff) | v32,
+                    0x084 => q.desc = low(q.desc) | (v32 << 32),
+                    0x090 => q.avail = (q.avail & !0xffff_ffff) | v32,
+                    0x094 => q.avail = low(q.avail) | (v32 << 32),
+                    0x0a0 => q.used = (q.used & !0xffff_ffff) | v32,
+                    0x0a4 => q.used = low(q.used) | (v32 << 32),
+                    _ => {}
+                }
+            }
         }
     }
 
-    /// Serve every new chain in the available ring, then raise the interrupt.
-    fn notify(&mut self) {
-        let q = &mut self.queue;
-        if q.ready == 0 || q.num == 0 || self.queue_sel != 0 {
+    /// The driver kicked `queue`: serve every new chain in its available ring, then raise
+    /// the interrupt; or tell a device that fills the queue itself.
+    fn notify(&mut self, queue: usize) {
+        if queue >= self.dev.queue_count() {
             return;
         }
-        let num = q.num;
-        let avail = host(q.avail);
-        let used = host(q.used);
+        if self.dev.filled_by_device(queue) {
+            self.dev.buffers_added(queue);
+            return;
+        }
+        let q = &mut self.queues[queue];
         let mut served = false;
         loop {
-            fence(Ordering::Acquire);
-            // SAFETY: the avail ring lies in kernel RAM (ring addresses the driver gave us).
-            let avail_idx = unsafe { core::ptr::read_volatile(avail.add(2).cast::<u16>()) };
-            if avail_idx == q.last_avail {
-                break;
-            }
-            let slot = usize::from(q.last_avail) % num as usize;
-            // SAFETY: as above; `slot` < num.
-            let head = unsafe { core::ptr::read_volatile(avail.add(4 + 2 * slot).cast::<u16>()) };
-            let written = match chain(q.desc, num, head) {
-                Some(mut chain) => self.dev.serve(&mut chain),
-                None => {
+            match q.next_chain() {
+                Next::Empty => break,
+                Next::Malformed => {
                     self.status |= STATUS_FAILED;
                     return;
                 }
-            };
-            // SAFETY: the used ring lies in kernel RAM; `slot` < num.
-            unsafe {
-                let used_idx = core::ptr::read_volatile(used.add(2).cast::<u16>());
-                let elem = used.add(4 + 8 * (usize::from(used_idx) % num as usize));
-                core::ptr::write_volatile(elem.cast::<u32>(), u32::from(head));
-                core::ptr::write_volatile(elem.add(4).cast::<u32>(), written);
-                fence(Ordering::Release);
-                core::ptr::write_volatile(used.add(2).cast::<u16>(), used_idx.wrapping_add(1));
+                Next::Chain(head, mut chain) => {
+                    let written = self.dev.serve(queue, &mut chain);
+                    q.push_used(head, written);
+                    served = true;
+                }
             }
-            q.last_avail = q.last_avail.wrapping_add(1);
-            served = true;
         }
         if served {
             self.interrupt_status |= 1;
@@ -268,6 +297,121 @@ impl Slot {
     }
 }
 
+enum Next<'a> {
+    Empty,
+    Malformed,
+    Chain(u16, Chain<'a>),
+}
+
+impl Queue {
+    /// The next chain the driver made available, without consuming it.
+    fn peek<'a>(&self) -> Next<'a> {
+        if self.ready == 0 || self.num == 0 {
+            return Next::Empty;
+        }
+        let avail = host(self.avail);
+        fence(Ordering::Acquire);
+        // SAFETY: the avail ring lies in kernel RAM (ring addresses the driver gave us).
+        let avail_idx = unsafe { core::ptr::read_volatile(avail.add(2).cast::<u16>()) };
+        if avail_idx == self.last_avail {
+            return Next::Empty;
+        }
+        let slot = usize::from(self.last_avail) % self.num as usize;
+        // SAFETY: as above; `slot` < num.
+        let head = unsafe { core::ptr::read_volatile(avail.add(4 + 2 * slot).cast::<u16>()) };
+        match chain(self.desc, self.num, head) {
+            Some(c) => Next::Chain(head, c),
+            None => Next::Malformed,
+        }
+    }
+
+    fn next_chain<'a>(&mut self) -> Next<'a> {
+        let next = self.peek();
+        if matches!(next, Next::Chain(..)) {
+            self.last_avail = self.last_avail.wrapping_add(1);
+        }
+        next
+    }
+
+    fn push_used(&self, head: u16, written: u32) {
+        let used = host(self.used);
+        // SAFETY: the used ring lies in kernel RAM; the index is reduced modulo num.
+        unsafe {
+            let used_idx = core::ptr::read_volatile(used.add(2).cast::<u16>());
+            let elem = used.add(4 + 8 * (usize::from(used_idx) % self.num as usize));
+            core::ptr::write_volatile(elem.cast::<u32>(), u32::from(head));
+            core::ptr::write_volatile(elem.add(4).cast::<u32>(), written);
+            fence(Ordering::Release);
+            core::ptr::write_volatile(used.add(2).cast::<u16>(), used_idx.wrapping_add(1));
+        }
+    }
+}
+
+/// What [`fill`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filled {
+    /// Chains handed back to the driver.
+    pub used: usize,
+    /// The producer still had something when the driver's buffers ran out.
+    pub starved: bool,
+}
+
+/// From a device's own thread: hands the driver's available buffers of `queue` to
+/// `produce` one chain at a time until it returns `None` (nothing more to put in them)
+/// or the buffers run out, then raises the interrupt. `produce` returns the bytes it
+/// wrote into the chain.
+pub fn fill(
+    device: usize,
+    queue: usize,
+    produce: &mut dyn FnMut(&mut Chain<'_>) -> Option<u32>,
+) -> Filled {
+    let mut filled = Filled {
+        used: 0,
+        starved: false,
+    };
+    let irq = {
+        let mut devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = devices.get_mut(device) else {
+            return filled;
+        };
+        if queue >= slot.dev.queue_count() {
+            return filled;
+        }
+        loop {
+            let q = &mut slot.queues[queue];
+            match q.peek() {
+                Next::Empty => {
+                    filled.starved = true;
+                    break;
+                }
+                Next::Malformed => {
+                    slot.status |= STATUS_FAILED;
+                    break;
+                }
+                Next::Chain(head, mut chain) => {
+                    let Some(written) = produce(&mut chain) else {
+                        break;
+                    };
+                    q.last_avail = q.last_avail.wrapping_add(1);
+                    q.push_used(head, written);
+                    filled.used += 1;
+                }
+            }
+        }
+        if filled.used > 0 {
+            slot.interrupt_status |= 1;
+        }
+        slot.irq
+    };
+    if filled.used > 0 {
+        fence(Ordering::SeqCst);
+        // SAFETY: raising an interrupt line we own, without holding the device lock (the
+        // handler reads the interrupt status through it).
+        unsafe { ffi::lkl_trigger_irq(irq) };
+    }
+    filled
+}
+
 fn host(dma: u64) -> *mut u8 {
     let addr: c_ulong = dma;
     // SAFETY: pure address arithmetic in the kernel.
@@ -276,28 +420,53 @@ fn host(dma: u64) -> *mut u8 {
 
 /// Walks a descriptor chain into host slices; `None` for a malformed chain.
 fn chain<'a>(desc: u64, num: u32, head: u16) -> Option<Chain<'a>> {
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
-    let table = host(desc);
+    const INDIRECT: u16 = 4;
     let mut out = Chain {
         readable: Vec::new(),
         writable: Vec::new(),
     };
-    let mut index = head;
-    for _ in 0..num {
-        if u32::from(index) >= num {
+    let (addr, len, flags, _) = descriptor(host(desc), num, head)?;
+    if flags & INDIRECT != 0 {
+        // One descriptor naming a table that holds the whole chain, starting at entry 0.
+        let entries = u32::try_from(len / 16).ok()?;
+        if len % 16 != 0 || entries == 0 {
             return None;
         }
-        // SAFETY: the descriptor table lies in kernel RAM; index < num.
-        let (addr, len, flags, next) = unsafe {
-            let d = table.add(16 * usize::from(index));
-            (
-                core::ptr::read_volatile(d.cast::<u64>()),
-                core::ptr::read_volatile(d.add(8).cast::<u32>()),
-                core::ptr::read_volatile(d.add(12).cast::<u16>()),
-                core::ptr::read_volatile(d.add(14).cast::<u16>()),
-            )
-        };
+        walk(host(addr), entries, 0, &mut out)?;
+    } else {
+        walk(host(desc), num, head, &mut out)?;
+    }
+    Some(out)
+}
+
+/// Descriptor `index` of a table of `num`: (address, length, flags, next).
+fn descriptor(table: *mut u8, num: u32, index: u16) -> Option<(u64, u32, u16, u16)> {
+    if u32::from(index) >= num {
+        return None;
+    }
+    // SAFETY: the descriptor table lies in kernel RAM; index < num.
+    Some(unsafe {
+        let d = table.add(16 * usize::from(index));
+        (
+            core::ptr::read_volatile(d.cast::<u64>()),
+            core::ptr::read_volatile(d.add(8).cast::<u32>()),
+            core::ptr::read_volatile(d.add(12).cast::<u16>()),
+            core::ptr::read_volatile(d.add(14).cast::<u16>()),
+        )
+    })
+}
+
+/// Follows `next` links through a table from `index`, collecting the buffers; a chain
+/// longer than the table (a loop) or nesting another indirect table is malformed.
+fn walk<'a>(table: *mut u8, num: u32, mut index: u16, out: &mut Chain<'a>) -> Option<()> {
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+    for _ in 0..num {
+        let (addr, len, flags, next) = descriptor(table, num, index)?;
+        if flags & INDIRECT != 0 {
+            return None;
+        }
         let len = usize::try_from(len).ok()?;
         let ptr = host(addr);
         if flags & WRITE != 0 {
@@ -310,7 +479,7 @@ fn chain<'a>(desc: u64, num: u32, head: u16) -> Option<Chain<'a>> {
                 .push(unsafe { core::slice::from_raw_parts(ptr, len) });
         }
         if flags & NEXT == 0 {
-            return Some(out);
+            return Some(());
         }
         index = next;
     }
