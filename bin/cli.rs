@@ -576,7 +576,11 @@ impl Builder {
             return Err(UsageError::DnsWithoutNet);
         }
         let mut seen = std::collections::HashSet::new();
-        if let Some(p) = self.publish.iter().find(|p| !seen.insert((p.host_port, p.proto))) {
+        if let Some(p) = self
+            .publish
+            .iter()
+            .find(|p| !seen.insert((p.host_port, p.proto)))
+        {
             return Err(UsageError::PublishTwice(p.host_port));
         }
         Ok(Config {
@@ -1630,7 +1634,10 @@ mod tests {
         assert_eq!(config(&["-r", "i", "--net=host"]).net, NetMode::Host);
         assert_eq!(config(&["-r", "i", "--net=user"]).net, NetMode::User);
         assert_eq!(config(&["-r", "i", "--net", "true"]).net, NetMode::User);
-        assert_eq!(config(&["-r", "i", "--net", "true"]).command, args(&["true"]));
+        assert_eq!(
+            config(&["-r", "i", "--net", "true"]).command,
+            args(&["true"])
+        );
         assert_eq!(
             error(&["-r", "i", "--net=bridge"]),
             UsageError::UnknownNetMode(os("bridge"))
@@ -1659,14 +1666,26 @@ mod tests {
             config(&["-r", "i", "--net", "-p1:2/tcp"]).publish[0].guest_port,
             2
         );
-        for bad in ["80", "0:80", "80:0", "80:65536", "a:80", "80:80/sctp", "80:80/", ":80"] {
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "80:65536",
+            "a:80",
+            "80:80/sctp",
+            "80:80/",
+            ":80",
+        ] {
             assert_eq!(
                 error(&["-r", "i", "--net", "-p", bad]),
                 UsageError::BadPublish(os(bad)),
                 "{bad}"
             );
         }
-        assert_eq!(error(&["-r", "i", "-p", "80:80"]), UsageError::PublishNeedsUserNet);
+        assert_eq!(
+            error(&["-r", "i", "-p", "80:80"]),
+            UsageError::PublishNeedsUserNet
+        );
         assert_eq!(
             error(&["-r", "i", "--net=host", "-p", "80:80"]),
             UsageError::PublishNeedsUserNet
@@ -1677,7 +1696,9 @@ mod tests {
         );
         // The same port number over both protocols is two publications.
         assert_eq!(
-            config(&["-r", "i", "--net", "-p", "80:80", "-p", "80:80/udp"]).publish.len(),
+            config(&["-r", "i", "--net", "-p", "80:80", "-p", "80:80/udp"])
+                .publish
+                .len(),
             2
         );
     }

@@ -3,7 +3,8 @@
 //! - `none`: the kernel library's loopback only (nothing to set up here).
 //! - `user`: the kernel library gets a virtio network interface, eth0 at 10.0.2.15/24,
 //!   whose frames passt turns into the host's own sockets. The gateway 10.0.2.2 is the
-//!   host's loopback, 10.0.2.3 forwards DNS to the host's resolver (or `--dns`), and
+//!   host's loopback, 10.0.2.3 relays DNS to the host's resolver or `--dns`
+//!   (dns_relay.rs), and
 //!   `-p` ports are published on the host's 127.0.0.1. These are slirp's addresses, the
 //!   ones users of qemu, podman and slirp4netns know.
 //! - `host`: the guest's internet sockets are host sockets (dispatch does that); here
@@ -12,6 +13,7 @@
 //! The guest's /etc/resolv.conf is kbox's file bind-mounted over the image's (the
 //! image does not change, unless it has none and is writable: then an empty one is
 //! created to mount over).
+mod dns_relay;
 mod iface;
 mod passt;
 
@@ -44,6 +46,7 @@ pub enum NetError {
     Socket(std::io::Error),
     Device(kbox_lkl::NetError),
     Interface(IfaceError),
+    DnsRelay(kbox_lkl::Errno),
 }
 
 impl fmt::Display for NetError {
@@ -53,6 +56,7 @@ impl fmt::Display for NetError {
             Self::Socket(e) => write!(f, "cannot create the socket pair for passt: {e}"),
             Self::Device(e) => e.fmt(f),
             Self::Interface(e) => write!(f, "cannot {} of {INTERFACE}: {}", e.what, e.errno),
+            Self::DnsRelay(errno) => write!(f, "cannot start the DNS relay: {errno}"),
         }
     }
 }
@@ -60,9 +64,9 @@ impl fmt::Display for NetError {
 impl NetError {
     pub const fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::Passt(PasstError::NotFound) => Some(
-                "install passt (Debian and Ubuntu: apt-get install passt), or use --net=host",
-            ),
+            Self::Passt(PasstError::NotFound) => {
+                Some("install passt (Debian and Ubuntu: apt-get install passt), or use --net=host")
+            }
             Self::Passt(PasstError::Exited(_)) => {
                 Some("a published port may be in use on the host; -v shows passt's messages")
             }
@@ -74,7 +78,8 @@ impl NetError {
 /// The guest's network while kbox runs. Drop it before the kernel halts: that stops the
 /// device's receive thread and ends passt.
 pub struct Network {
-    // Field order is drop order: the device's thread stops before passt ends.
+    // Field order is drop order: the relay and the device's thread stop before passt ends.
+    relay: Option<dns_relay::DnsRelay>,
     device: Option<kbox_lkl::Net>,
     passt: Option<passt::Passt>,
 }
@@ -84,6 +89,7 @@ pub struct Network {
 pub fn attach(config: &Config) -> Result<Network, NetError> {
     if config.net != NetMode::User {
         return Ok(Network {
+            relay: None,
             device: None,
             passt: None,
         });
@@ -102,9 +108,7 @@ pub fn attach(config: &Config) -> Result<Network, NetError> {
         guest: GUEST,
         prefix: PREFIX,
         gateway: GATEWAY,
-        dns_forwarder: DNS_FORWARDER,
         mtu: MTU,
-        upstream_dns: config.dns,
         publish: &config.publish,
         verbose: config.verbose,
     };
@@ -118,6 +122,7 @@ pub fn attach(config: &Config) -> Result<Network, NetError> {
     )
     .map_err(NetError::Device)?;
     Ok(Network {
+        relay: None,
         device: Some(device),
         passt: Some(passt),
     })
@@ -146,6 +151,19 @@ impl Network {
                 },
             )
             .map_err(NetError::Interface)?;
+            iface::add_alias(root, "eth0:1", DNS_FORWARDER).map_err(NetError::Interface)?;
+            match upstream_dns(config) {
+                Some(upstream) => {
+                    self.relay = Some(
+                        dns_relay::start(root, DNS_FORWARDER, (upstream, 53).into())
+                            .map_err(NetError::DnsRelay)?,
+                    );
+                }
+                None => eprintln!(
+                    "kbox: warning: the host's /etc/resolv.conf names no resolver and --dns is \
+                     not given: the guest cannot look names up"
+                ),
+            }
         }
         if let Some(content) = resolv_conf(config) {
             match kernel.overlay_file(disk, "/etc/resolv.conf", content.as_bytes(), !read_only) {
@@ -181,6 +199,11 @@ fn resolv_conf(config: &Config) -> Option<String> {
     }
 }
 
+/// The resolver the guest's lookups go to: `--dns`, else the host's.
+fn upstream_dns(config: &Config) -> Option<IpAddr> {
+    config.dns.or_else(dns_relay::host_resolver)
+}
+
 /// The `-v` line describing the network.
 pub fn summary(config: &Config) -> String {
     match config.net {
@@ -189,9 +212,8 @@ pub fn summary(config: &Config) -> String {
             "host (internet sockets are the host's, on its interfaces and addresses)".into()
         }
         NetMode::User => {
-            let upstream = config
-                .dns
-                .map_or_else(|| "the host's resolver".to_string(), |d: IpAddr| d.to_string());
+            let upstream = upstream_dns(config)
+                .map_or_else(|| "nowhere (no resolver)".to_string(), |d| d.to_string());
             let mut line = format!(
                 "user (passt): {INTERFACE} {GUEST}/{PREFIX} mtu {MTU}, gateway and host loopback \
                  {GATEWAY}, DNS {DNS_FORWARDER} -> {upstream}"

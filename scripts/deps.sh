@@ -11,6 +11,7 @@ apt_pkgs=(
   binutils                                   # objdump: the decoder's reference
   proot hyperfine                            # make bench
   chromium fonts-liberation                  # make check: the --web dashboard in a real browser
+  passt                                      # --net=user's network stack (found on PATH at run time)
 )
 targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 

@@ -1,14 +1,16 @@
 //! `--net`: what a guest's internet sockets reach. A server the test starts on the host's
-//! 127.0.0.1 answers the same client run natively and in the guest in host mode; the same
+//! 127.0.0.1 answers the same client run natively and in the guest, in host mode (at
+//! 127.0.0.1) and user mode (at 10.0.2.2, passt's way to the host's loopback); the same
 //! call fails with `--net=none` (the guest's loopback is then the kernel library's, where
-//! nothing listens), so each run shows the other could fail. Only this machine's loopback is used. `make check-kbox` sets
-//! the image variables.
+//! nothing listens, and it has no other network), so each run shows the other could fail.
+//! Only this machine's loopback is used. `make check-kbox` sets the image variables.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -135,4 +137,323 @@ fn guest_sockets_between_guest_processes_still_work_in_host_mode() {
     let stdout = expect(&out, 0);
     assert!(stdout.contains("ok accepted6"), "{stdout}");
     img.assert_clean();
+}
+
+#[test]
+fn user_mode_reaches_the_hosts_loopback_at_the_gateway_and_none_does_not() {
+    let img = Image::default("net-user-tcp");
+    let body = token("through-passt");
+    let (port, connections) = http_server(body.clone(), Duration::from_secs(60));
+    let native = Command::new("busybox")
+        .args([
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("busybox on the host");
+    assert_eq!(expect(&native, 0), body);
+    let url = format!("http://10.0.2.2:{port}/");
+    let out = img.run(&["--net=user", "-S"], &["wget", "-q", "-O", "-", &url]);
+    assert_eq!(expect(&out, 0), body, "{}", text(&out.stderr));
+    // A bare --net is user mode.
+    let out = img.run(&["--net", "-S"], &["wget", "-q", "-O", "-", &url]);
+    assert_eq!(expect(&out, 0), body);
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    let out = img.run(&["-S"], &["wget", "-q", "-T", "3", "-O", "-", &url]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        3,
+        "--net=none reached the host"
+    );
+}
+
+#[test]
+fn user_mode_carries_udp_to_the_hosts_loopback() {
+    let img = Image::copy_of("KBOX_DEBIAN", "net-user-udp");
+    let echo = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = echo.local_addr().expect("address").port();
+    echo.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 256];
+        while Instant::now() < end {
+            if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&reply, from);
+            }
+        }
+    });
+    let probe = |host: &str| {
+        format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.settimeout(3)\n\
+             s.sendto(b'ping', ('{host}', {port}))\n\
+             print(s.recvfrom(256)[0].decode())"
+        )
+    };
+    let native = Command::new("python3")
+        .args(["-c", &probe("127.0.0.1")])
+        .output()
+        .expect("python3 on the host");
+    assert_eq!(expect(&native, 0), "echo:ping\n");
+    let out = img.run(
+        &["--net=user", "-S"],
+        &["/usr/bin/python3", "-c", &probe("10.0.2.2")],
+    );
+    assert_eq!(expect(&out, 0), "echo:ping\n", "{}", text(&out.stderr));
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+}
+
+/// A DNS server for one name on `addr`:53, answering A queries for `name` with
+/// 192.0.2.77 (a documentation address nobody contacts) and NXDOMAIN otherwise.
+fn dns_server(addr: &str, name: &str, life: Duration) -> Arc<AtomicUsize> {
+    let socket = match UdpSocket::bind((addr, 53)) {
+        Ok(s) => s,
+        Err(e) => panic!("the DNS test needs to bind {addr}:53 (root, as make check runs): {e}"),
+    };
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut wire = Vec::new();
+    for label in name.split('.') {
+        wire.push(u8::try_from(label.len()).expect("short label"));
+        wire.extend_from_slice(label.as_bytes());
+    }
+    wire.push(0);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&asked);
+    std::thread::spawn(move || {
+        let end = Instant::now() + life;
+        let mut buf = [0u8; 512];
+        while Instant::now() < end {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            // Header (12 bytes), then the question: name, type, class.
+            let Some(question) = buf.get(12..n) else {
+                continue;
+            };
+            let Some(name_end) = question.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let Some(qtype) = question.get(name_end + 1..name_end + 3) else {
+                continue;
+            };
+            let question = &question[..name_end + 5];
+            let ours = question[..=name_end].eq_ignore_ascii_case(&wire);
+            let a = qtype == [0, 1];
+            if ours {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut reply = buf[..12].to_vec();
+            // QR, RD copied, RA; NXDOMAIN unless the name is ours.
+            reply[2] = 0x80 | (buf[2] & 0x01);
+            reply[3] = 0x80 | if ours { 0 } else { 3 };
+            reply[4..6].copy_from_slice(&[0, 1]);
+            reply[6..8].copy_from_slice(&[0, u8::from(ours && a)]);
+            reply[8..12].fill(0);
+            reply.extend_from_slice(question);
+            if ours && a {
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 77]);
+            }
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    asked
+}
+
+#[test]
+fn lookups_reach_the_dns_server_given_in_user_and_host_modes() {
+    let img = Image::default("net-dns");
+    let name = format!("{}.kbox.test", token("dns"));
+    let asked = dns_server("127.0.0.77", &name, Duration::from_secs(90));
+    // Natively first: the host's busybox asks the server directly.
+    let native = Command::new("busybox")
+        .args(["nslookup", &name, "127.0.0.77"])
+        .output()
+        .expect("busybox on the host");
+    assert!(expect(&native, 0).contains("192.0.2.77"));
+    let before = asked.load(Ordering::SeqCst);
+    // User mode: the guest asks 10.0.2.3, passt forwards to --dns.
+    let script = format!("cat /etc/resolv.conf; nslookup {name}");
+    let out = img.run(
+        &["--net", "--dns", "127.0.0.77", "-S"],
+        &["/bin/sh", "-c", &script],
+    );
+    let stdout = expect(&out, 0);
+    assert!(stdout.contains("nameserver 10.0.2.3"), "{stdout}");
+    assert!(
+        stdout.contains("192.0.2.77"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(asked.load(Ordering::SeqCst) > before);
+    // Host mode: the guest's resolv.conf names --dns, reached by a host socket.
+    let out = img.run(
+        &["--net=host", "--dns=127.0.0.77", "-S"],
+        &["/bin/sh", "-c", &script],
+    );
+    let stdout = expect(&out, 0);
+    assert!(stdout.contains("nameserver 127.0.0.77"), "{stdout}");
+    assert!(stdout.contains("192.0.2.77"), "{stdout}");
+    // No network: the lookup fails, and the image's own resolv.conf is untouched.
+    let out = img.run(&["-S"], &["/bin/sh", "-c", &script]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(!text(&out.stdout).contains("192.0.2.77"));
+    img.assert_clean();
+}
+
+/// A port nothing listens on now (the system's pick, released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The body of `GET /` from 127.0.0.1:`port`, if it answers 200.
+fn http_get(port: u16) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+/// `GET /` from 127.0.0.1:`port` until it answers (or `limit` passes). (Not the host's
+/// busybox wget: Debian's segfaults with -T.)
+fn fetch_until_served(port: u16, limit: Duration) -> Option<String> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(body) = http_get(port) {
+            return Some(body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_published_guest_port_is_served_on_the_hosts_loopback() {
+    let img = Image::default("net-publish");
+    let body = token("published");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(token("www"));
+    std::fs::create_dir_all(&dir).expect("web dir");
+    std::fs::write(dir.join("index.html"), &body).expect("index");
+    // Natively first: the same busybox httpd and fetch on the host.
+    let port = free_port();
+    let mut native = Command::new("busybox")
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&dir)
+        .spawn()
+        .expect("busybox httpd on the host");
+    let got = fetch_until_served(port, Duration::from_secs(10));
+    let _ = native.kill();
+    let _ = native.wait();
+    assert_eq!(got.as_deref(), Some(body.as_str()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // In the guest, on port 80 of its own network, published on a host port.
+    let port = free_port();
+    let script = format!(
+        "mkdir -p /tmp/www && echo -n {body} > /tmp/www/index.html && \
+         httpd -p 80 -h /tmp/www && sleep 30"
+    );
+    let mut c = Command::new(common::KBOX);
+    c.env("HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("home"));
+    c.args([
+        "--net",
+        "-p",
+        &format!("{port}:80"),
+        "-S",
+        img.arg(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut guest = c.spawn().expect("kbox");
+    let got = fetch_until_served(port, Duration::from_secs(20));
+    let _ = guest.kill();
+    let _ = guest.wait();
+    assert_eq!(got.as_deref(), Some(body.as_str()));
+    // Without -p the port is not there.
+    let out = Command::new("busybox")
+        .args([
+            "wget",
+            "-q",
+            "-T",
+            "2",
+            "-O",
+            "-",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("busybox");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn verbose_names_the_mode_the_address_and_the_published_ports() {
+    let img = Image::default("net-verbose");
+    let out = img.run(
+        &["--net", "-p", "18080:80", "-p", "15353:53/udp", "-v", "-S"],
+        &["true"],
+    );
+    expect(&out, 0);
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("kbox: network:"))
+        .unwrap_or_else(|| panic!("no network line in:\n{stderr}"));
+    for part in [
+        "user",
+        "10.0.2.15/24",
+        "10.0.2.2",
+        "10.0.2.3",
+        "127.0.0.1:18080 -> 10.0.2.15:80 (tcp)",
+        "127.0.0.1:15353 -> 10.0.2.15:53 (udp)",
+    ] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+    // The guest sees the interface as configured.
+    let out = img.run(
+        &["--net", "-S"],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; route -n",
+        ],
+    );
+    let stdout = expect(&out, 0);
+    assert!(stdout.starts_with("65520\n52:54:00:12:34:56\n"), "{stdout}");
+    assert!(stdout.contains("0.0.0.0         10.0.2.2"), "{stdout}");
+}
+
+#[test]
+fn user_mode_without_passt_on_path_is_a_clear_error() {
+    let img = Image::default("net-no-passt");
+    let out = Command::new(common::KBOX)
+        .env("PATH", "/nonexistent")
+        .args(["--net", "-S", img.arg(), "--", "true"])
+        .output()
+        .expect("kbox");
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("passt"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -38,7 +38,7 @@ use std::os::fd::BorrowedFd;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
-pub use procs::{Procs, descendants};
+pub use procs::{Procs, descendants, fork_helper};
 
 /// What the tier does with the call once the engine is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -110,6 +110,35 @@ pub fn configure(task: &Task, name: &str, config: &Ipv4Config) -> Result<(), Ifa
     result
 }
 
+/// Adds `address`/32 to interface `label` (an alias such as `eth0:1`), up.
+pub fn add_alias(task: &Task, label: &str, address: Ipv4Addr) -> Result<(), IfaceError> {
+    let socket = task
+        .syscall(g::SOCKET, [AF_INET, SOCK_DGRAM, 0, 0, 0, 0])
+        .map_err(|errno| IfaceError {
+            what: "open a configuration socket",
+            errno,
+        })?;
+    let ioctl = |what: &'static str, request: usize, arg: &mut [u8]| {
+        task.syscall(
+            g::IOCTL,
+            [socket, request, arg.as_mut_ptr() as usize, 0, 0, 0],
+        )
+        .map(drop)
+        .map_err(|errno| IfaceError { what, errno })
+    };
+    let steps = || {
+        let mut ifr = ifreq(label);
+        ifr[16..32].copy_from_slice(&sockaddr_in(address));
+        ioctl("add the DNS relay's address", SIOCSIFADDR, &mut ifr)?;
+        let mut ifr = ifreq(label);
+        ifr[16..32].copy_from_slice(&sockaddr_in(netmask(32)));
+        ioctl("set the DNS relay's netmask", SIOCSIFNETMASK, &mut ifr)
+    };
+    let result = steps();
+    let _ = task.syscall(g::CLOSE, [socket, 0, 0, 0, 0, 0]);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -27,10 +27,7 @@ pub struct Plan<'a> {
     pub guest: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
-    pub dns_forwarder: Ipv4Addr,
     pub mtu: u16,
-    /// Where the forwarder sends lookups; passt reads the host's resolv.conf without it.
-    pub upstream_dns: Option<IpAddr>,
     pub publish: &'a [Publish],
     pub verbose: bool,
 }
@@ -74,9 +71,7 @@ fn find() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("passt"))
-        .find(|p| {
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 fn arguments(plan: &Plan<'_>, pid_file: &Path) -> Vec<OsString> {
@@ -97,13 +92,10 @@ fn arguments(plan: &Plan<'_>, pid_file: &Path) -> Vec<OsString> {
         plan.gateway.to_string().into(),
         "--mtu".into(),
         plan.mtu.to_string().into(),
-        "--dns-forward".into(),
-        plan.dns_forwarder.to_string().into(),
+        // kbox relays DNS itself (dns_relay.rs).
+        "--dns".into(),
+        "none".into(),
     ];
-    if let Some(dns) = plan.upstream_dns {
-        args.push("--dns".into());
-        args.push(dns.to_string().into());
-    }
     for p in plan.publish {
         args.push(match p.proto {
             Proto::Tcp => "--tcp-ports".into(),
@@ -244,9 +236,7 @@ mod tests {
             guest: Ipv4Addr::new(10, 0, 2, 15),
             prefix: 24,
             gateway: Ipv4Addr::new(10, 0, 2, 2),
-            dns_forwarder: Ipv4Addr::new(10, 0, 2, 3),
             mtu: 65520,
-            upstream_dns: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77))),
             publish: &publish,
             verbose: false,
         };
@@ -257,7 +247,7 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("--fd 0 --pid /x/pid"), "{joined}");
         assert!(joined.contains("--address 10.0.2.15 --netmask 24 --gateway 10.0.2.2"));
-        assert!(joined.contains("--dns-forward 10.0.2.3 --dns 127.0.0.77"));
+        assert!(joined.contains("--dns none"));
         assert!(joined.ends_with("--tcp-ports 127.0.0.1/8080:80 --udp-ports 127.0.0.1/5353:53"));
     }
 }

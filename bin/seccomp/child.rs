@@ -552,6 +552,34 @@ fn write_id_maps(root: &Root) -> rustix::io::Result<()> {
 }
 
 /// The child between fork and exec: async-signal-safe calls only, never returns.
+/// The host capabilities a guest keeps when kbox runs as root: those over the files it can
+/// reach anyway (its chroot, `-b` binds) and, for `--net=host`, low ports. The rest go,
+/// from the bounding set too (an exec as root would grant them again): above all
+/// CAP_NET_ADMIN, with which any socket's ioctls reconfigure the host's interfaces, and
+/// CAP_SYS_ADMIN, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_SYS_PTRACE. Run as another user,
+/// there is nothing to drop and the calls fail harmlessly.
+fn drop_host_capabilities() {
+    use rustix::thread::{self, CapabilitySet as C};
+    let keep = C::CHOWN
+        | C::DAC_OVERRIDE
+        | C::DAC_READ_SEARCH
+        | C::FOWNER
+        | C::FSETID
+        | C::NET_BIND_SERVICE;
+    for bit in 0..64u32 {
+        let cap = C::from_bits_retain(1u64 << bit);
+        if !keep.contains(cap) && thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
+            let _ = thread::remove_capability_from_bounding_set(cap);
+        }
+    }
+    if let Ok(mut sets) = thread::capabilities(None) {
+        sets.effective &= keep;
+        sets.permitted &= keep;
+        sets.inheritable &= keep;
+        let _ = thread::set_capabilities(None, sets);
+    }
+}
+
 fn child_main(cmd: &Command, progs: [&Program; 4], handoff: &SharedHandoff) -> ! {
     let h = handoff.get();
     let fail = |step: u32, errno: i32, code: i32| -> ! {
@@ -585,6 +613,7 @@ fn child_main(cmd: &Command, progs: [&Program; 4], handoff: &SharedHandoff) -> !
         which |= usize::from(own_ipc);
     }
     let prog = progs[which];
+    drop_host_capabilities();
     // Before the filter, while prctl surely is not notified.
     if let Err(e) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))

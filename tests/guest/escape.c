@@ -13,8 +13,9 @@
  * kill(-1, SIGCONT) is tried too: the caller tells from HOSTPID whether it arrived.
  * Without --expect (the native check of every guest program), the program makes its own
  * targets (a child process, a segment, an FD) and expects every attack to be reached.
- * Also: clone/clone3/unshare creating namespaces, TIOCSTI into a terminal, and the races of
- * a second thread rewriting a path buffer during execve and openat. */
+ * Also: clone/clone3/unshare creating namespaces, TIOCSTI into a terminal, the host's
+ * interfaces reconfigured through a socket (SIOCSIFMTU on its loopback, to the MTU it has),
+ * and the races of a second thread rewriting a path buffer during execve and openat. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
@@ -209,6 +212,29 @@ static void terminal_injection(void)
     close(m);
 }
 
+/*
+ * The host's network configuration through a socket's ioctls: setting the host loopback's
+ * MTU to the value it already has (so a native run changes nothing) needs CAP_NET_ADMIN
+ * on the host, which a guest must not have even when kbox runs as root.
+ */
+static void host_interface(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    if (s < 0) {
+        skip("SIOCSIFMTU-host-lo", "no socket");
+        return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFMTU, &ifr) != 0) {
+        outcome("SIOCSIFMTU-host-lo", 0, strerror(errno));
+    } else {
+        by_errno("SIOCSIFMTU-host-lo", ioctl(s, SIOCSIFMTU, &ifr));
+    }
+    close(s);
+}
+
 static void on_process(pid_t target)
 {
     by_errno("setpriority", setpriority(PRIO_PROCESS, (id_t)target, 19));
@@ -249,6 +275,7 @@ int main(int argc, char **argv)
         by_errno("read-inherited-fd", read(fd, buf, sizeof buf));
         namespaces();
         terminal_injection();
+        host_interface();
         exec_race(argv[7]);
         open_race(argv[8], "KBOX-HOST-SECRET");
         printf("escape: %d unexpected\n", unexpected);
@@ -281,6 +308,7 @@ int main(int argc, char **argv)
     unlink(own_file);
     namespaces();
     terminal_injection();
+    host_interface();
     printf("escape: %d unexpected\n", unexpected);
     return unexpected ? 1 : 0;
 }
