@@ -1707,11 +1707,11 @@ mod tests {
     fn dns_is_an_address_for_a_network_mode() {
         assert_eq!(
             config(&["-r", "i", "--net", "--dns", "127.0.0.77"]).dns,
-            Some("127.0.0.77".parse().unwrap())
+            Some("127.0.0.77".parse().expect("an address"))
         );
         assert_eq!(
             config(&["-r", "i", "--net=host", "--dns=::1"]).dns,
-            Some("::1".parse().unwrap())
+            Some("::1".parse().expect("an address"))
         );
         assert_eq!(
             error(&["-r", "i", "--net", "--dns", "resolver"]),

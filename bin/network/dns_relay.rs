@@ -31,21 +31,12 @@ pub struct DnsRelay {
     thread: Option<JoinHandle<()>>,
 }
 
-/// `struct sockaddr_in` for `addr:port`.
-fn sockaddr_in(addr: Ipv4Addr, port: u16) -> [u8; 16] {
-    let mut sa = [0u8; 16];
-    sa[..2].copy_from_slice(&(AF_INET as u16).to_ne_bytes());
-    sa[2..4].copy_from_slice(&port.to_be_bytes());
-    sa[4..8].copy_from_slice(&addr.octets());
-    sa
-}
-
 /// Starts relaying queries sent to `listen`:53 (an address of the kernel library's) to
 /// `upstream`.
 pub fn start(root: &Task, listen: Ipv4Addr, upstream: SocketAddr) -> Result<DnsRelay, Errno> {
     let task = crate::dispatch::fork_helper(root, 0)?;
     let socket = task.syscall(g::SOCKET, [AF_INET, SOCK_DGRAM, 0, 0, 0, 0])?;
-    let addr = sockaddr_in(listen, 53);
+    let addr = super::iface::sockaddr_in_port(listen, 53);
     task.syscall(
         g::BIND,
         [socket, addr.as_ptr() as usize, addr.len(), 0, 0, 0],

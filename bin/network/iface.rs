@@ -37,12 +37,18 @@ pub struct IfaceError {
     pub errno: Errno,
 }
 
-/// `struct sockaddr_in` for `addr` (port 0).
-fn sockaddr_in(addr: Ipv4Addr) -> [u8; 16] {
+/// `struct sockaddr_in` for `addr:port`.
+pub fn sockaddr_in_port(addr: Ipv4Addr, port: u16) -> [u8; 16] {
+    const FAMILY: u16 = 2;
     let mut sa = [0u8; 16];
-    sa[..2].copy_from_slice(&(AF_INET as u16).to_ne_bytes());
+    sa[..2].copy_from_slice(&FAMILY.to_ne_bytes());
+    sa[2..4].copy_from_slice(&port.to_be_bytes());
     sa[4..8].copy_from_slice(&addr.octets());
     sa
+}
+
+fn sockaddr_in(addr: Ipv4Addr) -> [u8; 16] {
+    sockaddr_in_port(addr, 0)
 }
 
 fn netmask(prefix: u8) -> Ipv4Addr {

@@ -242,7 +242,7 @@ mod tests {
         };
         let args: Vec<String> = arguments(&plan, Path::new("/x/pid"))
             .into_iter()
-            .map(|a| a.into_string().unwrap())
+            .map(|a| a.into_string().expect("UTF-8"))
             .collect();
         let joined = args.join(" ");
         assert!(joined.contains("--fd 0 --pid /x/pid"), "{joined}");

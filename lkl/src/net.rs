@@ -467,12 +467,12 @@ mod tests {
     #[test]
     fn a_sent_frame_loses_its_header_and_gains_its_length() {
         use std::io::Read;
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, mut b) = UnixStream::pair().expect("socket pair");
         let header = [0u8; HEADER];
         let body = [5u8, 6, 7];
         assert!(send_frame(&a, &[&header[..8], &header[8..], &body]));
         let mut got = [0u8; 7];
-        b.read_exact(&mut got).unwrap();
+        b.read_exact(&mut got).expect("the frame");
         assert_eq!(got, [0, 0, 0, 3, 5, 6, 7]);
         // A header alone is no frame.
         assert!(!send_frame(&a, &[&header[..]]));

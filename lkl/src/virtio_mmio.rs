@@ -428,7 +428,7 @@ fn chain<'a>(desc: u64, num: u32, head: u16) -> Option<Chain<'a>> {
     let (addr, len, flags, _) = descriptor(host(desc), num, head)?;
     if flags & INDIRECT != 0 {
         // One descriptor naming a table that holds the whole chain, starting at entry 0.
-        let entries = u32::try_from(len / 16).ok()?;
+        let entries = len / 16;
         if len % 16 != 0 || entries == 0 {
             return None;
         }

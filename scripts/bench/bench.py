@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -148,10 +149,21 @@ def workloads(env, runs, scale):
     return results
 
 
-def http_throughput(kbox, image, tree, runs, megabytes, startup):
+NET_MODES = (("kbox --net=host", "--net=host", "127.0.0.1"), ("kbox --net=user", "--net=user", "10.0.2.2"))
+
+
+def net_startup(kbox, image, flag, runs):
+    """kbox's whole start-up and exit with network mode `flag` (passt's start included)."""
+    home = dict(os.environ, HOME=os.path.dirname(image))
+    return statistics.median(run([kbox, flag, "-S", image, "--", "/bin/true"], env=home)[0]
+                             for _ in range(runs))
+
+
+def http_throughput(kbox, image, tree, runs, megabytes):
     """MB/s of busybox wget fetching a file from an HTTP server on the host's 127.0.0.1:
-    natively and in kbox with --net=host (the server is the same for both). kbox's time
-    has its start-up (measured apart) taken off: the transfer is what is compared."""
+    natively, and in kbox with --net=host (at 127.0.0.1) and --net=user (at 10.0.2.2, the
+    host's loopback through passt); the server is the same for all. kbox's time has its
+    start-up in that mode (measured apart) taken off: the transfer is what is compared."""
     import http.server
     import threading
 
@@ -170,21 +182,72 @@ def http_throughput(kbox, image, tree, runs, megabytes, startup):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/blob"
+    port = server.server_address[1]
     try:
-        native = [tree + "/bin/busybox", "wget", "-q", "-O", "/dev/null", url]
-        guest = [kbox, "--net=host", "-S", image, "--", "wget", "-q", "-O", "/dev/null", url]
+        native = [tree + "/bin/busybox", "wget", "-q", "-O", "/dev/null",
+                  f"http://127.0.0.1:{port}/blob"]
+        out = {"native": megabytes / statistics.median(run(native)[0] for _ in range(runs))}
         home = dict(os.environ, HOME=os.path.dirname(image))
-        out = {}
-        for name, argv, env in (("native", native, None), ("kbox --net=host", guest, home)):
-            secs = statistics.median(run(argv, env=env)[0] for _ in range(runs))
-            if env is not None:
-                secs = max(secs - startup, 1e-6)
-            out[name] = megabytes / secs
+        for name, flag, host in NET_MODES:
+            argv = [kbox, flag, "-S", image, "--", "wget", "-q", "-O", "/dev/null",
+                    f"http://{host}:{port}/blob"]
+            startup = net_startup(kbox, image, flag, runs)
+            secs = statistics.median(run(argv, env=home)[0] for _ in range(runs))
+            out[name] = megabytes / max(secs - startup, 1e-6)
         return out
     finally:
         server.shutdown()
         shutil.rmtree(served, ignore_errors=True)
+
+
+CONNECT_SCRIPT = """
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t = time.perf_counter()
+for _ in range(n):
+    s = socket.create_connection((host, port))
+    assert s.recv(1) == b"k"
+    s.close()
+print((time.perf_counter() - t) / n * 1e6)
+"""
+
+
+def connection_setup(dtree, dimage, kbox, count):
+    """µs per TCP connection (connect, first byte from the server, close) to a server on
+    the host's 127.0.0.1, timed by python3 itself: natively (the Debian tree's python3)
+    and in kbox on the Debian image, in each network mode."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.sendall(b"k")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    home = dict(os.environ, HOME=os.path.dirname(dimage))
+    try:
+        argv = [dtree + "/usr/bin/python3", "-c", CONNECT_SCRIPT, "127.0.0.1", str(port), str(count)]
+        p = subprocess.run(argv, capture_output=True, text=True, check=True)
+        out = {"native": float(p.stdout)}
+        for name, flag, host in NET_MODES:
+            argv = [kbox, flag, "-S", dimage, "--", "/usr/bin/python3", "-c", CONNECT_SCRIPT,
+                    host, str(port), str(count)]
+            p = subprocess.run(argv, capture_output=True, text=True, env=home)
+            if p.returncode != 0:
+                die(f"{name} connection run failed: {p.stderr.strip()}")
+            out[name] = float(p.stdout)
+        return out
+    finally:
+        listener.close()
 
 
 def python_workload(env, runs):
@@ -282,7 +345,11 @@ def main():
         startup, rss = kbox_startup_and_rss(a.kbox, image, max(a.runs, 5))
         megabytes = max(1, 100 // a.scale_down)
         print(f"bench: HTTP, {megabytes} MB", file=sys.stderr)
-        http = http_throughput(a.kbox, image, tree, max(a.runs, 5), megabytes, startup)
+        http = http_throughput(a.kbox, image, tree, max(a.runs, 5), megabytes)
+        conn = None
+        if a.debian:
+            print("bench: TCP connection set-up", file=sys.stderr)
+            conn = connection_setup(dtree, dimage, a.kbox, max(1, 1000 // a.scale_down))
 
     cols = [e.name for e in envs]
     lines = [
@@ -319,10 +386,17 @@ def main():
         f"--stats bookkeeping: {stats_cost:.0f} ns per answered call (kbox's own timing of "
         f"100000 rounds at exit; the --stats column is the same calls end to end)",
         f"HTTP download of {megabytes} MB from a server on the host's 127.0.0.1 (busybox wget, "
-        f"median of {max(a.runs, 5)}, kbox's start-up taken off): native {http['native']:.0f} MB/s, "
-        f"kbox --net=host {http['kbox --net=host']:.0f} MB/s "
-        f"({http['kbox --net=host'] / http['native']:.2f}×)",
+        f"median of {max(a.runs, 5)}, kbox's start-up in that mode taken off): native "
+        f"{http['native']:.0f} MB/s, "
+        + ", ".join(f"{name} {http[name]:.0f} MB/s ({http[name] / http['native']:.2f}×)"
+                    for name, _, _ in NET_MODES),
     ]
+    if conn:
+        lines.append(
+            f"TCP connection set-up to the host's 127.0.0.1 (connect, first byte, close; python3 "
+            f"on the Debian image): native {conn['native']:.0f} µs, "
+            + ", ".join(f"{name} {conn[name]:.0f} µs ({conn[name] / conn['native']:.2f}×)"
+                        for name, _, _ in NET_MODES))
     table = "\n".join(lines)
     print(table)
     if a.save:
