@@ -457,3 +457,39 @@ fn user_mode_without_passt_on_path_is_a_clear_error() {
     assert!(stderr.contains("passt"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn ifconfig_shows_and_sets_the_guests_interfaces_not_the_hosts() {
+    let img = Image::default("net-ifconfig");
+    // Natively, the host's busybox ifconfig shows an address of the host's besides the
+    // loopback: the one the guest must not see.
+    let native = Command::new("busybox")
+        .arg("ifconfig")
+        .output()
+        .expect("busybox on the host");
+    let native = expect(&native, 0);
+    let host_addr = native
+        .split("inet addr:")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .find(|a| !a.starts_with("127."))
+        .unwrap_or_else(|| panic!("no host address in:\n{native}"))
+        .to_string();
+    let out = img.run(&["-S"], &["ifconfig"]);
+    let stdout = expect(&out, 0);
+    assert!(stdout.contains("inet addr:127.0.0.1"), "{stdout}");
+    assert!(
+        !stdout.contains(&host_addr),
+        "the host's {host_addr} in:\n{stdout}"
+    );
+    let script = "ifconfig eth0 && ifconfig eth0 mtu 1500 && cat /sys/class/net/eth0/mtu";
+    let out = img.run(&["--net", "-S"], &["/bin/sh", "-c", script]);
+    let stdout = expect(&out, 0);
+    assert!(stdout.contains("HWaddr 52:54:00:12:34:56"), "{stdout}");
+    assert!(stdout.contains("inet addr:10.0.2.15"), "{stdout}");
+    assert!(stdout.ends_with("1500\n"), "{stdout}");
+    assert!(
+        !stdout.contains(&host_addr),
+        "the host's {host_addr} in:\n{stdout}"
+    );
+}

@@ -18,6 +18,7 @@ mod fdlist;
 mod files;
 mod forward;
 mod hostio;
+mod ifioctl;
 mod interrupt;
 mod linux;
 mod listeners;
@@ -333,6 +334,8 @@ impl Engine {
             g::RECVMSG => self.recvmsg(guest, pid, args),
             g::RECVMMSG => self.recvmmsg(guest, pid, args),
             g::PIDFD_SEND_SIGNAL => self.pidfd_send_signal(pid, args),
+            // Only the interface and routing block is notified (policy::checks).
+            g::IOCTL => self.interface_ioctl(guest, pid, args),
             _ if forward::shape(nr).is_some() => self.forward(guest, pid, nr, args),
             _ => {
                 let _ = host_nr;

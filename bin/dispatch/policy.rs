@@ -355,7 +355,7 @@ pub fn rules(own_ipc: bool, own_pid: bool, counted: bool) -> Vec<Rule> {
 }
 
 /// The argument checks: clone with a namespace flag is EPERM; TIOCSTI and TIOCLINUX are
-/// EPERM; pid-targeted calls whose target is the caller itself (pid 0) run unnotified;
+/// EPERM; interface and routing ioctls are notified; pid-targeted calls whose target is the caller itself (pid 0) run unnotified;
 /// sendto and recvfrom with an address are notified.
 pub fn checks() -> Vec<ArgRule> {
     let eperm = Action::Errno(Errno::EPERM);
@@ -373,6 +373,17 @@ pub fn checks() -> Vec<ArgRule> {
     check("clone", 0, ArgTest::AnyBit(CLONE_NEW_ANY), eperm);
     check("ioctl", 1, ArgTest::Equals(TIOCSTI), eperm);
     check("ioctl", 1, ArgTest::Equals(TIOCLINUX), eperm);
+    // The interfaces and routes a socket's ioctls describe are the kernel library's
+    // (ifioctl.rs).
+    check(
+        "ioctl",
+        1,
+        ArgTest::InRange {
+            low: super::ifioctl::FIRST,
+            high: super::ifioctl::END,
+        },
+        Action::Notify,
+    );
     for name in PID_FIRST {
         check(name, 0, ArgTest::Equals(0), Action::Allow);
     }

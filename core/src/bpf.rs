@@ -127,6 +127,18 @@ pub enum ArgTest {
     AnyBit(u32),
     /// Equal to this value.
     Equals(u32),
+    /// At least `low` and below `high` (a block of ioctl numbers).
+    InRange { low: u32, high: u32 },
+}
+
+impl ArgTest {
+    /// Instructions of a check with this test: a load, the test, a `ret`.
+    const fn insns(self) -> usize {
+        match self {
+            Self::InRange { .. } => 4,
+            Self::AnyBit(_) | Self::Equals(_) => 3,
+        }
+    }
 }
 
 /// For syscall `nr`, when argument `arg` (0..6) passes `test`, `then` applies instead of the
@@ -160,6 +172,8 @@ enum Leaf {
         base: Action,
         first: usize,
         count: usize,
+        /// Instructions of the leaf: its checks' and the final `ret`.
+        insns: usize,
     },
 }
 
@@ -251,11 +265,18 @@ fn segments(rules: &[Rule], checks: &[ArgRule], default: Action) -> Segments {
     let leaf_of = |nr: u32, base: Action| {
         let first = checks.iter().position(|c| c.nr == nr);
         match first {
-            Some(first) => Leaf::Checked {
-                base,
-                first,
-                count: checks[first..].iter().take_while(|c| c.nr == nr).count(),
-            },
+            Some(first) => {
+                let count = checks[first..].iter().take_while(|c| c.nr == nr).count();
+                Leaf::Checked {
+                    base,
+                    first,
+                    count,
+                    insns: 1 + checks[first..first + count]
+                        .iter()
+                        .map(|c| c.test.insns())
+                        .sum::<usize>(),
+                }
+            }
             None => Leaf::Ret(base),
         }
     };
@@ -286,11 +307,11 @@ fn segments(rules: &[Rule], checks: &[ArgRule], default: Action) -> Segments {
     segs
 }
 
-/// Instructions of a leaf: a `ret`, or per check a load, a test and a `ret`, then a `ret`.
+/// Instructions of a leaf: a `ret`, or per check a load, its test and a `ret`, then a `ret`.
 fn leaf_len(leaf: Leaf) -> usize {
     match leaf {
         Leaf::Ret(_) => 1,
-        Leaf::Checked { count, .. } => 3 * count + 1,
+        Leaf::Checked { insns, .. } => insns,
     }
 }
 
@@ -338,17 +359,26 @@ fn emit_tree(segs: &[Segment], checks: &[ArgRule], out: &mut [SockFilter]) -> us
             out[0] = stmt(BPF_RET_K, action.ret_value());
             1
         }
-        Leaf::Checked { base, first, count } => {
+        Leaf::Checked {
+            base, first, count, ..
+        } => {
             let mut at = 0;
             for c in &checks[first..first + count] {
                 out[at] = stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARGS + 8 * u32::from(c.arg));
                 // Taken: fall through to the `ret` of this check; else skip it.
-                out[at + 1] = match c.test {
-                    ArgTest::AnyBit(mask) => jump(BPF_JMP_JSET_K, mask, 0, 1),
-                    ArgTest::Equals(v) => jump(BPF_JMP_JEQ_K, v, 0, 1),
-                };
-                out[at + 2] = stmt(BPF_RET_K, c.then.ret_value());
-                at += 3;
+                match c.test {
+                    ArgTest::AnyBit(mask) => out[at + 1] = jump(BPF_JMP_JSET_K, mask, 0, 1),
+                    ArgTest::Equals(v) => out[at + 1] = jump(BPF_JMP_JEQ_K, v, 0, 1),
+                    ArgTest::InRange { low, high } => {
+                        // Below `low`: skip the second test and the `ret`; at or above
+                        // `high`: skip the `ret`.
+                        out[at + 1] = jump(BPF_JMP_JGE_K, low, 0, 2);
+                        out[at + 2] = jump(BPF_JMP_JGE_K, high, 1, 0);
+                    }
+                }
+                let ret = at + c.test.insns() - 1;
+                out[ret] = stmt(BPF_RET_K, c.then.ret_value());
+                at = ret + 1;
             }
             out[at] = stmt(BPF_RET_K, base.ret_value());
             at + 1

@@ -406,6 +406,7 @@ fn arg_test() -> impl Strategy<Value = ArgTest> {
     prop_oneof![
         any::<u32>().prop_map(ArgTest::AnyBit),
         (0..8u32).prop_map(ArgTest::Equals),
+        (0..8u32, 0..8u32).prop_map(|(low, high)| ArgTest::InRange { low, high }),
     ]
 }
 
@@ -431,6 +432,7 @@ proptest! {
                 .find(|c| match c.test {
                     ArgTest::AnyBit(m) => low(c.arg) & m != 0,
                     ArgTest::Equals(v) => low(c.arg) == v,
+                    ArgTest::InRange { low: lo, high: hi } => (lo..hi).contains(&low(c.arg)),
                 })
                 .map(|c| c.then)
                 .unwrap_or_else(|| rules.get(&nr).copied().unwrap_or(default));

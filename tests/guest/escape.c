@@ -1,4 +1,4 @@
-/* escape WORKDIR [--expect reached|stopped HOSTPID SHMID FD HOSTPROG HOSTFILE]
+/* escape WORKDIR [--expect reached|stopped HOSTPID SHMID FD HOSTPROG HOSTFILE HOSTIF]
  *
  * Tries each way out of a sandbox that a guest of kbox must not have, and reports one line
  * per attack: "reached NAME" when it worked, "stopped NAME: why" when it did not, "skip
@@ -10,12 +10,13 @@
  *   FD        an FD the caller left open on a host file
  *   HOSTPROG  a host program (not in the image) that prints ESCAPED
  *   HOSTFILE  a host file (not in the image) that holds KBOX-HOST-SECRET
+ *   HOSTIF    a network interface of the host (its default route's)
  * kill(-1, SIGCONT) is tried too: the caller tells from HOSTPID whether it arrived.
  * Without --expect (the native check of every guest program), the program makes its own
  * targets (a child process, a segment, an FD) and expects every attack to be reached.
  * Also: clone/clone3/unshare creating namespaces, TIOCSTI into a terminal, the host's
- * interfaces reconfigured through a socket (SIOCSIFMTU on its loopback, to the MTU it has),
- * and the races of a second thread rewriting a path buffer during execve and openat. */
+ * interfaces reconfigured through a socket (SIOCSIFMTU on HOSTIF, or the loopback without
+ * --expect, to the MTU it has, so a native run changes nothing), and the races of a second thread rewriting a path buffer during execve and openat. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -213,24 +214,25 @@ static void terminal_injection(void)
 }
 
 /*
- * The host's network configuration through a socket's ioctls: setting the host loopback's
- * MTU to the value it already has (so a native run changes nothing) needs CAP_NET_ADMIN
- * on the host, which a guest must not have even when kbox runs as root.
+ * The host's network configuration through a socket's ioctls: setting a host interface's
+ * MTU to the value it already has needs CAP_NET_ADMIN on the host, which a guest must not
+ * have even when kbox runs as root; nor should it see the host's interfaces at all unless
+ * its sockets are the host's (--net=host).
  */
-static void host_interface(void)
+static void host_interface(const char *name)
 {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     if (s < 0) {
-        skip("SIOCSIFMTU-host-lo", "no socket");
+        skip("SIOCSIFMTU-host", "no socket");
         return;
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    strcpy(ifr.ifr_name, "lo");
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
     if (ioctl(s, SIOCGIFMTU, &ifr) != 0) {
-        outcome("SIOCSIFMTU-host-lo", 0, strerror(errno));
+        outcome("SIOCSIFMTU-host", 0, strerror(errno));
     } else {
-        by_errno("SIOCSIFMTU-host-lo", ioctl(s, SIOCSIFMTU, &ifr));
+        by_errno("SIOCSIFMTU-host", ioctl(s, SIOCSIFMTU, &ifr));
     }
     close(s);
 }
@@ -257,10 +259,10 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: escape WORKDIR [--expect reached|stopped HOSTPID SHMID FD "
-                        "HOSTPROG HOSTFILE]\n");
+                        "HOSTPROG HOSTFILE HOSTIF]\n");
         return 2;
     }
-    if (argc == 9 && strcmp(argv[2], "--expect") == 0) {
+    if (argc == 10 && strcmp(argv[2], "--expect") == 0) {
         want_reached = strcmp(argv[3], "reached") == 0;
         pid_t target = (pid_t)atoi(argv[4]);
         int shmid = atoi(argv[5]);
@@ -275,7 +277,7 @@ int main(int argc, char **argv)
         by_errno("read-inherited-fd", read(fd, buf, sizeof buf));
         namespaces();
         terminal_injection();
-        host_interface();
+        host_interface(argv[9]);
         exec_race(argv[7]);
         open_race(argv[8], "KBOX-HOST-SECRET");
         printf("escape: %d unexpected\n", unexpected);
@@ -308,7 +310,7 @@ int main(int argc, char **argv)
     unlink(own_file);
     namespaces();
     terminal_injection();
-    host_interface();
+    host_interface("lo");
     printf("escape: %d unexpected\n", unexpected);
     return unexpected ? 1 : 0;
 }
