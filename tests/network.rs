@@ -493,3 +493,61 @@ fn ifconfig_shows_and_sets_the_guests_interfaces_not_the_hosts() {
         "the host's {host_addr} in:\n{stdout}"
     );
 }
+
+/// Accepts one connection on 127.0.0.1 and returns its port and a handle yielding every
+/// byte the peer sent.
+fn tcp_sink() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = listener.local_addr().expect("address").port();
+    let handle = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("a connection");
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).expect("read");
+        got
+    });
+    (port, handle)
+}
+
+#[test]
+fn user_mode_uploads_arrive_whole() {
+    let img = Image::default("net-upload");
+    let data: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(token("upload"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("blob"), &data).expect("blob");
+    // Natively first: the host's busybox nc sends the file.
+    let (port, sink) = tcp_sink();
+    let native = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "busybox nc 127.0.0.1 {port} < {}",
+                dir.join("blob").display()
+            ),
+        ])
+        .output()
+        .expect("busybox on the host");
+    expect(&native, 0);
+    assert!(
+        sink.join().expect("sink") == data,
+        "the native upload differs"
+    );
+    // The guest sends it through passt to the host's loopback.
+    let (port, sink) = tcp_sink();
+    let bind = format!("{}:/mnt/up", dir.display());
+    let out = img.run(
+        &["--net", "-b", &bind, "-S"],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("nc 10.0.2.2 {port} < /mnt/up/blob"),
+        ],
+    );
+    expect(&out, 0);
+    let got = sink.join().expect("sink");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the upload arrived changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,7 @@ use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, p
 /// Largest socket address (sizeof(struct sockaddr_storage)).
 const ADDR_MAX: usize = 128;
 const ADDR_MAX_U32: u32 = 128;
-const PUMP_CHUNK: usize = 64 << 10;
+const PUMP_CHUNK: usize = 256 << 10;
 
 /// Connections kbox pumps, each with an idle task holding the kernel socket so that kbox can
 /// shut it down (and so release both pump threads) when it exits.
