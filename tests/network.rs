@@ -47,6 +47,29 @@ fn http_server(body: String, life: Duration) -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
+/// A UDP echo on 127.0.0.1 (answers "echo:" + the datagram), counting answers, for `life`.
+fn udp_echo(life: Duration) -> (u16, Arc<AtomicUsize>) {
+    let echo = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = echo.local_addr().expect("address").port();
+    echo.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        let end = Instant::now() + life;
+        let mut buf = [0u8; 256];
+        while Instant::now() < end {
+            if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&reply, from);
+            }
+        }
+    });
+    (port, answered)
+}
+
 fn token(tag: &str) -> String {
     let ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -86,24 +109,7 @@ fn host_mode_reaches_a_tcp_server_on_the_hosts_loopback_and_none_does_not() {
 #[test]
 fn host_mode_reaches_a_udp_echo_on_the_hosts_loopback_and_none_does_not() {
     let img = Image::copy_of("KBOX_DEBIAN", "net-udp");
-    let echo = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = echo.local_addr().expect("address").port();
-    echo.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let answered = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&answered);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 256];
-        while Instant::now() < end {
-            if let Ok((n, from)) = echo.recv_from(&mut buf) {
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut reply = b"echo:".to_vec();
-                reply.extend_from_slice(&buf[..n]);
-                let _ = echo.send_to(&reply, from);
-            }
-        }
-    });
+    let (port, answered) = udp_echo(Duration::from_secs(60));
     let probe = format!(
         "import socket\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
@@ -174,24 +180,7 @@ fn user_mode_reaches_the_hosts_loopback_at_the_gateway_and_none_does_not() {
 #[test]
 fn user_mode_carries_udp_to_the_hosts_loopback() {
     let img = Image::copy_of("KBOX_DEBIAN", "net-user-udp");
-    let echo = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = echo.local_addr().expect("address").port();
-    echo.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let answered = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&answered);
-    std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 256];
-        while Instant::now() < end {
-            if let Ok((n, from)) = echo.recv_from(&mut buf) {
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut reply = b"echo:".to_vec();
-                reply.extend_from_slice(&buf[..n]);
-                let _ = echo.send_to(&reply, from);
-            }
-        }
-    });
+    let (port, answered) = udp_echo(Duration::from_secs(60));
     let probe = |host: &str| {
         format!(
             "import socket\n\

@@ -75,10 +75,13 @@ fn default_route(gateway: Ipv4Addr) -> [u8; RTENTRY] {
     rt
 }
 
-/// Gives interface `name` its address, mask and MTU, brings it up and routes everything
-/// else through the gateway. Runs as the kernel library's root (before the guest's
-/// identity is taken).
-pub fn configure(task: &Task, name: &str, config: &Ipv4Config) -> Result<(), IfaceError> {
+/// Runs `steps` with an ioctl caller on a configuration socket of `task`'s, closed after.
+fn with_socket(
+    task: &Task,
+    steps: impl FnOnce(
+        &dyn Fn(&'static str, usize, &mut [u8]) -> Result<(), IfaceError>,
+    ) -> Result<(), IfaceError>,
+) -> Result<(), IfaceError> {
     let socket = task
         .syscall(g::SOCKET, [AF_INET, SOCK_DGRAM, 0, 0, 0, 0])
         .map_err(|errno| IfaceError {
@@ -93,7 +96,16 @@ pub fn configure(task: &Task, name: &str, config: &Ipv4Config) -> Result<(), Ifa
         .map(drop)
         .map_err(|errno| IfaceError { what, errno })
     };
-    let steps = || {
+    let result = steps(&ioctl);
+    let _ = task.syscall(g::CLOSE, [socket, 0, 0, 0, 0, 0]);
+    result
+}
+
+/// Gives interface `name` its address, mask and MTU, brings it up and routes everything
+/// else through the gateway. Runs as the kernel library's root (before the guest's
+/// identity is taken).
+pub fn configure(task: &Task, name: &str, config: &Ipv4Config) -> Result<(), IfaceError> {
+    with_socket(task, |ioctl| {
         let mut ifr = ifreq(name);
         ifr[16..32].copy_from_slice(&sockaddr_in(config.address));
         ioctl("set the interface's address", SIOCSIFADDR, &mut ifr)?;
@@ -110,39 +122,19 @@ pub fn configure(task: &Task, name: &str, config: &Ipv4Config) -> Result<(), Ifa
         ioctl("bring the interface up", SIOCSIFFLAGS, &mut ifr)?;
         let mut rt = default_route(config.gateway);
         ioctl("add the default route", SIOCADDRT, &mut rt)
-    };
-    let result = steps();
-    let _ = task.syscall(g::CLOSE, [socket, 0, 0, 0, 0, 0]);
-    result
+    })
 }
 
-/// Adds `address`/32 to interface `label` (an alias such as `eth0:1`), up.
+/// Adds `address`/32 to interface `label` (an alias such as `eth0:1`).
 pub fn add_alias(task: &Task, label: &str, address: Ipv4Addr) -> Result<(), IfaceError> {
-    let socket = task
-        .syscall(g::SOCKET, [AF_INET, SOCK_DGRAM, 0, 0, 0, 0])
-        .map_err(|errno| IfaceError {
-            what: "open a configuration socket",
-            errno,
-        })?;
-    let ioctl = |what: &'static str, request: usize, arg: &mut [u8]| {
-        task.syscall(
-            g::IOCTL,
-            [socket, request, arg.as_mut_ptr() as usize, 0, 0, 0],
-        )
-        .map(drop)
-        .map_err(|errno| IfaceError { what, errno })
-    };
-    let steps = || {
+    with_socket(task, |ioctl| {
         let mut ifr = ifreq(label);
         ifr[16..32].copy_from_slice(&sockaddr_in(address));
         ioctl("add the DNS relay's address", SIOCSIFADDR, &mut ifr)?;
         let mut ifr = ifreq(label);
         ifr[16..32].copy_from_slice(&sockaddr_in(netmask(32)));
         ioctl("set the DNS relay's netmask", SIOCSIFNETMASK, &mut ifr)
-    };
-    let result = steps();
-    let _ = task.syscall(g::CLOSE, [socket, 0, 0, 0, 0, 0]);
-    result
+    })
 }
 
 #[cfg(test)]
