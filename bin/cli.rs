@@ -30,9 +30,12 @@ pub const DEFAULT_COMMAND: &str = "/bin/sh";
 /// The usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage: kbox [OPTIONS] [--] [COMMAND [ARGS...]]
+       kbox image import [--size SIZE] ARCHIVE OUT.ext4
 
 Run COMMAND from an ext4 image, without root, with its file system calls served by
-a Linux kernel running inside kbox. COMMAND defaults to /bin/sh.
+a Linux kernel running inside kbox. COMMAND defaults to the command an imported
+image names, else /bin/sh. `kbox image import` builds an image from an OCI image
+layout, a `docker save` archive or a root filesystem tarball (kbox image --help).
 
 Image (exactly one):
   -r IMAGE                use IMAGE as the root filesystem, nothing else mounted
@@ -245,6 +248,11 @@ pub struct Config {
     pub dns: Option<std::net::IpAddr>,
     /// The guest's argv; never empty.
     pub command: Vec<OsString>,
+    /// Whether the user gave the command (else it is [`DEFAULT_COMMAND`], or the image's
+    /// saved one).
+    pub command_given: bool,
+    /// Environment the image adds to the guest's (its saved `Env`).
+    pub extra_env: Vec<OsString>,
 }
 
 /// Every option kbox knows.
@@ -566,6 +574,7 @@ impl Builder {
             (None, Some((uid, gid))) => Identity::Ids { uid, gid },
             (None, None) => Identity::Caller,
         };
+        let command_given = !command.is_empty();
         if command.is_empty() {
             command.push(OsString::from(DEFAULT_COMMAND));
         }
@@ -610,6 +619,8 @@ impl Builder {
             publish: self.publish,
             dns: self.dns,
             command,
+            command_given,
+            extra_env: Vec::new(),
         })
     }
 }
@@ -926,6 +937,8 @@ mod tests {
             publish: Vec::new(),
             dns: None,
             command: args(&["/bin/sh"]),
+            command_given: false,
+            extra_env: Vec::new(),
         };
         assert_eq!(config(&["-r", "root.ext4"]), expected);
     }

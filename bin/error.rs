@@ -343,6 +343,8 @@ pub enum Error {
     WriteStdout(io::Error),
     /// Starting or running the guest failed.
     Runtime(crate::runtime::RuntimeError),
+    /// `kbox image` failed.
+    ImageBuild(crate::image::ImageError),
 }
 
 impl fmt::Display for Error {
@@ -353,6 +355,7 @@ impl fmt::Display for Error {
             Self::Bind(e) => e.fmt(f),
             Self::WriteStdout(e) => write!(f, "cannot write to stdout: {e}"),
             Self::Runtime(e) => e.fmt(f),
+            Self::ImageBuild(e) => write!(f, "image: {e}"),
         }
     }
 }
@@ -365,7 +368,7 @@ impl Error {
             Self::Image(e) => e.hint(),
             Self::Bind(e) => e.hint(),
             Self::Runtime(e) => e.hint(),
-            Self::WriteStdout(_) => None,
+            Self::WriteStdout(_) | Self::ImageBuild(_) => None,
         }
     }
 }

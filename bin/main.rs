@@ -5,6 +5,7 @@ mod cli;
 mod dispatch;
 mod error;
 mod exit;
+mod image;
 mod image_lock;
 mod network;
 mod runtime;
@@ -30,6 +31,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Exit, Error> {
+    let args: Vec<std::ffi::OsString> = args.collect();
+    // `kbox image ...` builds images; anything else runs a guest.
+    if args.first().is_some_and(|a| a == "image") {
+        return image::main(&args[1..]).map_err(Error::ImageBuild);
+    }
     let config = match cli::parse(args)? {
         Invocation::Help => return print_stdout(cli::USAGE).map(|()| Exit::Done),
         Invocation::Version => {

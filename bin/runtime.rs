@@ -262,6 +262,14 @@ fn run_booted(
     let root = kernel
         .image_root(disk, config.fstype.name(), mode, read_only)
         .map_err(RuntimeError::Mount)?;
+    // An image built by `kbox image import` names its own command when none is given.
+    let mut adjusted = config.clone();
+    if let Some(note) = crate::image::apply_saved_process(&root, &mut adjusted)
+        && config.verbose
+    {
+        eprintln!("kbox: {note}");
+    }
+    let config = &adjusted;
     // Before the identity drops: only root may configure interfaces.
     Engine::network_up(&root).map_err(|errno| RuntimeError::Setup {
         what: "bring up the kernel library's loopback interface".into(),
@@ -703,6 +711,12 @@ fn guest_env(config: &Config) -> Vec<OsString> {
         OsString::from(format!("PATH={DEFAULT_PATH}")),
         OsString::from(format!("HOME={home}")),
     ];
+    // The image's own (PATH included) replace kbox's defaults.
+    for kv in &config.extra_env {
+        let key = kv.as_bytes().split(|&b| b == b'=').next().unwrap_or(b"");
+        env.retain(|e| e.as_bytes().split(|&b| b == b'=').next() != Some(key));
+        env.push(kv.clone());
+    }
     for key in ["TERM", "LANG", "LC_ALL", "COLUMNS", "LINES"] {
         if let Some(v) = std::env::var_os(key) {
             let mut kv = OsString::from(format!("{key}="));

@@ -1,0 +1,251 @@
+//! `kbox image import`: images built by tests/image/make_images.py (three layers over the
+//! host's static busybox, with owners, setuid, xattrs, links, a device node, a FIFO,
+//! whiteouts and an opaque directory) are imported from an OCI layout, an OCI layout tar,
+//! a `docker save` archive and a plain tarball; the result is checked with e2fsck and
+//! debugfs (the host's tools, not kbox), then run. The same checks fail on the plain
+//! tarball's image (the first layer alone), which shows each can fail. Tampered blobs and
+//! names that leave the image are refused, leaving no output behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{KBOX, expect, run_with_timeout, text};
+
+/// The fixtures, made once per test binary run (each test makes its own copy of nothing:
+/// they only read them).
+fn fixtures() -> PathBuf {
+    static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-fixtures");
+        let busybox = which("busybox");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/make_images.py");
+        let made = Command::new("python3")
+            .arg(&script)
+            .arg(&busybox)
+            .arg(&out)
+            .output()
+            .expect("python3 on the host");
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        out
+    })
+    .clone()
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH (make deps installs it)"))
+}
+
+fn out_path(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imported");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join(format!("{name}.ext4"));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn import(archive: &Path, out: &Path) -> std::process::Output {
+    let mut c = Command::new(KBOX);
+    c.args(["image", "import"]).arg(archive).arg(out);
+    run_with_timeout(c, std::time::Duration::from_secs(120))
+}
+
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    text(&out.stdout)
+}
+
+fn fsck_clean(image: &Path) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// What the layers say the image holds, as debugfs shows it; `Err` names the first
+/// difference.
+fn check_tree(image: &Path) -> Result<(), String> {
+    let want = |path: &str, parts: &[&str]| -> Result<(), String> {
+        let stat = debugfs(image, &format!("stat {path}"));
+        match parts.iter().find(|p| !stat.contains(*p)) {
+            None => Ok(()),
+            Some(p) => Err(format!("{path}: no {p:?} in:\n{stat}")),
+        }
+    };
+    want(
+        "/usr/bin/suid",
+        &["Type: regular", "Mode:  04755", "User:     0"],
+    )?;
+    want(
+        "/home/app/data",
+        &["Mode:  0640", "User:  1000   Group:  1000"],
+    )?;
+    want(
+        "/home/app",
+        &["Type: directory", "Mode:  0750", "User:  1000"],
+    )?;
+    want("/bin/cat", &["Links: 2"])?;
+    want("/bin/sh", &["Type: symlink", "Fast link dest: \"busybox\""])?;
+    want(
+        "/dev/null",
+        &[
+            "Type: character special",
+            "Device major/minor number: 01:03",
+        ],
+    )?;
+    want("/run/fifo", &["Type: FIFO"])?;
+    want("/tmp", &["Mode:  01777"])?;
+    let xattrs = debugfs(image, "ea_list /home/app/data");
+    if !xattrs.contains("user.kbox (5) = \"hello\"") {
+        return Err(format!("user.kbox missing: {xattrs}"));
+    }
+    let caps = debugfs(image, "ea_list /usr/bin/pinger");
+    if !caps.contains("security.capability (20)") {
+        return Err(format!("security.capability missing: {caps}"));
+    }
+    let opt = debugfs(image, "ls /opt");
+    if opt.contains("old") || !opt.contains("keep") {
+        return Err(format!("the whiteout of /opt/old: {opt}"));
+    }
+    let opq = debugfs(image, "ls /opt/opq");
+    if opq.contains(" x ") || !opq.contains(" y ") {
+        return Err(format!("the opaque /opt/opq: {opq}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_oci_layout_imports_exactly_and_the_checks_can_fail() {
+    let fx = fixtures();
+    // First the image without the upper layers: the checks must find what it lacks.
+    let plain = out_path("plain");
+    expect(&import(&fx.join("rootfs.tar.gz"), &plain), 0);
+    fsck_clean(&plain);
+    assert!(
+        check_tree(&plain).is_err(),
+        "the checks pass on an image that lacks them"
+    );
+    let img = out_path("oci");
+    let out = import(&fx.join("oci"), &img);
+    expect(&out, 0);
+    let progress = text(&out.stderr);
+    assert!(progress.contains("layer 3/3"), "{progress}");
+    fsck_clean(&img);
+    if let Err(e) = check_tree(&img) {
+        panic!("{e}");
+    }
+    let saved = debugfs(&img, "cat /.kbox/config.json");
+    assert!(saved.contains("\"User\":\"app\""), "{saved}");
+}
+
+#[test]
+fn every_archive_form_gives_the_same_image() {
+    let fx = fixtures();
+    for form in ["oci.tar", "docker.tar"] {
+        let img = out_path(form);
+        expect(&import(&fx.join(form), &img), 0);
+        fsck_clean(&img);
+        if let Err(e) = check_tree(&img) {
+            panic!("{form}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_image_runs_its_saved_command_as_its_user_unless_one_is_given() {
+    let fx = fixtures();
+    let img = out_path("run");
+    expect(&import(&fx.join("oci"), &img), 0);
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("home");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(KBOX);
+        c.env("HOME", &home).args(args);
+        run_with_timeout(c, std::time::Duration::from_secs(120))
+    };
+    let out = run(&["-S", img.to_str().expect("UTF-8")]);
+    assert_eq!(
+        expect(&out, 0),
+        "hello-from-the-image\n/home/app\n1000\nimported by kbox\n"
+    );
+    // A command given overrides it, as with podman; -S then means root.
+    let out = run(&[
+        "-S",
+        img.to_str().expect("UTF-8"),
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; pwd",
+    ]);
+    assert_eq!(expect(&out, 0), "0\n/\n");
+    fsck_clean(&img);
+}
+
+#[test]
+fn tampered_blobs_and_escaping_names_are_refused_leaving_nothing() {
+    let fx = fixtures();
+    let dir = out_path("x").parent().expect("dir").to_path_buf();
+    for (archive, says) in [
+        ("tampered", "digest mismatch"),
+        ("evil.tar", "outside the image"),
+        ("evil-abs.tar", "outside the image"),
+    ] {
+        let img = out_path(&format!("refused-{archive}"));
+        let out = import(&fx.join(archive), &img);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{archive}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("kbox: image: ") && last.contains(says),
+            "{archive}: {stderr}"
+        );
+        assert!(!img.exists(), "{archive}: {} was left", img.display());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".kbox-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{archive}: a partial image was left");
+    }
+    assert!(!dir.join("escaped").exists() && !dir.parent().expect("up").join("escaped").exists());
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let fx = fixtures();
+    for (args, says) in [
+        (
+            vec!["image", "import", "/nonexistent.tar", "/tmp/never.ext4"],
+            "cannot read",
+        ),
+        (vec!["image", "import", "--size", "12Q", "a", "b"], "--size"),
+        (vec!["image", "export", "a"], "unknown command"),
+        (vec!["image", "import", "only-one"], "ARCHIVE and OUT"),
+    ] {
+        let out = Command::new(KBOX).args(&args).output().expect("kbox");
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let _ = fx;
+}
