@@ -31,11 +31,12 @@ pub const DEFAULT_COMMAND: &str = "/bin/sh";
 pub const USAGE: &str = "\
 Usage: kbox [OPTIONS] [--] [COMMAND [ARGS...]]
        kbox image import [--size SIZE] ARCHIVE OUT.ext4
+       kbox image pull [--arch ARCH] [--insecure] [--size SIZE] REF OUT.ext4
 
 Run COMMAND from an ext4 image, without root, with its file system calls served by
 a Linux kernel running inside kbox. COMMAND defaults to the command an imported
-image names, else /bin/sh. `kbox image import` builds an image from an OCI image
-layout, a `docker save` archive or a root filesystem tarball (kbox image --help).
+image names, else /bin/sh. `kbox image` builds an image from a registry, an OCI
+image layout, a `docker save` archive or a root filesystem tarball (kbox image --help).
 
 Image (exactly one):
   -r IMAGE                use IMAGE as the root filesystem, nothing else mounted

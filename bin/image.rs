@@ -4,6 +4,7 @@
 //! the kernel library (apply.rs), the image config's Env, WorkingDir, User, Entrypoint and
 //! Cmd kept in `/.kbox/config.json`. OUT appears only when everything worked.
 mod apply;
+mod registry;
 mod source;
 
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use crate::exit::Exit;
 
 pub const USAGE: &str = "\
 Usage: kbox image import [--size SIZE] ARCHIVE OUT.ext4
+       kbox image pull [--arch ARCH] [--insecure] [--size SIZE] REF OUT.ext4
 
 Build OUT.ext4 from ARCHIVE: an OCI image layout (a directory, or a tar of one), a
 `docker save` archive, or a root filesystem tarball (.tar or .tar.gz). Owners, modes,
@@ -24,7 +26,13 @@ extended attributes, links, device nodes and whiteouts are applied as the image 
 through kbox's kernel; no root is needed. `kbox -S OUT.ext4` then runs the image's
 command with its environment, working directory and user.
 
+pull fetches REF ([docker://]HOST[:PORT]/NAME[:TAG|@DIGEST]) from its registry into
+~/.cache/kbox/blobs (each blob checked against its digest), then builds OUT.ext4 the
+same way. HTTPS with the system's CA store; plain HTTP for a registry on the loopback.
+
   --size SIZE   the image's size (suffix K, M or G); default: the layers plus room
+  --arch ARCH   the platform to pull: amd64 or arm64 (default: this machine's)
+  --insecure    plain HTTP to a registry that is not on the loopback
 ";
 
 /// Most space an image may be given (1 TiB): a typo should not fill the disk.
@@ -34,6 +42,7 @@ const SIZE_MAX: u64 = 1 << 40;
 pub enum ImageError {
     Usage(String),
     Source(source::SourceError),
+    Pull(registry::PullError),
     Layer {
         index: usize,
         error: apply::ApplyError,
@@ -48,6 +57,7 @@ impl fmt::Display for ImageError {
         match self {
             Self::Usage(why) => write!(f, "{why} (see kbox image --help)"),
             Self::Source(e) => e.fmt(f),
+            Self::Pull(e) => e.fmt(f),
             Self::Layer { index, error } => write!(f, "layer {index}: {error}"),
             Self::Mkfs(why) => write!(f, "cannot make the ext4 file system: {why}"),
             Self::Kernel(why) => f.write_str(why),
@@ -74,39 +84,53 @@ pub fn main(args: &[OsString]) -> Result<Exit, ImageError> {
         .map(|a| a.to_str().map(str::to_string))
         .collect::<Option<_>>()
         .ok_or_else(|| ImageError::Usage("arguments must be UTF-8".into()))?;
-    match args.first().map(String::as_str) {
-        Some("import") => {}
+    let command = match args.first().map(String::as_str) {
+        Some(c @ ("import" | "pull")) => c,
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
             return Ok(Exit::Done);
         }
         Some(other) => return Err(ImageError::Usage(format!("unknown command {other:?}"))),
-    }
+    };
     let mut size = None;
+    let mut arch = source::platform_arch().to_string();
+    let mut insecure = false;
     let mut rest = Vec::new();
     let mut it = args[1..].iter();
+    let value = |it: &mut std::slice::Iter<'_, String>, name: &str| {
+        it.next()
+            .cloned()
+            .ok_or_else(|| ImageError::Usage(format!("{name} needs a value")))
+    };
     while let Some(a) = it.next() {
-        if let Some(v) = a.strip_prefix("--size=") {
-            size = Some(v.to_string());
-        } else if a == "--size" {
-            size = Some(
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| ImageError::Usage("--size needs a value".into()))?,
-            );
-        } else if a == "-h" || a == "--help" {
-            print!("{USAGE}");
-            return Ok(Exit::Done);
-        } else if a.starts_with('-') && a.len() > 1 {
-            return Err(ImageError::Usage(format!("unknown option {a}")));
-        } else {
-            rest.push(a.clone());
+        match a.as_str() {
+            "--size" => size = Some(value(&mut it, "--size")?),
+            "--arch" if command == "pull" => arch = value(&mut it, "--arch")?,
+            "--insecure" if command == "pull" => insecure = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(Exit::Done);
+            }
+            _ if a.starts_with("--size=") => size = Some(a["--size=".len()..].to_string()),
+            _ if a.starts_with("--arch=") && command == "pull" => {
+                arch = a["--arch=".len()..].to_string()
+            }
+            _ if a.starts_with('-') && a.len() > 1 => {
+                return Err(ImageError::Usage(format!("unknown option {a}")));
+            }
+            _ => rest.push(a.clone()),
         }
     }
-    let [archive, out] = rest.as_slice() else {
-        return Err(ImageError::Usage(
-            "import takes ARCHIVE and OUT.ext4".into(),
-        ));
+    let arch = match arch.as_str() {
+        "amd64" | "x86_64" => "amd64",
+        "arm64" | "aarch64" => "arm64",
+        other => return Err(ImageError::Usage(format!("--arch {other}: amd64 or arm64"))),
+    };
+    let [from, out] = rest.as_slice() else {
+        return Err(ImageError::Usage(format!(
+            "{command} takes {} and OUT.ext4",
+            if command == "pull" { "REF" } else { "ARCHIVE" }
+        )));
     };
     let size = match size {
         Some(s) => Some(
@@ -118,7 +142,12 @@ pub fn main(args: &[OsString]) -> Result<Exit, ImageError> {
         ),
         None => None,
     };
-    import(Path::new(archive), Path::new(out), size)?;
+    let src = if command == "pull" {
+        registry::pull(from, arch, insecure).map_err(ImageError::Pull)?
+    } else {
+        source::open(Path::new(from)).map_err(ImageError::Source)?
+    };
+    build_image(&src, Path::new(out), size)?;
     Ok(Exit::Done)
 }
 
@@ -131,8 +160,7 @@ impl Drop for Partial {
     }
 }
 
-fn import(archive: &Path, out: &Path, size: Option<u64>) -> Result<(), ImageError> {
-    let src = source::open(archive).map_err(ImageError::Source)?;
+fn build_image(src: &source::Source, out: &Path, size: Option<u64>) -> Result<(), ImageError> {
     eprintln!(
         "kbox image: {} with {} layer(s)",
         src.kind,
@@ -140,7 +168,7 @@ fn import(archive: &Path, out: &Path, size: Option<u64>) -> Result<(), ImageErro
     );
     let size = match size {
         Some(s) => s,
-        None => estimate(&src)?,
+        None => estimate(src)?,
     };
     let tmp = out.with_file_name(format!(
         ".{}.kbox-{}",
@@ -150,7 +178,7 @@ fn import(archive: &Path, out: &Path, size: Option<u64>) -> Result<(), ImageErro
     ));
     let partial = Partial(tmp.clone());
     make_fs(&tmp, size)?;
-    build(&tmp, &src)?;
+    build(&tmp, src)?;
     std::fs::rename(&tmp, out).map_err(|e| ImageError::Output(out.to_path_buf(), e))?;
     std::mem::forget(partial);
     eprintln!("kbox image: built {} ({} MiB)", out.display(), size >> 20);

@@ -17,7 +17,8 @@ LKL_STANDIN := $(BUILD)/lkl-standin
 .PHONY: check-kbox-other-arch
 check-kbox-other-arch: deps lkl
 	@mkdir -p $(LKL_STANDIN) && cp $(LKL_OUT)/unistd_64.h $(LKL_STANDIN)/ && rm -f $(LKL_STANDIN)/liblkl.a && ar rc $(LKL_STANDIN)/liblkl.a
-	KBOX_LKL_DIR=$(LKL_STANDIN) $(CARGO) clippy --target $(OTHER_TARGET) --bin kbox -- -D warnings
+	KBOX_LKL_DIR=$(LKL_STANDIN) CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar \
+	  $(CARGO) clippy --target $(OTHER_TARGET) --bin kbox -- -D warnings
 
 # The README's first command: build everything and run the default image.
 .PHONY: run

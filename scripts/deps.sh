@@ -12,6 +12,7 @@ apt_pkgs=(
   proot hyperfine                            # make bench
   chromium fonts-liberation                  # make check: the --web dashboard in a real browser
   passt                                      # --net=user's network stack (found on PATH at run time)
+  docker-registry skopeo                     # make check: kbox image pull from a registry on 127.0.0.1
 )
 targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 

@@ -249,3 +249,201 @@ fn bad_arguments_are_one_line_errors() {
     }
     let _ = fx;
 }
+
+/// A registry on 127.0.0.1 (Debian's docker-registry) with the fixture image pushed to it
+/// by skopeo as kbox/test:1; ended on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    storage: PathBuf,
+}
+
+impl Registry {
+    fn start(name: &str) -> Registry {
+        let fx = fixtures();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("registry-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let storage = dir.join("data");
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(which("docker-registry"))
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (make deps installs it)");
+        let registry = Registry {
+            child,
+            port,
+            storage,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pushed = Command::new(which("skopeo"))
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", fx.join("oci-single").display()))
+            .arg(format!("docker://127.0.0.1:{port}/kbox/test:1"))
+            .output()
+            .expect("skopeo (make deps installs it)");
+        assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+        registry
+    }
+
+    fn reference(&self, tag: &str) -> String {
+        format!("docker://127.0.0.1:{}/kbox/test:{tag}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pull(reference: &str, out: &Path, cache: &Path) -> std::process::Output {
+    let mut c = Command::new(KBOX);
+    c.env("KBOX_CACHE", cache)
+        .args(["image", "pull", reference])
+        .arg(out);
+    run_with_timeout(c, std::time::Duration::from_secs(120))
+}
+
+#[test]
+fn an_image_pulled_from_a_registry_is_the_image_pushed_and_runs() {
+    let registry = Registry::start("pull");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pull-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let img = out_path("pulled");
+    let out = pull(&registry.reference("1"), &img, &cache);
+    let stderr = expect(&out, 0);
+    let _ = stderr;
+    assert!(
+        text(&out.stderr).contains("fetched"),
+        "{}",
+        text(&out.stderr)
+    );
+    fsck_clean(&img);
+    if let Err(e) = check_tree(&img) {
+        panic!("{e}");
+    }
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("home");
+    let mut c = Command::new(KBOX);
+    c.env("HOME", &home)
+        .args(["-S", img.to_str().expect("UTF-8")]);
+    let ran = run_with_timeout(c, std::time::Duration::from_secs(120));
+    assert_eq!(
+        expect(&ran, 0),
+        "hello-from-the-image\n/home/app\n1000\nimported by kbox\n"
+    );
+    // Again: every blob comes from the cache.
+    let again = out_path("pulled-again");
+    let out = pull(&registry.reference("1"), &again, &cache);
+    expect(&out, 0);
+    let log = text(&out.stderr);
+    assert!(!log.contains("fetched") && log.contains("cached"), "{log}");
+    // A tag the registry does not have.
+    let missing = out_path("pulled-missing");
+    let out = pull(&registry.reference("nope"), &missing, &cache);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no such image"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+}
+
+/// Every blob file the registry stores (its filesystem driver keeps them as
+/// blobs/sha256/XX/HEX/data).
+fn stored_blobs(dir: &Path, found: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            stored_blobs(&p, found);
+        } else if p.file_name().is_some_and(|n| n == "data")
+            && p.to_string_lossy().contains("/blobs/sha256/")
+        {
+            found.push(p);
+        }
+    }
+}
+
+#[test]
+fn a_damaged_cache_is_refetched_and_a_tampered_registry_blob_refused() {
+    let registry = Registry::start("tamper");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tamper-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    // Fill the cache, then change one cached layer: the next build must notice.
+    let img = out_path("tamper-first");
+    expect(&pull(&registry.reference("1"), &img, &cache), 0);
+    // The largest cached blob: the busybox layer (skopeo may have recompressed layers, so
+    // digests are the registry's, not the fixture's).
+    let cached = std::fs::read_dir(cache.join("blobs/sha256"))
+        .expect("the cache")
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("a cached blob");
+    let name = cached.file_name().expect("name").to_owned();
+    let name = name.as_os_str();
+    let mut bytes = std::fs::read(&cached).expect("cached layer");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&cached, &bytes).expect("tamper the cache");
+    let img = out_path("tamper-cache");
+    let out = pull(&registry.reference("1"), &img, &cache);
+    expect(&out, 0);
+    assert!(
+        text(&out.stderr).contains("damaged"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_ne!(std::fs::read(&cached).expect("refetched"), bytes);
+    fsck_clean(&img);
+    // Now the registry's own copy, with an empty cache.
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut stored = Vec::new();
+    stored_blobs(&registry.storage, &mut stored);
+    let victim = stored
+        .iter()
+        .find(|p| p.parent().and_then(Path::file_name) == Some(name))
+        .expect("the registry's copy of the layer");
+    std::fs::write(victim, &bytes).expect("tamper the registry");
+    let img = out_path("tamper-registry");
+    let out = pull(&registry.reference("1"), &img, &cache);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("digest mismatch"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!img.exists());
+    // Nothing that failed its digest is kept.
+    let kept: Vec<_> = std::fs::read_dir(cache.join("blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() == name)
+        .collect();
+    assert!(kept.is_empty(), "a tampered blob was cached");
+}

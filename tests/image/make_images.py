@@ -8,8 +8,8 @@ symlinks, a device node, a FIFO, whiteouts and an opaque directory, and an image
 
 writes OUTDIR/oci (an OCI image layout), OUTDIR/oci.tar (the same as a tar),
 OUTDIR/docker.tar (a `docker save` archive), OUTDIR/rootfs.tar.gz (a plain tarball),
-OUTDIR/evil.tar (names that leave the image) and OUTDIR/tampered (the layout with one
-layer blob changed)."""
+OUTDIR/evil.tar (names that leave the image), OUTDIR/oci-single (one tagged manifest,
+for pushing to a registry) and OUTDIR/tampered (the layout with one layer blob changed)."""
 import gzip
 import hashlib
 import io
@@ -180,6 +180,16 @@ def main():
                              entry("etc/../../escaped", data=b"out\n")]))
     with open(os.path.join(out, "evil-abs.tar"), "wb") as f:
         f.write(layer_bytes([entry("/escaped", data=b"out\n")]))
+    # One manifest, tagged: what skopeo pushes to a registry (oci:DIR:1).
+    shutil.copytree(os.path.join(out, "oci"), os.path.join(out, "oci-single"))
+    index_path = os.path.join(out, "oci-single", "index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    mine = index["manifests"][1]
+    mine["annotations"] = {"org.opencontainers.image.ref.name": "1"}
+    del mine["platform"]
+    with open(index_path, "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [mine]}, f)
     shutil.copytree(os.path.join(out, "oci"), os.path.join(out, "tampered"))
     victim = os.path.join(out, "tampered", "blobs", "sha256", descs[2]["digest"].split(":")[1])
     with open(victim, "r+b") as f:
