@@ -6,7 +6,8 @@
 //! Registries that want a token say so in a 401's `WWW-Authenticate: Bearer realm=...,
 //! service=..., scope=...`; kbox fetches an anonymous token there and tries once more.
 //! TLS uses the system's CA store (`SSL_CERT_FILE` too); plain HTTP is used only for a
-//! registry on the loopback or with `--insecure`.
+//! registry on the loopback whose HTTPS does not connect (Docker's rule for loopback
+//! registries), or with `--insecure`.
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -118,6 +119,9 @@ fn loopback(host: &str) -> bool {
 struct Client {
     agent: ureq::Agent,
     base: String,
+    /// For a loopback registry: plain HTTP, if HTTPS cannot even connect (as Docker
+    /// treats loopback registries).
+    fallback: Option<String>,
     token: Option<String>,
 }
 
@@ -127,17 +131,14 @@ fn hex(hash: Sha256) -> String {
 
 impl Client {
     fn new(r: &Reference, insecure: bool) -> Client {
-        let scheme = if insecure || loopback(&r.host) {
-            "http"
-        } else {
-            "https"
-        };
+        let url = |scheme: &str| format!("{scheme}://{}/v2/{}", r.host, r.repo);
         Client {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(20))
                 .timeout_read(Duration::from_secs(120))
                 .build(),
-            base: format!("{scheme}://{}/v2/{}", r.host, r.repo),
+            base: url(if insecure { "http" } else { "https" }),
+            fallback: (!insecure && loopback(&r.host)).then(|| url("http")),
             token: None,
         }
     }
@@ -165,6 +166,12 @@ impl Client {
                 }
                 Err(ureq::Error::Status(code, _)) => {
                     return Err(PullError::Http(format!("{path}: HTTP {code}")));
+                }
+                Err(ureq::Error::Transport(_)) if self.fallback.is_some() => {
+                    if let Some(plain) = self.fallback.take() {
+                        self.base = plain;
+                    }
+                    return self.get(path, accept);
                 }
                 Err(e) => return Err(PullError::Http(e.to_string())),
             }
