@@ -639,3 +639,133 @@ fn a_full_image_is_a_one_line_error_that_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "a partial image was left");
 }
+
+/// A registry of the test's own that wants a bearer token, as Docker Hub does: a request
+/// without `Authorization: Bearer <token>` gets 401 with a challenge naming a realm on the
+/// same server, which hands the token out for the right service and scope. It serves the
+/// fixture's one-manifest layout. Returns the port and the log of requests it saw.
+fn token_registry() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let layout = fixtures().join("oci-single");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut auth = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Authorization: ") {
+                    auth = Some(v.trim().to_string());
+                }
+            }
+            let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            seen.lock()
+                .expect("log")
+                .push(format!("{target} auth={auth:?}"));
+            let reply = |conn: &mut std::net::TcpStream,
+                         status: &str,
+                         headers: &str,
+                         body: &[u8]| {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(body);
+            };
+            if target.starts_with("/token?") {
+                let good = target.contains("service=kbox-test")
+                    && target.contains("scope=repository%3Akbox%2Ftest%3Apull");
+                if good {
+                    reply(
+                        &mut conn,
+                        "200 OK",
+                        "Content-Type: application/json\r\n",
+                        b"{\"token\":\"s3cret\"}",
+                    );
+                } else {
+                    reply(&mut conn, "400 Bad Request", "", b"");
+                }
+                continue;
+            }
+            if auth.as_deref() != Some("Bearer s3cret") {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"kbox-test\",scope=\"repository:kbox/test:pull\"\r\n"
+                );
+                reply(&mut conn, "401 Unauthorized", &challenge, b"");
+                continue;
+            }
+            let index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+                    .expect("json");
+            let manifest = index["manifests"][0]["digest"]
+                .as_str()
+                .expect("digest")
+                .to_string();
+            let blob = |digest: &str| {
+                std::fs::read(
+                    layout
+                        .join("blobs/sha256")
+                        .join(digest.trim_start_matches("sha256:")),
+                )
+            };
+            let body = if target == "/v2/kbox/test/manifests/1" {
+                blob(&manifest)
+                    .ok()
+                    .map(|b| (b, "application/vnd.oci.image.manifest.v1+json"))
+            } else if let Some(d) = target.strip_prefix("/v2/kbox/test/blobs/") {
+                blob(d).ok().map(|b| (b, "application/octet-stream"))
+            } else {
+                None
+            };
+            match body {
+                Some((b, ty)) => reply(&mut conn, "200 OK", &format!("Content-Type: {ty}\r\n"), &b),
+                None => reply(&mut conn, "404 Not Found", "", b""),
+            }
+        }
+    });
+    (port, log)
+}
+
+#[test]
+fn a_registry_that_wants_a_bearer_token_gets_one_from_its_realm() {
+    let (port, log) = token_registry();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("token-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let img = out_path("token");
+    // --insecure: the test's registry speaks plain HTTP only.
+    let mut c = Command::new(KBOX);
+    c.env("KBOX_CACHE", &cache)
+        .args([
+            "image",
+            "pull",
+            "--insecure",
+            &format!("127.0.0.1:{port}/kbox/test:1"),
+        ])
+        .arg(&img);
+    let out = run_with_timeout(c, std::time::Duration::from_secs(120));
+    expect(&out, 0);
+    if let Err(e) = check_tree(&img) {
+        panic!("{e}");
+    }
+    let log = log.lock().expect("log").clone();
+    assert!(log.iter().any(|l| l.starts_with("/token?")), "{log:#?}");
+    // Every blob was fetched with the token.
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("/blobs/"))
+            .all(|l| l.contains("Bearer s3cret")),
+        "{log:#?}"
+    );
+}
