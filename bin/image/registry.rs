@@ -333,16 +333,7 @@ pub fn pull(reference: &str, arch: &str, insecure: bool) -> Result<Source, PullE
         let Some(list) = manifest.get("manifests").and_then(Value::as_array) else {
             break;
         };
-        let digest = list
-            .iter()
-            .find(|m| {
-                m.get("platform").is_some_and(|p| {
-                    p.get("architecture").and_then(Value::as_str) == Some(arch)
-                        && p.get("os")
-                            .and_then(Value::as_str)
-                            .is_none_or(|os| os == "linux")
-                })
-            })
+        let digest = super::source::choose_platform(list, arch)
             .and_then(|m| m.get("digest").and_then(Value::as_str))
             .ok_or_else(|| PullError::NoPlatform(arch.to_string()))?
             .to_string();

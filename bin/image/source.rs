@@ -177,6 +177,22 @@ fn split_digest(digest: &str) -> Result<(&str, &str), SourceError> {
     }
 }
 
+/// The entry of an index's `manifests` for linux on `arch`, else one that names no
+/// platform (a single-image index).
+pub fn choose_platform<'a>(manifests: &'a [Value], arch: &str) -> Option<&'a Value> {
+    manifests
+        .iter()
+        .find(|m| {
+            m.get("platform").is_some_and(|p| {
+                p.get("architecture").and_then(Value::as_str) == Some(arch)
+                    && p.get("os")
+                        .and_then(Value::as_str)
+                        .is_none_or(|os| os == "linux")
+            })
+        })
+        .or_else(|| manifests.iter().find(|m| m.get("platform").is_none()))
+}
+
 /// Follows an OCI index (nested ones too) to this machine's manifest, then its config and
 /// layers.
 fn oci(
@@ -190,18 +206,7 @@ fn oci(
         let Some(manifests) = current.get("manifests").and_then(Value::as_array) else {
             break;
         };
-        let chosen = manifests
-            .iter()
-            .find(|m| {
-                m.get("platform").is_some_and(|p| {
-                    p.get("architecture").and_then(Value::as_str) == Some(arch)
-                        && p.get("os")
-                            .and_then(Value::as_str)
-                            .is_none_or(|os| os == "linux")
-                })
-            })
-            .or_else(|| manifests.iter().find(|m| m.get("platform").is_none()))
-            .ok_or(SourceError::NoPlatform(arch))?;
+        let chosen = choose_platform(manifests, arch).ok_or(SourceError::NoPlatform(arch))?;
         let digest = chosen
             .get("digest")
             .and_then(Value::as_str)
