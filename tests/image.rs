@@ -230,6 +230,23 @@ fn tampered_blobs_and_escaping_names_are_refused_leaving_nothing() {
 }
 
 #[test]
+fn a_symlink_out_of_the_image_cannot_carry_a_write_out() {
+    let fx = fixtures();
+    let img = out_path("evil-link");
+    let out = import(&fx.join("evil-link.tar"), &img);
+    // The symlink points at the fixtures' directory on the host; the file behind it must
+    // land in the image (the parent becomes a directory of the image's) and never there.
+    expect(&out, 0);
+    assert!(
+        !fx.join("escaped-through-a-link").exists(),
+        "a write left the image"
+    );
+    let inside = debugfs(&img, "ls -l /up");
+    assert!(inside.contains("escaped-through-a-link"), "{inside}");
+    fsck_clean(&img);
+}
+
+#[test]
 fn bad_arguments_are_one_line_errors() {
     let fx = fixtures();
     for (args, says) in [

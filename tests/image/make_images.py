@@ -178,6 +178,10 @@ def main():
     with open(os.path.join(out, "evil.tar"), "wb") as f:
         f.write(layer_bytes([entry("etc", tarfile.DIRTYPE, mode=0o755),
                              entry("etc/../../escaped", data=b"out\n")]))
+    # A symlink out of the image, then a file written through it: must land inside.
+    with open(os.path.join(out, "evil-link.tar"), "wb") as f:
+        f.write(layer_bytes([entry("up", tarfile.SYMTYPE, link="../../../../../../../../" + out.lstrip("/"), mode=0o777),
+                             entry("up/escaped-through-a-link", data=b"out\n")]))
     with open(os.path.join(out, "evil-abs.tar"), "wb") as f:
         f.write(layer_bytes([entry("/escaped", data=b"out\n")]))
     # One manifest, tagged: what skopeo pushes to a registry (oci:DIR:1).
