@@ -471,12 +471,14 @@ fn ifconfig_shows_and_sets_the_guests_interfaces_not_the_hosts() {
         !stdout.contains(&host_addr),
         "the host's {host_addr} in:\n{stdout}"
     );
-    let script = "ifconfig eth0 && ifconfig eth0 mtu 1500 && cat /sys/class/net/eth0/mtu";
+    let script = "ifconfig eth0 && route del default && route add default gw 10.0.2.2 dev eth0 \
+                  && route -n | grep -c '^0.0.0.0 *10.0.2.2 .*eth0$' \
+                  && ifconfig eth0 mtu 1500 && cat /sys/class/net/eth0/mtu";
     let out = img.run(&["--net", "-S"], &["/bin/sh", "-c", script]);
     let stdout = expect(&out, 0);
     assert!(stdout.contains("HWaddr 52:54:00:12:34:56"), "{stdout}");
     assert!(stdout.contains("inet addr:10.0.2.15"), "{stdout}");
-    assert!(stdout.ends_with("1500\n"), "{stdout}");
+    assert!(stdout.ends_with("1\n1500\n"), "{stdout}");
     assert!(
         !stdout.contains(&host_addr),
         "the host's {host_addr} in:\n{stdout}"

@@ -152,26 +152,23 @@ fn route(
 ) -> Result<i64, Errno> {
     let mut rt = [0u8; RTENTRY];
     guest.read(arg, &mut rt)?;
-    let mut dev = [0u8; IFNAMSIZ];
     let dev_ptr = u64::from_ne_bytes(
         rt[RT_DEV..RT_DEV + 8]
             .try_into()
             .map_err(|_| Errno::EINVAL)?,
     );
-    if dev_ptr != 0 {
-        // The name's own length is unknown: read what a name can hold, a byte at a time
-        // near the end of readable memory.
-        let mut n = 0;
-        while n < IFNAMSIZ - 1 {
-            let mut b = [0u8; 1];
-            guest.read(dev_ptr + n as u64, &mut b)?;
-            if b[0] == 0 {
-                break;
-            }
-            dev[n] = b[0];
-            n += 1;
+    // The device name, read as the guest's other strings are (the copy outlives the call).
+    let dev = if dev_ptr == 0 {
+        None
+    } else {
+        let name = guest.read_path(dev_ptr)?;
+        if name.as_bytes().len() >= IFNAMSIZ {
+            return Err(Errno::ENODEV);
         }
-        rt[RT_DEV..RT_DEV + 8].copy_from_slice(&ptr(dev.as_ptr()).to_ne_bytes());
+        Some(name)
+    };
+    if let Some(name) = &dev {
+        rt[RT_DEV..RT_DEV + 8].copy_from_slice(&ptr(name.as_ptr()).to_ne_bytes());
     }
     lkl(
         task,
