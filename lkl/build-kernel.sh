@@ -37,6 +37,12 @@ result=$cache/lkl-$arch-$key
 
 publish_link() {
 	mkdir -p "$(dirname "$out_link")"
+	# Cargo relinks when the library's mtime is newer than its last build: a cached
+	# library pointed to again (another checkout, a reverted change) must look new, or
+	# the previous kernel stays linked in.
+	if [ "$(readlink "$out_link" 2>/dev/null)" != "$result" ]; then
+		touch "$result/liblkl.a" "$result/unistd_64.h"
+	fi
 	ln -sfn "$result" "$out_link"
 }
 
