@@ -11,6 +11,7 @@
  */
 #include <linux/sched.h>
 #include <linux/sched/task.h>
+#include <linux/sched/stat.h>
 #include <linux/interrupt.h>
 #include <linux/irq.h>
 #include <linux/hardirq.h>
@@ -110,6 +111,21 @@ void lkl_irq_replay(void)
 }
 
 /*
+ * Whether a task other than current waits for the CPU. A wake-up need not ask for a
+ * reschedule (the scheduler may let current run on), which is right on a CPU current
+ * keeps busy in user mode; but a library task in user mode leaves the CPU idle, so a
+ * task left runnable would wait for the next tick (10 ms) for no reason.
+ */
+static bool others_runnable(void)
+{
+	unsigned int queued = nr_running();
+
+	if (is_idle_task(current))
+		return queued > 0;
+	return queued > (READ_ONCE(current->on_rq) ? 1 : 0);
+}
+
+/*
  * A borrowing thread is done: let tasks its work woke run before the CPU goes back.
  * If schedule() hands the CPU to another thread, this thread leaves through its escape
  * buffer; if it continues as a detached task, it releases the CPU itself.
@@ -117,7 +133,7 @@ void lkl_irq_replay(void)
 void lkl_borrower_leave(struct lkl_hthread *self)
 {
 	self->want = NULL;
-	while (need_resched()) {
+	while (need_resched() || others_runnable()) {
 		/*
 		 * A detached host task must not stay runnable behind this switch: with no
 		 * thread to run it, the scheduler could pick it while others wait for the
