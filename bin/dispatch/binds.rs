@@ -198,9 +198,14 @@ impl Engine {
     ) -> Result<i64, Errno> {
         let oflags = OFlags::from_bits_retain(u32::try_from(flags & 0xffff_ffff).unwrap_or(0))
             & !OFlags::CLOEXEC;
+        // The mode register means something only with O_CREAT or O_TMPFILE; otherwise it
+        // holds whatever the caller left there (an aarch64 opendir: garbage), and openat2,
+        // unlike openat, refuses a mode it does not need (EINVAL).
+        let creates = oflags.contains(OFlags::CREATE) || oflags.contains(OFlags::TMPFILE);
+        let mode = if creates { mode & 0o7777 } else { 0 };
         let fd = self
             .binds
-            .open(bind, rel, oflags, u32::try_from(mode & 0o7777).unwrap_or(0))?;
+            .open(bind, rel, oflags, u32::try_from(mode).unwrap_or(0))?;
         let is_dir = rustix::fs::fstat(&fd).is_ok_and(|st| st.st_mode & 0o170000 == 0o040000);
         let n = guest.answer_with_fd(fd.as_fd(), None, flags & 0o2000000 != 0)?;
         if let Some(p) = self.procs.get_mut(pid) {

@@ -200,7 +200,9 @@ impl Engine {
         }
         let (dirfd, path) = match self.route(pid, args[0], path)? {
             Route::Host(bind, rel) => {
-                return self.bind_open(guest, pid, bind, &rel, flags, args[3]);
+                // The host takes the guest's own flags, not their asm-generic lowering
+                // (on aarch64, O_DIRECTORY lowered is the host's O_DIRECT).
+                return self.bind_open(guest, pid, bind, &rel, args[2], args[3]);
             }
             Route::Kernel(dirfd, path) => (dirfd, path),
         };
