@@ -425,6 +425,32 @@ fn kernel_io_at(
     Ok(done)
 }
 
+/// A new file in `dir` with no name: O_TMPFILE, or where the filesystem has none (overlayfs
+/// before Linux 6.6, as under many containers) a file made under a unique name and
+/// unlinked at once.
+fn unlinked_file(dir: &std::path::Path) -> Result<OwnedFd, Errno> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mode = rustix::fs::Mode::from_bits_truncate(0o600);
+    match rustix::fs::open(dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, mode) {
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {}
+        r => return r.map_err(hostio::errno),
+    }
+    let name = dir.join(format!(
+        ".shadow-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let fd = rustix::fs::open(
+        &name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        mode,
+    )
+    .map_err(hostio::errno)?;
+    rustix::fs::unlink(&name).map_err(hostio::errno)?;
+    Ok(fd)
+}
+
 /// Like [`fill`], for files over the shadow limit: an unlinked file in kbox's private
 /// directory on disk (the host's page cache holds it, not pinned memory), copied in chunks.
 pub fn fill_on_disk(
@@ -434,12 +460,7 @@ pub fn fill_on_disk(
     size: u64,
 ) -> Result<OwnedFd, Errno> {
     const CHUNK: usize = 1 << 20;
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        rustix::fs::Mode::from_bits_truncate(0o600),
-    )
-    .map_err(hostio::errno)?;
+    let fd = unlinked_file(dir)?;
     check_holes_fit(task, kfd, size)?;
     let mut buf = vec![0u8; CHUNK];
     let mut done: u64 = 0;
