@@ -82,7 +82,9 @@ impl ImageLock {
             Ok(()) => Ok(ImageLock { _file: file }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Busy {
                 image: image.to_path_buf(),
-                holder: file.metadata().ok().and_then(|m| holder(m.dev(), m.ino())),
+                holder: file.metadata().ok().and_then(|m| {
+                    holder(m.dev(), m.ino()).or_else(|| holder_by_fd(m.dev(), m.ino()))
+                }),
                 writing,
             }),
             Err(e) => Err(io(e.into())),
@@ -106,6 +108,50 @@ fn holder(dev: u64, ino: u64) -> Option<u32> {
         }
         fields.get(at - 1)?.parse().ok()
     })
+}
+
+/// The pid holding a flock on the file (dev, ino), from the FDs of every process: where
+/// /proc/locks names another device than stat does (overlayfs, as under containers, locks
+/// the file below), a process's FD still stats as the file, and its fdinfo lists its lock
+/// as `lock:\t1: FLOCK ADVISORY WRITE PID ...` (only the description holding the lock has
+/// the line).
+fn holder_by_fd(dev: u64, ino: u64) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    for proc in std::fs::read_dir("/proc").ok()?.flatten() {
+        if proc
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let same = std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+            if !same {
+                continue;
+            }
+            let info = proc.path().join("fdinfo").join(fd.file_name());
+            let Ok(info) = std::fs::read_to_string(info) else {
+                continue;
+            };
+            let holder = info.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.first() != Some(&"lock:") || !fields.contains(&"FLOCK") {
+                    return None;
+                }
+                let at = fields.iter().position(|f| *f == "READ" || *f == "WRITE")?;
+                fields.get(at + 1)?.parse().ok()
+            });
+            if holder.is_some() {
+                return holder;
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -137,6 +183,20 @@ mod tests {
             ImageLock::take(&p, true).is_ok(),
             "the lock dies with its holder"
         );
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// What overlayfs needs (its /proc/locks line names the file below): the FD scan finds
+    /// the holder on its own.
+    #[test]
+    fn the_holder_is_found_through_its_fd_as_well() {
+        use std::os::unix::fs::MetadataExt;
+        let p = temp_file("by-fd");
+        let held = ImageLock::take(&p, true).expect("first");
+        let m = std::fs::metadata(&p).expect("stat");
+        assert_eq!(holder_by_fd(m.dev(), m.ino()), Some(std::process::id()));
+        drop(held);
+        assert_eq!(holder_by_fd(m.dev(), m.ino()), None);
         let _ = std::fs::remove_file(&p);
     }
 
