@@ -1119,8 +1119,19 @@ impl Engine {
 /// stack pointer (past the 128-byte red zone): memory nothing live uses while the thread
 /// waits in execve. The stack pointer comes from /proc/TID/syscall.
 fn scratch_below_sp(tid: u32, len: usize) -> Result<u64, Errno> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{tid}/syscall")).map_err(|_| Errno::EFAULT)?;
+    // The kernel answers EAGAIN while it sees the thread between states (the thread is
+    // stopped in its notified execve, yet an arm64 6.1 kernel under emulation did, one
+    // exec in a few dozen): ask again.
+    let path = format!("/proc/{tid}/syscall");
+    let text = (0..100)
+        .find_map(|_| {
+            let r = std::fs::read_to_string(&path);
+            if r.is_err() {
+                std::thread::yield_now();
+            }
+            r.ok()
+        })
+        .ok_or(Errno::EFAULT)?;
     let sp = text
         .split_whitespace()
         .nth(7)
