@@ -311,6 +311,52 @@ fn sockets_are_served_by_the_kernel_library() {
     img.assert_clean();
 }
 
+/// Files and directories of a bind, from Python. An openat with a mode but no O_CREAT (Go's
+/// os.OpenFile(name, O_RDONLY, 0644) makes one; here a raw syscall) must open as on Linux,
+/// which ignores the mode: openat2, which kbox uses to keep paths inside the bind, refused
+/// it (EINVAL). Natively first, on the host directory itself.
+#[test]
+fn python_opens_and_lists_files_in_a_bind() {
+    let host = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bind-python");
+    let _ = fs::remove_dir_all(&host);
+    let made = fs::create_dir_all(host.join("sub"))
+        .and_then(|()| fs::write(host.join("sub/f"), "host-data\n"));
+    assert!(made.is_ok(), "{made:?}");
+    let script = |root: &str| {
+        format!(
+            "import os\n\
+             print(open('{root}/sub/f').read(), end='')\n\
+             print(sorted(os.listdir('{root}')), sorted(os.listdir('{root}/sub')))\n\
+             import ctypes\n\
+             openat = {{'x86_64': 257, 'aarch64': 56}}[os.uname().machine]\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             fd = libc.syscall(openat, -100, b'{root}/sub', os.O_RDONLY | os.O_DIRECTORY, 0o644)\n\
+             print(os.fstat(fd).st_mode >> 12 if fd >= 0 else os.strerror(ctypes.get_errno()))\n\
+             with open('{root}/sub/new', 'w') as f: f.write('made\\n')\n\
+             print(open('{root}/sub/new').read(), end='')\n"
+        )
+    };
+    let want = "host-data\n['sub'] ['f']\n4\nmade\n";
+    let native = Command::new("python3")
+        .args(["-c", &script(&host.to_string_lossy())])
+        .output()
+        .expect("python3 on the host");
+    assert_eq!(expect(&native, 0), want);
+    fs::remove_file(host.join("sub/new")).expect("remove");
+    let img = Image::copy_of("KBOX_DEBIAN", "bind-python");
+    let bind = format!("{}:/mnt/host", host.display());
+    let out = img.run(
+        &["-b", &bind, "-S"],
+        &["/usr/bin/python3", "-c", &script("/mnt/host")],
+    );
+    assert_eq!(expect(&out, 0), want);
+    assert_eq!(
+        fs::read_to_string(host.join("sub/new")).unwrap_or_default(),
+        "made\n"
+    );
+    img.assert_clean();
+}
+
 #[test]
 fn binds_show_host_files_and_keep_the_guest_inside_them() {
     let host = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bind-src");
@@ -613,8 +659,14 @@ fn bad_guest_pointers_get_efault_as_on_linux() {
     let img = Image::default("efault");
     let out = expect(&img.run(&["-S"], &["/opt/kbox-tests/efault", "/tmp"]), 0);
     assert!(out.ends_with("efault: 0 failure(s)\n"), "{out}");
+    // 518 checks on x86_64, 297 on aarch64 (no legacy calls such as open or stat).
+    let least = if cfg!(target_arch = "aarch64") {
+        250
+    } else {
+        400
+    };
     assert!(
-        out.lines().filter(|l| l.starts_with("ok ")).count() > 400,
+        out.lines().filter(|l| l.starts_with("ok ")).count() > least,
         "{out}"
     );
 }
@@ -944,9 +996,9 @@ fn sigterm_stops_kbox_even_when_the_guest_ignores_it() {
     }
     assert_eq!(line, "up\n");
     let start = Instant::now();
-    let pid = kbox.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(sent.is_ok_and(|s| s.success()));
+    // SAFETY: kill has no memory effects; the pid is kbox's, still unreaped.
+    let sent = unsafe { libc::kill(i32::try_from(kbox.id()).unwrap_or(0), libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
     let status = loop {
         match kbox.try_wait() {
             Ok(Some(s)) => break s,
