@@ -384,6 +384,18 @@ fn run_booted(
             }
         );
         eprintln!("kbox: network: {}", crate::network::summary(config));
+        if !sync_wakeup {
+            eprintln!(
+                "kbox: note: this kernel has no synchronous wake-up for seccomp notifications \
+                 (Linux 6.6+): each notified call costs about twice the round trip"
+            );
+        }
+        if !guest.killable_wait() {
+            eprintln!(
+                "kbox: note: this kernel has no killable seccomp waits (Linux 5.19+): a signal \
+                 arriving during a notified call can make the guest repeat a call kbox served"
+            );
+        }
     }
     start_forwarder(guest.pid().as_raw_nonzero().get());
     let served = serve(&engine, notify, guest.pidfd());
