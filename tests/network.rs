@@ -545,9 +545,11 @@ fn user_mode_uploads_arrive_whole() {
 
 /// Connections between guest processes on the kernel library's loopback: a woken accept
 /// or read must run when its waker's call returns, not at the kernel's next tick (10 ms).
-/// Before that was so, each connection waited for ticks: 5 ms a connection against
-/// 0.1 ms natively and 0.9 ms now. The limit, 2.5 ms, sits between the two; it is no
-/// benchmark (make bench is), only the line that tick-paced wake-ups cross.
+/// Before that was so, each connection waited for ticks: 4.8 ms a connection against
+/// 0.1 ms natively (42×), and 0.9 ms (9×) since. The line tick-paced wake-ups cross is
+/// drawn twice: over 2.5 ms *and* over 25× native, so that a slow machine (under qemu's
+/// TCG: 1.6 ms natively, 18 ms in kbox, 11×) is not taken for one. It is no benchmark
+/// (make bench is).
 #[test]
 fn loopback_connections_between_guest_threads_are_not_paced_by_the_tick() {
     const SCRIPT: &str = "import socket, sys, threading, time\n\
@@ -578,7 +580,7 @@ fn loopback_connections_between_guest_threads_are_not_paced_by_the_tick() {
     let img = Image::copy_of("KBOX_DEBIAN", "net-loopback-pace");
     let guest = micros(&img.run(&["-S"], &["/usr/bin/python3", "-c", SCRIPT]));
     assert!(
-        guest < 2500,
+        guest < 2500 || guest < 25 * native,
         "{guest} µs a connection in the guest ({native} µs natively): woken tasks wait for the tick"
     );
 }
