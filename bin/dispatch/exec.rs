@@ -1119,23 +1119,22 @@ impl Engine {
 /// stack pointer (past the 128-byte red zone): memory nothing live uses while the thread
 /// waits in execve. The stack pointer comes from /proc/TID/syscall.
 fn scratch_below_sp(tid: u32, len: usize) -> Result<u64, Errno> {
-    // The kernel answers EAGAIN while it sees the thread between states (the thread is
-    // stopped in its notified execve, yet an arm64 6.1 kernel under emulation did, one
-    // exec in a few dozen): ask again.
+    // The file says "running" until the thread has gone to sleep in its notified execve,
+    // which it may not have yet when kbox gets the notification (the supervisor is woken
+    // first): one exec in a few dozen on an arm64 6.1 kernel under emulation failed with
+    // EFAULT. Ask again until it gives the registers.
     let path = format!("/proc/{tid}/syscall");
-    let text = (0..100)
+    let sp = (0..10_000)
         .find_map(|_| {
-            let r = std::fs::read_to_string(&path);
-            if r.is_err() {
+            let sp = std::fs::read_to_string(&path).ok().and_then(|text| {
+                let sp = text.split_whitespace().nth(7)?;
+                u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
+            });
+            if sp.is_none() {
                 std::thread::yield_now();
             }
-            r.ok()
+            sp
         })
-        .ok_or(Errno::EFAULT)?;
-    let sp = text
-        .split_whitespace()
-        .nth(7)
-        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
         .ok_or(Errno::EFAULT)?;
     Ok(sp.checked_sub(1024 + len as u64).ok_or(Errno::EFAULT)? & !15)
 }
