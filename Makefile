@@ -35,6 +35,7 @@ include mk/rootfs.mk
 include mk/kbox.mk
 include mk/bench.mk
 include mk/conformance.mk
+include mk/vm.mk
 
 .PHONY: all check fmt-check clippy clean help
 
