@@ -41,7 +41,7 @@ include mk/vm.mk
 
 all: kbox
 
-check: deps fmt-check clippy check-kbox-other-arch check-core check-arch check-lkl check-rootfs check-kbox check-conformance check-bench
+check: deps fmt-check clippy check-kbox-other-arch check-core check-arch check-lkl check-rootfs check-vm-scripts check-kbox check-conformance check-bench
 	@echo "make check: all suites passed"
 
 fmt-check:

@@ -47,3 +47,8 @@ check-vm-aarch64: deps-vm
 	  "--skip=$(VM_BROWSER_TEST):chromium is not in the arm64 Debian image; $(VM_BROWSER_WHY)" \
 	  >$(VM_OUT)/aarch64.list
 	@$(TOP)/scripts/vm/run-vm.sh aarch64 $(VM_OUT)/aarch64.list $(VM_OUT) $(BUILD)/debian-aarch64.ext4 | tee -a $(VM_OUT)/results
+
+# The logic of check-vm without a VM (part of make check).
+.PHONY: check-vm-scripts
+check-vm-scripts:
+	@$(TOP)/tests/vm/test-scripts.sh

@@ -24,7 +24,7 @@ done <"$list"
 cd "$KBOX_CHECKOUT" || exit 98
 while read -r kind name path args; do
   [ "$kind" = test ] || continue
-  log=/tmp/vm-$name.log
+  log=${TMPDIR:-/tmp}/vm-$name.log
   echo "kbox-vm: running $name"
   began=$(date +%s)
   # shellcheck disable=SC2086 # the arguments are words
