@@ -198,9 +198,9 @@ impl Engine {
     ) -> Result<i64, Errno> {
         let oflags = OFlags::from_bits_retain(u32::try_from(flags & 0xffff_ffff).unwrap_or(0))
             & !OFlags::CLOEXEC;
-        // The mode register means something only with O_CREAT or O_TMPFILE; otherwise it
-        // holds whatever the caller left there (an aarch64 opendir: garbage), and openat2,
-        // unlike openat, refuses a mode it does not need (EINVAL).
+        // The mode means something only with O_CREAT or O_TMPFILE; otherwise it is whatever
+        // the caller passed (Go's os.OpenFile(name, O_RDONLY, 0644) passes 0644), which
+        // openat ignores and openat2 refuses (EINVAL).
         let creates = oflags.contains(OFlags::CREATE) || oflags.contains(OFlags::TMPFILE);
         let mode = if creates { mode & 0o7777 } else { 0 };
         let fd = self
