@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kbox needs to build and test, idempotently. Quick when nothing is missing:
 # it only asks dpkg and rustup, and calls apt-get only for packages that are absent.
+# Debian packages named as arguments are installed too (make deps-vm's).
 set -euo pipefail
 
 apt_pkgs=(
@@ -14,6 +15,7 @@ apt_pkgs=(
   passt                                      # --net=user's network stack (found on PATH at run time)
   docker-registry skopeo                     # make check: kbox image pull from a registry on 127.0.0.1
 )
+apt_pkgs+=("$@")
 targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 missing=()

@@ -1,22 +1,11 @@
 #!/usr/bin/env bash
 # What make check-vm needs beyond make deps: qemu-system for both architectures, cpio and
-# kmod's modinfo (the VM's initramfs), and Debian's kernels and busybox for both
-# architectures, downloaded and unpacked by fetch-deb.sh (never installed on the host).
+# kmod's modinfo (the VM's initramfs), installed through scripts/deps.sh; and Debian's
+# kernels and busybox for both architectures, downloaded and unpacked by fetch-deb.sh
+# (never installed on the host).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-pkgs=(qemu-system-x86 qemu-system-arm cpio kmod)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "deps-vm: installing ${missing[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq || { echo "deps-vm: apt-get update failed" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { echo "deps-vm: apt-get install ${missing[*]} failed" >&2; exit 1; }
-fi
+"$top/scripts/deps.sh" qemu-system-x86 qemu-system-arm cpio kmod
 for debarch in amd64 arm64; do
   # Makes apt know the foreign architecture's packages (fetch-deb.sh adds it once).
   "$top/scripts/fetch-deb.sh" busybox-static "$debarch" >/dev/null
