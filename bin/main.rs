@@ -7,6 +7,8 @@ mod error;
 mod exit;
 mod image;
 mod image_lock;
+#[cfg_attr(not(test), allow(dead_code))]
+mod loader;
 mod network;
 mod runtime;
 mod seccomp;

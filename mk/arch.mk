@@ -4,7 +4,7 @@
 ARCH_CARGO_ENV := CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
 ARCH_FUZZ_DIR := $(TOP)/arch/fuzz
-ARCH_FUZZ_TARGETS := x86_64_decode elf_parse
+ARCH_FUZZ_TARGETS := x86_64_decode elf_parse load_plan
 # cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP lets the stable toolchain (which ships the
 # ASan runtime) accept them, so CI needs no nightly.
 ARCH_FUZZ := cd $(ARCH_FUZZ_DIR) && RUSTC_BOOTSTRAP=1 $(CARGO) +stable fuzz

@@ -198,7 +198,8 @@ fn proc_comes_from_the_kernel_library() {
 /// Guest programs that exit 0 when every check passed (each runs natively first):
 /// forkthread is a child forked by a second thread while the main thread closes an FD and
 /// changes directory before the child's first call; fdpass passes pipes and a file between
-/// two processes over a served unix socket (SCM_RIGHTS).
+/// two processes over a served unix socket (SCM_RIGHTS); startup checks argv, environ, the
+/// auxiliary vector and thread-local storage as its loader left them.
 #[test]
 fn guest_test_programs_pass_in_kbox() {
     let img = Image::default("programs");
@@ -209,6 +210,7 @@ fn guest_test_programs_pass_in_kbox() {
         "locks",
         "forkthread",
         "fdpass",
+        "startup",
     ] {
         let path = format!("/opt/kbox-tests/{prog}");
         let out = img.run(&["-S"], &[&path, "/tmp"]);

@@ -6,4 +6,6 @@ pub mod insn;
 pub mod plan;
 pub mod scan;
 #[cfg(target_arch = "aarch64")]
+pub mod start;
+#[cfg(target_arch = "aarch64")]
 pub mod tramp;

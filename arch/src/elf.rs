@@ -82,11 +82,11 @@ impl Image<'_> {
     }
 }
 
-fn le_u16(d: &[u8], at: usize) -> u16 {
+pub(crate) fn le_u16(d: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([d[at], d[at + 1]])
 }
 
-fn le_u64(d: &[u8], at: usize) -> u64 {
+pub(crate) fn le_u64(d: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&d[at..at + 8]);
     u64::from_le_bytes(b)
@@ -94,7 +94,7 @@ fn le_u64(d: &[u8], at: usize) -> u64 {
 
 /// Checks everything xmas-elf will read for the header and program header table.
 /// Returns the table's offset and entry count.
-fn validate_header(data: &[u8]) -> Result<(usize, u16), ElfError> {
+pub(crate) fn validate_header(data: &[u8]) -> Result<(usize, u16), ElfError> {
     if data.len() < EHDR_SIZE {
         return Err(ElfError::TooShort);
     }

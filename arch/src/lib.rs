@@ -19,4 +19,6 @@ pub mod x86_64;
 pub mod aarch64;
 
 pub mod entry;
+pub mod initstack;
+pub mod load;
 pub mod site;

@@ -3,6 +3,8 @@
 pub mod decode;
 pub mod plan;
 pub mod scan;
+#[cfg(target_arch = "x86_64")]
+pub mod start;
 pub mod sweep;
 #[cfg(target_arch = "x86_64")]
 pub mod tramp;
