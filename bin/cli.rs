@@ -50,7 +50,8 @@ Options:
   -w DIR                  working directory in the guest (default /)
   -0, --root-id           run the guest as root (uid 0, gid 0)
       --change-id UID:GID run the guest as UID:GID
-      --syscall-mode MODE auto (default) or seccomp; trap and rewrite are not built yet
+      --syscall-mode MODE auto (default), seccomp, or trap (x86_64; one process, no threads
+                          yet); rewrite is not built yet
       --shadow-limit BYTES files up to this size are mapped from a host copy
                           (suffix K, M or G; default 256M; 4K to 4G)
       --preserve-fds N    pass kbox's FDs 3..3+N-1 to the guest (default 0: every
@@ -148,8 +149,10 @@ impl FsType {
 /// How guest syscalls are intercepted. `--syscall-mode=auto` resolves to one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallTier {
-    /// seccomp user notification; the only tier built so far.
+    /// seccomp user notification: the guest runs in child processes kbox answers for.
     Seccomp,
+    /// SIGSYS trap: the guest runs in kbox's own process (x86_64, one process for now).
+    Trap,
 }
 
 /// What the guest's internet sockets reach (`--net`).
@@ -761,6 +764,7 @@ fn parse_publish(value: &OsStr) -> Result<Publish, UsageError> {
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
     match value.as_bytes() {
         b"auto" | b"seccomp" => Ok(SyscallTier::Seccomp),
+        b"trap" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Trap),
         b"trap" => Err(UsageError::SyscallModeNotAvailable("trap")),
         b"rewrite" => Err(UsageError::SyscallModeNotAvailable("rewrite")),
         _ => Err(UsageError::UnknownSyscallMode(Box::from(value))),
@@ -1388,6 +1392,16 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn syscall_mode_trap_is_the_trap_tier() {
+        assert_eq!(
+            config(&["-r", "i", "--syscall-mode=trap"]).tier,
+            SyscallTier::Trap
+        );
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "x86_64"))]
     fn syscall_mode_when_trap_is_not_available() {
         assert_eq!(
             error(&["-r", "i", "--syscall-mode=trap"]),

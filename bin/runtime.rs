@@ -72,6 +72,9 @@ pub enum RuntimeError {
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
+    /// The trap tier cannot start.
+    #[cfg(target_arch = "x86_64")]
+    Trap(crate::tiers::trap::TrapError),
 }
 
 impl fmt::Display for RuntimeError {
@@ -95,6 +98,8 @@ impl fmt::Display for RuntimeError {
             }
             Self::Web { addr, error } => write!(f, "cannot serve the dashboard on {addr}: {error}"),
             Self::Network(e) => write!(f, "cannot set up the guest's network: {e}"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Trap(e) => e.fmt(f),
         }
     }
 }
@@ -216,6 +221,14 @@ impl Guest for SeccompGuest<'_> {
 /// it); returns how kbox should exit.
 pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
+    // The trap tier's guest shares kbox's FD table: kbox's files go above its numbers.
+    #[cfg(target_arch = "x86_64")]
+    if config.tier == crate::cli::SyscallTier::Trap {
+        crate::tiers::trap::reserve_fds(crate::tiers::trap::fd_floor());
+        // Signals sent to kbox are the guest's: only its threads (which start with an
+        // empty mask) take them, never the kernel library's or kbox's own.
+        crate::tiers::trap::block_all_signals();
+    }
     block_forwarded_signals();
     crate::seccomp::sys_ignore_terminal_stops();
     // Held until kbox exits, after the image is unmounted.
@@ -311,6 +324,10 @@ fn run_booted(
         Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
     ));
     let env = guest_env(config);
+    #[cfg(target_arch = "x86_64")]
+    if config.tier == crate::cli::SyscallTier::Trap {
+        return run_trap(&engine, config, command, &env);
+    }
     let mut cmd = Command::new(OsStr::from_bytes(command.as_bytes()), &config.command, &env)
         .map_err(RuntimeError::Spawn)?;
     cmd.current_dir(lock(&engine).host_cwd())
@@ -435,6 +452,37 @@ fn run_booted(
         )),
         Err(e) => Err(RuntimeError::Spawn(e)),
     }
+}
+
+/// Runs the guest under the trap tier, in kbox's own process.
+#[cfg(target_arch = "x86_64")]
+fn run_trap(
+    engine: &Arc<Mutex<Engine>>,
+    config: &Config,
+    command: CString,
+    env: &[OsString],
+) -> Result<Exit, RuntimeError> {
+    start_observers(config, engine)?;
+    let launch = crate::tiers::trap::Launch {
+        path: command,
+        argv: config
+            .command
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect(),
+        envp: env.iter().map(|e| e.as_bytes().to_vec()).collect(),
+        verbose: config.verbose,
+        fd_floor: crate::tiers::trap::fd_floor(),
+        counted: observe::enabled(),
+    };
+    let exit = crate::tiers::trap::run(Arc::clone(engine), launch).map_err(RuntimeError::Trap)?;
+    web::guest_ended();
+    trace::flush();
+    if let Some(format) = config.stats {
+        eprint!("{}", stats::report(format));
+    }
+    lock(engine).shutdown();
+    Ok(exit)
 }
 
 /// Starts what the user asked to watch the guest with: `--stats` counting, `--trace`

@@ -143,8 +143,8 @@ fn two_images_when_given_is_one_line_error() {
 }
 
 #[test]
-fn syscall_mode_when_trap_says_not_available_yet() {
-    let line = kbox_error(&kbox(&["-S", "x.ext4", "--syscall-mode=trap"]));
+fn syscall_mode_when_rewrite_says_not_available_yet() {
+    let line = kbox_error(&kbox(&["-S", "x.ext4", "--syscall-mode=rewrite"]));
     assert!(line.contains("not available yet"), "{line}");
 }
 

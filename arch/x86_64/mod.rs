@@ -8,3 +8,5 @@ pub mod start;
 pub mod sweep;
 #[cfg(target_arch = "x86_64")]
 pub mod tramp;
+#[cfg(target_arch = "x86_64")]
+pub mod trap;

@@ -976,7 +976,7 @@ impl Engine {
 
     /// What every exec that is about to happen changes in the engine: the task's name,
     /// close-on-exec FDs, /proc/self/exe.
-    fn exec_done(&mut self, pid: u32, guest_path: CString) -> Result<(), Errno> {
+    pub(super) fn exec_done(&mut self, pid: u32, guest_path: CString) -> Result<(), Errno> {
         let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
         // The task's name, as /proc/self/status and ps show it, is the program's (comm is
         // 15 bytes at most, as Linux truncates it).

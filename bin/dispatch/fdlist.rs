@@ -52,11 +52,27 @@ pub fn is_own_fd_dir(task: &Task, kfd: i32) -> bool {
 /// `pos` (Linux's: 0 is ".", 1 is "..", FD n is n + 2), into at most `max` bytes. Returns the
 /// records and the position after them; an empty result is the end.
 pub fn list(tid: u32, pos: u64, max: usize) -> Result<(Vec<u8>, u64), Errno> {
-    let dir = std::fs::read_dir(format!("/proc/{tid}/fd")).map_err(|_| Errno::ESRCH)?;
-    let mut fds: Vec<u64> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    // Opened where kbox's own FDs are (above the guest's numbers when the guest shares
+    // kbox's table), so that it is not listed itself; kbox's FDs there are not the guest's.
+    let fd = super::hostio::open_host(
+        &format!("/proc/{tid}/fd"),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+    )
+    .map_err(|_| Errno::ESRCH)?;
+    let floor = super::hostio::fd_floor().map_or(u64::MAX, |f| u64::try_from(f).unwrap_or(0));
+    let mut dir = rustix::fs::Dir::new(fd).map_err(super::hostio::errno)?;
+    let mut fds: Vec<u64> = Vec::new();
+    while let Some(Ok(e)) = dir.next() {
+        if let Some(n) = e
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            && n < floor
+        {
+            fds.push(n);
+        }
+    }
     fds.sort_unstable();
     let mut entries: Vec<(u64, String, u8)> =
         vec![(0, ".".into(), DT_DIR), (1, "..".into(), DT_DIR)];

@@ -10,6 +10,31 @@ use kbox_lkl::Errno;
 use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
+/// Where kbox's own FDs start when the guest shares kbox's FD table (the in-process tiers):
+/// numbers below are the guest's, which must find them free, lowest first, as POSIX says.
+/// 0 for the seccomp tier, whose guests have FD tables of their own.
+static FD_FLOOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+#[cfg(target_arch = "x86_64")]
+pub fn set_fd_floor(floor: i32) {
+    FD_FLOOR.store(floor, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The FD floor, when the guest shares kbox's FD table.
+pub fn fd_floor() -> Option<i32> {
+    Some(FD_FLOOR.load(std::sync::atomic::Ordering::Relaxed)).filter(|&f| f > 0)
+}
+
+/// Moves an FD kbox just made to or above the floor, out of the guest's numbers. On
+/// failure (RLIMIT_NOFILE) it stays where it is: a guest then skips that number.
+pub fn lift(fd: OwnedFd) -> OwnedFd {
+    let floor = FD_FLOOR.load(std::sync::atomic::Ordering::Relaxed);
+    if floor == 0 || fd.as_raw_fd() >= floor {
+        return fd;
+    }
+    rustix::io::fcntl_dupfd_cloexec(&fd, floor).unwrap_or(fd)
+}
+
 pub fn errno(e: rustix::io::Errno) -> Errno {
     Errno(e.raw_os_error())
 }
@@ -26,7 +51,7 @@ pub fn memfd(size: u64) -> Result<OwnedFd, Errno> {
     )
     .map_err(errno)?;
     rustix::fs::ftruncate(&fd, size).map_err(errno)?;
-    Ok(fd)
+    Ok(lift(fd))
 }
 
 /// Access and modification times for futimens/utimensat, each the epoch plus `nsec`
@@ -56,6 +81,7 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, Errno> {
             Mode::empty(),
         )
         .ok()
+        .map(lift)
     });
     match dir {
         Some(dir) => rustix::fs::openat(dir, name.as_str(), flags, Mode::empty()),
@@ -65,6 +91,7 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, Errno> {
             Mode::empty(),
         ),
     }
+    .map(lift)
     .map_err(errno)
 }
 
@@ -179,6 +206,7 @@ pub fn append(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
 /// The host file of guest process `pidfd`'s FD `fd` (pidfd_getfd).
 pub fn guest_file(pidfd: BorrowedFd<'_>, fd: i32) -> Result<OwnedFd, Errno> {
     rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map(lift)
         .map_err(errno)
 }
 
@@ -294,7 +322,9 @@ pub fn exited(pidfd: &OwnedFd) -> bool {
 
 pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .ok()
+        .map(lift)
 }
 
 /// A stat's link count, as u64 on every arch.
@@ -322,6 +352,7 @@ pub fn open_host(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
         flags | OFlags::CLOEXEC | OFlags::NOCTTY,
         Mode::empty(),
     )
+    .map(lift)
     .map_err(errno)
 }
 

@@ -19,6 +19,8 @@ mod files;
 mod forward;
 mod hostio;
 mod ifioctl;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod inprocess;
 mod interrupt;
 mod linux;
 mod listeners;
@@ -39,6 +41,8 @@ use std::os::fd::BorrowedFd;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
+#[cfg(target_arch = "x86_64")]
+pub use hostio::set_fd_floor;
 pub use procs::{Procs, descendants, fork_helper};
 
 /// What the tier does with the call once the engine is done.
@@ -179,6 +183,13 @@ impl Engine {
         } else {
             exec::ExecMode::Rewrite
         });
+    }
+
+    /// No guest process forks unseen (an in-process tier that refuses process creation):
+    /// calls that change inherited state skip looking for children to snapshot.
+    #[cfg(target_arch = "x86_64")]
+    pub fn set_no_forks(&mut self) {
+        self.procs.set_no_forks();
     }
 
     /// Host pids of the guest processes the engine knows.

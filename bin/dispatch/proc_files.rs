@@ -62,7 +62,9 @@ impl ProcFiles {
 /// The file in `slot`, opened from `path` the first time.
 fn cached<'a>(slot: &'a mut Option<OwnedFd>, path: &str) -> Option<&'a OwnedFd> {
     if slot.is_none() {
-        *slot = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok();
+        *slot = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .ok()
+            .map(super::hostio::lift);
     }
     slot.as_ref()
 }

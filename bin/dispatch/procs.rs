@@ -87,6 +87,9 @@ pub struct Procs {
     /// see. Each keeps a kernel FD of its file in the root task, so what is written is
     /// still written back (`sync_file`, sync, exit).
     kept: KeptShadows,
+    /// No guest process can fork behind kbox's back (the trap tier refuses process
+    /// creation), so there are never unmet children to snapshot for.
+    no_forks: bool,
 }
 
 #[derive(Default)]
@@ -166,7 +169,14 @@ impl Procs {
             tids: HashMap::new(),
             snapshots: HashMap::new(),
             kept: KeptShadows::default(),
+            no_forks: false,
         }
+    }
+
+    /// See `no_forks`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn set_no_forks(&mut self) {
+        self.no_forks = true;
     }
 
     pub fn get(&self, pid: u32) -> Option<&Proc> {
@@ -279,6 +289,9 @@ impl Procs {
     /// not met yet get a snapshot of the state they were forked with (after `slow` is
     /// called: a snapshot forks a kernel task).
     pub fn before_change(&mut self, pid: u32, slow: &dyn Fn()) {
+        if self.no_forks {
+            return;
+        }
         let Some(kids) = self.procs.get_mut(&pid).map(|p| p.proc_files.children(pid)) else {
             return;
         };

@@ -434,7 +434,7 @@ fn unlinked_file(dir: &std::path::Path) -> Result<OwnedFd, Errno> {
     let mode = rustix::fs::Mode::from_bits_truncate(0o600);
     match rustix::fs::open(dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, mode) {
         Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {}
-        r => return r.map_err(hostio::errno),
+        r => return r.map(hostio::lift).map_err(hostio::errno),
     }
     let name = dir.join(format!(
         ".shadow-{}-{}",
@@ -448,7 +448,7 @@ fn unlinked_file(dir: &std::path::Path) -> Result<OwnedFd, Errno> {
     )
     .map_err(hostio::errno)?;
     rustix::fs::unlink(&name).map_err(hostio::errno)?;
-    Ok(fd)
+    Ok(hostio::lift(fd))
 }
 
 /// Like [`fill`], for files over the shadow limit: an unlinked file in kbox's private

@@ -336,6 +336,7 @@ fn host_pair(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, OwnedFd), Err
     };
     let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)
         .map_err(hostio::errno)?;
+    let (a, b) = (hostio::lift(a), hostio::lift(b));
     nonblocking_if_asked(&a, guest_flags)?;
     Ok((a, b))
 }
@@ -360,6 +361,7 @@ fn new_host_socket(sock_type: u64, guest_flags: u64) -> Result<(OwnedFd, Option<
         SocketFlags::CLOEXEC,
         None,
     )
+    .map(hostio::lift)
     .map_err(hostio::errno)?;
     nonblocking_if_asked(&a, guest_flags)?;
     Ok((a, None))

@@ -47,6 +47,7 @@ impl Region {
     }
 
     /// Leaves the memory mapped for good.
+    #[cfg(test)]
     pub fn keep(mut self) {
         self.kept = true;
     }

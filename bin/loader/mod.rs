@@ -56,18 +56,34 @@ pub struct Loaded {
     pub sp: u64,
     /// Where the program break starts.
     pub brk: u64,
-    /// The program's memory, unmapped when dropped unless [`Loaded::keep`] is called.
-    pub regions: Vec<Region>,
+    /// The program's and its interpreter's memory, unmapped when dropped.
+    pub image: Vec<Region>,
+    /// The stack it starts on, unmapped when dropped.
+    pub stack: Region,
 }
 
 impl Loaded {
     /// Leaves the memory mapped for the program's lifetime.
+    #[cfg(test)]
     pub fn keep(self) -> (u64, u64, u64) {
-        for r in self.regions {
+        for r in self.image {
             r.keep();
         }
+        self.stack.keep();
         (self.entry, self.sp, self.brk)
     }
+}
+
+/// Everything execve checks before its point of no return: the files are read, `#!`
+/// lines followed, the formats and the argument sizes checked. Mapping it can still fail
+/// only for lack of memory or address space.
+pub struct Prepared {
+    path: Vec<u8>,
+    argv: Vec<Vec<u8>>,
+    envp: Vec<Vec<u8>>,
+    creds: Creds,
+    program: AlignedBytes,
+    interp: Option<AlignedBytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,9 +148,13 @@ const PLATFORM: &[u8] = if cfg!(target_arch = "aarch64") {
     b"x86_64"
 };
 
-/// Loads what `req` names: follows `#!` lines, maps the program and its interpreter, builds
-/// the stack. Nothing stays mapped on failure.
+/// Loads what `req` names: [`prepare`], then [`map`].
 pub fn load(files: &mut dyn Files, req: &Request) -> Result<Loaded, LoadError> {
+    map(&prepare(files, req)?)
+}
+
+/// Reads and checks what `req` names, following `#!` lines, without mapping anything.
+pub fn prepare(files: &mut dyn Files, req: &Request) -> Result<Prepared, LoadError> {
     let mut argv = req.argv.clone();
     let mut path = req.path.clone();
     let mut bytes = read(files, &path, true)?;
@@ -156,41 +176,65 @@ pub fn load(files: &mut dyn Files, req: &Request) -> Result<Loaded, LoadError> {
         bytes = read(files, &path, true)?;
     }
     let plan = checked_plan(bytes.as_slice())?;
-    let (bias, program) = map_program(&plan, bytes.as_slice())?;
-    let mut regions = vec![program];
+    let interp = match plan.interp {
+        Some(interp) => {
+            let ibytes = read(files, interp, false)?;
+            if checked_plan(ibytes.as_slice())?.interp.is_some() {
+                return Err(LoadError::NestedInterpreter);
+            }
+            Some(ibytes)
+        }
+        None => None,
+    };
+    let strings: usize = argv.iter().chain(&req.envp).map(|s| s.len() + 1).sum();
+    if strings + req.path.len() > ARGS_LIMIT {
+        return Err(LoadError::TooBig);
+    }
+    Ok(Prepared {
+        path: req.path.clone(),
+        argv,
+        envp: req.envp.clone(),
+        creds: req.creds,
+        program: bytes,
+        interp,
+    })
+}
+
+/// Maps a prepared program and its interpreter and builds its stack. Nothing stays mapped
+/// on failure.
+pub fn map(p: &Prepared) -> Result<Loaded, LoadError> {
+    let plan = checked_plan(p.program.as_slice())?;
+    let (bias, program) = map_program(&plan, p.program.as_slice())?;
+    let mut image = vec![program];
     let mut entry = plan.entry + bias;
     let mut interp_base = 0;
-    if let Some(interp) = plan.interp {
-        let ibytes = read(files, interp, false)?;
+    if let Some(ibytes) = &p.interp {
         let iplan = checked_plan(ibytes.as_slice())?;
-        if iplan.interp.is_some() {
-            return Err(LoadError::NestedInterpreter);
-        }
         let (ibias, region) = map_program(&iplan, ibytes.as_slice())?;
-        regions.push(region);
+        image.push(region);
         entry = iplan.entry + ibias;
         interp_base = iplan.span.0 + ibias;
     }
     let stack = map_stack(STACK_SIZE, plan.exec_stack)?;
-    let aux = auxv(&plan, bias, interp_base, req.creds);
-    let argv_refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-    let envp_refs: Vec<&[u8]> = req.envp.iter().map(Vec::as_slice).collect();
+    let aux = auxv(&plan, bias, interp_base, p.creds);
+    let argv_refs: Vec<&[u8]> = p.argv.iter().map(Vec::as_slice).collect();
+    let envp_refs: Vec<&[u8]> = p.envp.iter().map(Vec::as_slice).collect();
     let spec = StackSpec {
         argv: &argv_refs,
         envp: &envp_refs,
-        execfn: &req.path,
+        execfn: &p.path,
         platform: PLATFORM,
         random: random_bytes(),
         auxv: &aux,
     };
-    let image = initstack::build(stack.end(), &spec, ARGS_LIMIT).map_err(|_| LoadError::TooBig)?;
-    stack.write(image.sp, &image.bytes);
-    regions.push(stack);
+    let built = initstack::build(stack.end(), &spec, ARGS_LIMIT).map_err(|_| LoadError::TooBig)?;
+    stack.write(built.sp, &built.bytes);
     Ok(Loaded {
         entry,
-        sp: image.sp,
+        sp: built.sp,
         brk: plan.brk() + bias,
-        regions,
+        image,
+        stack,
     })
 }
 

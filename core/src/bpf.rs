@@ -249,6 +249,158 @@ pub fn compile_checked(
     Ok(needed)
 }
 
+/// Offsets of `seccomp_data.instruction_pointer`'s halves (the address after the syscall
+/// instruction).
+pub const SECCOMP_DATA_IP_LO: u32 = 8;
+pub const SECCOMP_DATA_IP_HI: u32 = 12;
+/// Exact call sites and code regions one gate may name.
+pub const MAX_GATE_ENTRIES: usize = 64;
+
+/// Compiles a filter that decides by *where* a call is made, not what it is (the in-process
+/// tiers: kbox's own code may call the host; the guest's calls trap). A call whose
+/// instruction pointer equals one of `sites` gets that site's action; one from inside a
+/// `regions` range `[start, end)` gets `inside`; every other call gets `outside`. The arch
+/// check and the x32 refusal are those of [`compile`]. A region is split where it crosses a
+/// 4 GiB boundary, so each piece compares one high half.
+pub fn compile_ip_gate(
+    arch: AuditArch,
+    sites: &[(u64, Action)],
+    regions: &[(u64, u64)],
+    inside: Action,
+    outside: Action,
+    out: &mut [SockFilter],
+) -> Result<usize, BpfError> {
+    let mut pieces: Vec<(u32, u32, u64), MAX_GATE_ENTRIES> = Vec::new();
+    for &(start, end) in regions {
+        let mut at = start;
+        while at < end {
+            let high = at >> 32;
+            let block_end = (high + 1) << 32;
+            let piece_end = end.min(block_end);
+            // Halves: the high word, the low start, the low end (2^32 when the piece runs to
+            // the block's end, which every low word is below).
+            pieces
+                .push((low_word(high), low_word(at), piece_end - (high << 32)))
+                .map_err(|_| BpfError::TooManyRules {
+                    given: regions.len(),
+                })?;
+            at = piece_end;
+        }
+    }
+    if sites.len() > MAX_GATE_ENTRIES {
+        return Err(BpfError::TooManyRules { given: sites.len() });
+    }
+    let prologue = if arch == AuditArch::X86_64 { 6 } else { 4 };
+    let needed = prologue + 5 * sites.len() + 6 * pieces.len() + 1;
+    let capacity = out.len().min(MAX_INSNS);
+    if needed > capacity {
+        return Err(BpfError::ProgramTooLong { needed, capacity });
+    }
+    let mut at = 0;
+    let mut emit = |insn| {
+        out[at] = insn;
+        at += 1;
+    };
+    emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH));
+    emit(jump(BPF_JMP_JEQ_K, arch.value(), 1, 0));
+    emit(stmt(BPF_RET_K, RET_KILL_PROCESS));
+    if arch == AuditArch::X86_64 {
+        emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR));
+        emit(jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1));
+        emit(stmt(BPF_RET_K, RET_KILL_PROCESS));
+    }
+    for &(ip, action) in sites {
+        emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_LO));
+        emit(jump(BPF_JMP_JEQ_K, low_word(ip), 0, 3));
+        emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_HI));
+        emit(jump(BPF_JMP_JEQ_K, low_word(ip >> 32), 0, 1));
+        emit(stmt(BPF_RET_K, action.ret_value()));
+    }
+    for &(high, low_start, low_end) in &pieces {
+        emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_HI));
+        emit(jump(BPF_JMP_JEQ_K, high, 0, 4));
+        emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_LO));
+        emit(jump(BPF_JMP_JGE_K, low_start, 0, 2));
+        match u32::try_from(low_end) {
+            Ok(end) => emit(jump(BPF_JMP_JGE_K, end, 1, 0)),
+            Err(_) => emit(stmt(BPF_JMP_JA, 0)),
+        }
+        emit(stmt(BPF_RET_K, inside.ret_value()));
+    }
+    emit(stmt(BPF_RET_K, outside.ret_value()));
+    debug_assert_eq!(at, needed);
+    Ok(needed)
+}
+
+/// The fields of `struct seccomp_data` a filter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeccompData {
+    pub nr: u32,
+    pub arch: u32,
+    pub instruction_pointer: u64,
+    pub args: [u64; 6],
+}
+
+/// Runs a filter this module compiled on `data` as the kernel would, returning its verdict
+/// (the in-process tiers decide with the seccomp tier's own program, so both tiers follow
+/// one policy). Only the instructions the compilers here emit are understood; anything
+/// else, a load outside `seccomp_data` or a jump past the end yields KILL_PROCESS.
+pub fn evaluate(prog: &[SockFilter], data: &SeccompData) -> u32 {
+    let word = |k: u32| -> Option<u32> {
+        Some(match k {
+            SECCOMP_DATA_NR => data.nr,
+            SECCOMP_DATA_ARCH => data.arch,
+            SECCOMP_DATA_IP_LO => low_word(data.instruction_pointer),
+            SECCOMP_DATA_IP_HI => low_word(data.instruction_pointer >> 32),
+            k if (SECCOMP_DATA_ARGS..SECCOMP_DATA_ARGS + 48).contains(&k) && k % 4 == 0 => {
+                let i = ((k - SECCOMP_DATA_ARGS) / 8) as usize;
+                let a = data.args[i];
+                low_word(if k % 8 == 0 { a } else { a >> 32 })
+            }
+            _ => return None,
+        })
+    };
+    let mut acc = 0u32;
+    let mut pc = 0usize;
+    while let Some(insn) = prog.get(pc) {
+        let next = pc + 1;
+        let branch = |taken: bool| next + usize::from(if taken { insn.jt } else { insn.jf });
+        pc = match insn.code {
+            BPF_LD_W_ABS => match word(insn.k) {
+                Some(w) => {
+                    acc = w;
+                    next
+                }
+                None => return RET_KILL_PROCESS,
+            },
+            BPF_JMP_JA => next + insn.k as usize,
+            BPF_JMP_JEQ_K => branch(acc == insn.k),
+            BPF_JMP_JGE_K => branch(acc >= insn.k),
+            BPF_JMP_JSET_K => branch(acc & insn.k != 0),
+            BPF_RET_K => return insn.k,
+            _ => return RET_KILL_PROCESS,
+        };
+    }
+    RET_KILL_PROCESS
+}
+
+/// A verdict's action part (the top 16 bits) and its data (the errno of RET_ERRNO).
+pub const fn verdict_parts(verdict: u32) -> (u32, u16) {
+    (verdict & 0xffff_0000, (verdict & 0xffff) as u16)
+}
+
+/// Verdict actions, as [`verdict_parts`] splits them.
+pub const VERDICT_ALLOW: u32 = RET_ALLOW;
+pub const VERDICT_NOTIFY: u32 = RET_USER_NOTIF;
+pub const VERDICT_ERRNO: u32 = RET_ERRNO;
+pub const VERDICT_LOG: u32 = RET_LOG;
+
+/// The low 32 bits (BPF compares 32-bit words; dropping the rest is the point).
+#[allow(clippy::cast_possible_truncation)]
+const fn low_word(v: u64) -> u32 {
+    v as u32
+}
+
 /// Cuts `0..=u32::MAX` into segments of equal leaf; `rules` and `checks` are sorted by
 /// number and `rules` is unique.
 fn segments(rules: &[Rule], checks: &[ArgRule], default: Action) -> Segments {

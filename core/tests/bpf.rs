@@ -440,3 +440,87 @@ proptest! {
         }
     }
 }
+
+/// Runs an IP gate on a call made from `ip` (x86_64, a 64-bit number).
+fn run_gate(prog: &[SockFilter], ip: u64, nr: u32) -> u32 {
+    let mut acc = 0u32;
+    let mut pc = 0usize;
+    loop {
+        let insn = prog.get(pc).unwrap_or_else(|| panic!("fell off at {pc}"));
+        let next = pc + 1;
+        pc = match insn.code {
+            bpf::BPF_LD_W_ABS => {
+                acc = match insn.k {
+                    bpf::SECCOMP_DATA_NR => nr,
+                    bpf::SECCOMP_DATA_ARCH => AuditArch::X86_64.value(),
+                    bpf::SECCOMP_DATA_IP_LO => u32::try_from(ip & 0xffff_ffff).unwrap_or(0),
+                    bpf::SECCOMP_DATA_IP_HI => u32::try_from(ip >> 32).unwrap_or(0),
+                    k => panic!("load from unexpected offset {k}"),
+                };
+                next
+            }
+            bpf::BPF_JMP_JA => next + insn.k as usize,
+            bpf::BPF_JMP_JEQ_K => next + usize::from(if acc == insn.k { insn.jt } else { insn.jf }),
+            bpf::BPF_JMP_JGE_K => next + usize::from(if acc >= insn.k { insn.jt } else { insn.jf }),
+            bpf::BPF_RET_K => return insn.k,
+            code => panic!("unexpected opcode {code:#x} at {pc}"),
+        };
+    }
+}
+
+proptest! {
+    /// Every address gets the action of the first site it equals, else `inside` when some
+    /// region holds it, else `outside`: regions anywhere, across 4 GiB boundaries too.
+    #[test]
+    fn ip_gate_decides_by_call_site(
+        regions in proptest::collection::vec((0u64..1 << 40, 1u64..1 << 34), 0..6),
+        sites in proptest::collection::vec(0u64..1 << 40, 0..4),
+        probes in proptest::collection::vec(0u64..1 << 40, 32),
+    ) {
+        let regions: Vec<(u64, u64)> = regions.iter().map(|&(s, len)| (s, s + len)).collect();
+        let sites: Vec<(u64, Action)> = sites.iter().map(|&ip| (ip, Action::Notify)).collect();
+        let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+        let n = bpf::compile_ip_gate(
+            AuditArch::X86_64, &sites, &regions, Action::Allow, Action::Trap(0), &mut out,
+        ).expect("compiles");
+        let prog = &out[..n];
+        let mut interesting = probes.clone();
+        for &(s, e) in &regions {
+            interesting.extend([s, e - 1, e, s.wrapping_sub(1)]);
+        }
+        interesting.extend(sites.iter().map(|s| s.0));
+        for ip in interesting {
+            let want = if sites.iter().any(|s| s.0 == ip) {
+                Action::Notify
+            } else if regions.iter().any(|&(s, e)| ip >= s && ip < e) {
+                Action::Allow
+            } else {
+                Action::Trap(0)
+            };
+            prop_assert_eq!(run_gate(prog, ip, 1), want.ret_value(), "ip {:#x}", ip);
+        }
+        prop_assert_eq!(run_gate(prog, 0, 0x4000_0001), KILL_PROCESS);
+    }
+}
+
+proptest! {
+    /// The library's own evaluator agrees with this file's interpreter (which follows the
+    /// kernel's rules) on random rule sets, arguments included.
+    #[test]
+    fn evaluate_agrees_with_the_reference_interpreter(
+        nrs in proptest::collection::btree_set(0u32..500, 0..40),
+        pick in proptest::collection::vec(0u8..4, 40),
+        probe in 0u32..520,
+        arg1 in any::<u64>(),
+    ) {
+        let actions = [Action::Allow, Action::Notify, errno(1), errno(38)];
+        let rules: Vec<Rule> = nrs.iter().zip(&pick).map(|(&nr, &p)| Rule { nr, action: actions[usize::from(p)] }).collect();
+        let checks = [ArgRule { nr: probe, arg: 1, test: ArgTest::AnyBit(0x10), then: errno(13) }];
+        let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+        let n = bpf::compile_checked(AuditArch::X86_64, &rules, &checks, Action::Notify, &mut out).expect("compiles");
+        let prog = &out[..n];
+        let arch = AuditArch::X86_64.value();
+        let data = bpf::SeccompData { nr: probe, arch, instruction_pointer: 0, args: [0, arg1, 0, 0, 0, 0] };
+        prop_assert_eq!(bpf::evaluate(prog, &data), run_args(prog, arch, probe, data.args));
+    }
+}

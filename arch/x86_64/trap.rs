@@ -1,0 +1,127 @@
+//! What the trap tier needs of x86-64 below Rust: the thread pointer (FS base) that kbox and
+//! the guest each keep for their own TLS, a raw syscall that touches no TLS (errno lives
+//! there), and the stub that performs a guest's rt_sigreturn on the guest's own stack.
+
+use core::arch::{asm, global_asm};
+
+const SYS_ARCH_PRCTL: u64 = 158;
+const SYS_GETTID: u64 = 186;
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_GET_FS: u64 = 0x1003;
+
+// rt_sigreturn must run with the stack pointer the guest's signal handler returned with (its
+// frame is there): the trap handler points the interrupted context here and returns, so the
+// guest's own registers, stack included, are in place when the syscall runs. It never
+// returns; ud2 makes a bug loud.
+global_asm!(
+    ".pushsection .text.kbox_trap,\"ax\",@progbits",
+    ".globl kbox_trap_sigreturn",
+    ".type kbox_trap_sigreturn,@function",
+    "kbox_trap_sigreturn:",
+    "mov eax, 15",
+    "syscall",
+    "ud2",
+    ".size kbox_trap_sigreturn, . - kbox_trap_sigreturn",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    fn kbox_trap_sigreturn();
+}
+
+/// The address of the rt_sigreturn stub.
+pub fn sigreturn_stub() -> u64 {
+    kbox_trap_sigreturn as *const () as u64
+}
+
+/// A syscall with no libc in the way (no errno, no TLS): the raw return value.
+///
+/// # Safety
+/// As the syscall itself: `args` must be valid for `nr`.
+#[inline(always)]
+pub unsafe fn raw_syscall(nr: u64, args: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller vouches for the call; the kernel clobbers rcx and r11 only.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr.cast_signed() => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// This thread's id, without libc.
+#[inline(always)]
+pub fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { raw_syscall(SYS_GETTID, [0; 6]) };
+    u32::try_from(tid).unwrap_or(0)
+}
+
+/// The FS base; `fsgsbase` says the CPU and kernel allow rdfsbase (AT_HWCAP2 bit 1).
+#[inline(always)]
+pub fn thread_pointer(fsgsbase: bool) -> u64 {
+    let mut v: u64 = 0;
+    if fsgsbase {
+        // SAFETY: the caller checked the kernel enabled FSGSBASE for user mode.
+        unsafe { asm!("rdfsbase {}", out(reg) v, options(nostack, nomem, preserves_flags)) };
+    } else {
+        // SAFETY: ARCH_GET_FS writes 8 bytes to the address given, a local here.
+        unsafe {
+            raw_syscall(SYS_ARCH_PRCTL, [ARCH_GET_FS, &raw mut v as u64, 0, 0, 0, 0]);
+        }
+    }
+    v
+}
+
+/// Sets the FS base.
+///
+/// # Safety
+/// Everything that runs on this thread afterwards uses `v` as its TLS: it must be the thread
+/// pointer of the code that runs next.
+#[inline(always)]
+pub unsafe fn set_thread_pointer(fsgsbase: bool, v: u64) {
+    if fsgsbase {
+        // SAFETY: as the caller vouches; FSGSBASE is enabled.
+        unsafe { asm!("wrfsbase {}", in(reg) v, options(nostack, nomem, preserves_flags)) };
+    } else {
+        // SAFETY: as the caller vouches.
+        unsafe {
+            raw_syscall(SYS_ARCH_PRCTL, [ARCH_SET_FS, v, 0, 0, 0, 0]);
+        }
+    }
+}
+
+/// Loads a complete register state: sets the thread pointer to `tp`, points the stack at
+/// `ucontext` (an rt_sigframe's ucontext, with the 8-byte return slot before it) and runs
+/// rt_sigreturn, which restores every general register, flags, the signal mask and (from
+/// the frame's FP pointer, or the initial state when it is null) the FPU.
+///
+/// # Safety
+/// `ucontext` must be a valid, 16-byte aligned x86-64 `ucontext_t` that stays readable until
+/// the syscall has read it, describing code that may run on this thread with `tp` as its
+/// thread pointer. Nothing of the caller survives.
+pub unsafe fn resume_context(ucontext: u64, tp: u64, fsgsbase: bool) -> ! {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        set_thread_pointer(fsgsbase, tp);
+        asm!(
+            "mov rsp, {uc}",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            uc = in(reg) ucontext,
+            options(noreturn)
+        )
+    }
+}

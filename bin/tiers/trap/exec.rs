@@ -1,0 +1,120 @@
+//! execve in the trap tier: kbox's loader replaces the guest's program inside kbox's own
+//! process (the host's execve would replace kbox too). What Linux does at exec, kbox does
+//! here: close-on-exec FDs close, caught signals return to their default action, the old
+//! program's memory goes, the new one starts with a fresh stack and break.
+
+use std::sync::Mutex;
+
+use kbox_lkl::Errno;
+
+use super::entry::Trapped;
+use super::guest::InProcess;
+use super::{EngineFiles, brk, signals};
+use crate::dispatch::{Engine, Guest};
+use crate::loader::{self, Creds, Request};
+
+/// The most argv or envp entries accepted (Linux's limit is by size; this bounds the reads).
+const MAX_STRINGS: usize = 1 << 17;
+const AT_FDCWD: i32 = -100;
+
+fn read_strings(guest: &InProcess, mut at: u64) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut out = Vec::new();
+    if at == 0 {
+        return Ok(out);
+    }
+    loop {
+        let mut word = [0u8; 8];
+        guest.read(at, &mut word)?;
+        let p = u64::from_ne_bytes(word);
+        if p == 0 {
+            return Ok(out);
+        }
+        if out.len() == MAX_STRINGS {
+            return Err(Errno::E2BIG);
+        }
+        let s = crate::seccomp::guest_mem::read_cstr(
+            guest.tid,
+            p,
+            kbox_arch::initstack::MAX_ARG_STRLEN,
+        )
+        .map_err(|e| match e {
+            crate::seccomp::guest_mem::MemError::NameTooLong => Errno::E2BIG,
+            e => Errno(i32::from(e.errno().get())),
+        })?;
+        out.push(s.into_bytes());
+        at += 8;
+    }
+}
+
+/// execve (`at`: execveat) for the calling guest thread. On success the trapped frame
+/// starts the new program when the handler returns.
+pub fn execve(
+    call: &mut Trapped<'_>,
+    engine: &Mutex<Engine>,
+    guest: &InProcess,
+    args: [u64; 6],
+    at: bool,
+) -> Result<(), Errno> {
+    let (dirfd, path, argv, envp) = if at {
+        (args[0], args[1], args[2], args[3])
+    } else {
+        (
+            i64::from(AT_FDCWD).cast_unsigned(),
+            args[0],
+            args[1],
+            args[2],
+        )
+    };
+    if i32::try_from(dirfd.cast_signed()).ok() != Some(AT_FDCWD) || (at && args[4] != 0) {
+        // execveat relative to an FD, or with flags: not yet.
+        return Err(Errno::ENOSYS);
+    }
+    let path = guest.read_path(path)?;
+    if path.as_bytes().is_empty() {
+        return Err(Errno::ENOENT);
+    }
+    let req = Request {
+        path: path.as_bytes().to_vec(),
+        argv: read_strings(guest, argv)?,
+        envp: read_strings(guest, envp)?,
+        creds: Creds::default(),
+    };
+    let prepared = {
+        let mut files = EngineFiles {
+            engine,
+            tid: guest.tid,
+        };
+        loader::prepare(&mut files, &req).map_err(|e| e.errno())?
+    };
+    // Linux's point of no return: the old program goes; a failure now ends the process.
+    super::unmap_program_image();
+    brk::release();
+    let program = match loader::map(&prepared) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kbox: exec {}: {e}", path.to_string_lossy());
+            super::guest_died(libc::SIGSEGV);
+            return Err(e.errno());
+        }
+    };
+    let _ = super::lock(engine).exec_performed(guest.tid, &path);
+    close_on_exec(guest.fd_floor);
+    signals::reset_on_exec();
+    let (entry, sp, brk_start) = super::replace_program(program);
+    brk::reset(brk_start);
+    call.guest_tp = 0;
+    call.restart_at(entry, sp);
+    Ok(())
+}
+
+/// Closes the guest's host FDs marked close-on-exec (the engine forgot its own first).
+fn close_on_exec(floor: i32) {
+    for fd in 0..floor {
+        // SAFETY: a guest FD number below the floor (never kbox's): F_GETFD only reads flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+            // SAFETY: the guest's own FD, which its exec closes.
+            unsafe { libc::close(fd) };
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The SIGSYS trap tier (x86_64): the guest's program is loaded into kbox's own process by
+//! kbox's loader and runs on a thread of kbox's; a seccomp filter on that thread lets calls
+//! from kbox's own code through and turns every other one into SIGSYS, whose handler serves
+//! it on the guest's thread through the engine, with no other thread involved.
+//!
+//! What each call gets is decided by the seccomp tier's own filter program, evaluated here
+//! (one policy for both tiers): calls it lets through run on the host as the guest made
+//! them, refused ones fail the same way, notified ones go to the engine. A few calls are
+//! the tier's own because the guest shares kbox's process: the program break, the thread
+//! pointer, signal actions and mask, execve (kbox's loader), exit.
+//!
+//! Limits (docs/tiers.md): one guest process (fork, vfork and clone fail with ENOSYS, so
+//! `auto` never picks this tier for a command that may start processes); kbox's own FDs
+//! live at or above the FD floor; the guest shares kbox's address space (docs/security.md).
+
+mod brk;
+mod entry;
+mod exec;
+mod guest;
+mod limits;
+mod signals;
+mod threads;
+mod unmap;
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use kbox_arch::x86_64::start::start_program;
+use kbox_arch::x86_64::trap::{gettid, raw_syscall, sigreturn_stub};
+use kbox_core::bpf::{self, Action, SeccompData, SockFilter};
+use kbox_lkl::Errno;
+
+use crate::dispatch::{Engine, Reply, policy};
+use crate::exit::Exit;
+use crate::loader::{self, Creds, Region, Request};
+use crate::seccomp::filter::HOST_ARCH;
+use guest::InProcess;
+
+const SYS_CLOSE: u64 = 3;
+const SYS_RT_SIGACTION: u64 = 13;
+const SYS_RT_SIGPROCMASK: u64 = 14;
+const SYS_RT_SIGRETURN: u64 = 15;
+const SYS_BRK: u64 = 12;
+const SYS_MUNMAP: u64 = 11;
+const SYS_MREMAP: u64 = 25;
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_MSYNC: u64 = 26;
+const SYS_MINCORE: u64 = 27;
+const SYS_MADVISE: u64 = 28;
+const SYS_DUP2: u64 = 33;
+const SYS_CLONE: u64 = 56;
+const SYS_FORK: u64 = 57;
+const SYS_VFORK: u64 = 58;
+const SYS_EXECVE: u64 = 59;
+const SYS_EXIT: u64 = 60;
+const SYS_ARCH_PRCTL: u64 = 158;
+const SYS_EXIT_GROUP: u64 = 231;
+const SYS_DUP3: u64 = 292;
+const SYS_EXECVEAT: u64 = 322;
+const SYS_CLONE3: u64 = 435;
+const SYS_CLOSE_RANGE: u64 = 436;
+const SYS_RSEQ: u64 = 334;
+const SYS_SECCOMP: u64 = 317;
+const SYS_PRCTL: u64 = 157;
+const PR_SET_SECCOMP: u64 = 22;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_GET_FS: u64 = 0x1003;
+/// FD numbers kept for kbox's own files above the guest's (at least; an eighth of
+/// RLIMIT_NOFILE when that is more).
+const KBOX_FDS: u64 = 256;
+
+#[derive(Debug)]
+pub enum TrapError {
+    /// kbox's own executable code could not be found in its address space.
+    NoText,
+    Filter(bpf::BpfError),
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for TrapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoText => f.write_str("cannot find kbox's own code in memory"),
+            Self::Filter(e) => write!(f, "cannot build the trap filter: {e:?}"),
+            Self::Thread(e) => write!(f, "cannot start the guest's thread: {e}"),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug)]
+pub struct Launch {
+    pub path: CString,
+    pub argv: Vec<Vec<u8>>,
+    pub envp: Vec<Vec<u8>>,
+    pub verbose: bool,
+    /// As [`fd_floor`] gave it to [`reserve_fds`].
+    pub fd_floor: i32,
+    /// The user watches the calls (denied calls are counted, not refused by the filter).
+    pub counted: bool,
+}
+
+struct State {
+    engine: Arc<Mutex<Engine>>,
+    /// The seccomp tier's filter program: the policy every call is decided by.
+    policy: Vec<SockFilter>,
+    fd_floor: i32,
+    verbose: bool,
+    noted_processes: AtomicBool,
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+/// The guest process is ending: every guest thread stops at its next call.
+static EXITING: AtomicBool = AtomicBool::new(false);
+static EXIT: Mutex<Option<Exit>> = Mutex::new(None);
+static EXITED: Condvar = Condvar::new();
+/// The running program's memory (its stack last).
+static PROGRAM: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+/// The previous program's stack, until the new program's first call: the handler that
+/// performed the exec ran on it.
+static RETIRED: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+/// The guest thread's rseq registration (area, length, signature): Linux drops it at exec,
+/// and so must kbox, or the kernel writes into the old program's memory at the next signal.
+static RSEQ: Mutex<Option<(u64, u64, u64)>> = Mutex::new(None);
+
+/// Placeholders holding the guest's FD numbers while kbox opens its own files.
+static RESERVED: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The FD floor: guest numbers below it, kbox's own from it up to RLIMIT_NOFILE (which kbox
+/// has raised as far as it may).
+pub fn fd_floor() -> i32 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024)
+        .min(1 << 20);
+    let floor = limit.saturating_sub(KBOX_FDS.max(limit / 8)).max(64);
+    i32::try_from(floor).unwrap_or(1024)
+}
+
+/// Before kbox opens anything: fills every free FD number below the floor, so that kbox's
+/// own files land above it. [`run`] frees them for the guest.
+pub fn reserve_fds(floor: i32) {
+    let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
+    let mut held = lock(&RESERVED);
+    while let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(&null, 0) {
+        use std::os::fd::AsRawFd;
+        if fd.as_raw_fd() >= floor {
+            break;
+        }
+        held.push(fd);
+    }
+    held.push(null);
+    crate::dispatch::set_fd_floor(floor);
+}
+
+/// Blocks every signal on the calling thread and the threads it starts afterwards.
+pub fn block_all_signals() {
+    // SAFETY: a full set, applied to this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+}
+
+/// kbox's executable segment: the one holding this function.
+fn own_text() -> Option<(u64, u64)> {
+    let mut range: (u64, u64) = (0, 0);
+    extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
+        let here = own_text as *const () as u64;
+        // SAFETY: dl_iterate_phdr passes a valid info and our `range` as data.
+        let (info, range) = unsafe { (&*info, &mut *data.cast::<(u64, u64)>()) };
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: dlpi_phdr holds dlpi_phnum entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            let start = info.dlpi_addr + ph.p_vaddr;
+            let end = start + ph.p_memsz;
+            if ph.p_type == libc::PT_LOAD
+                && ph.p_flags & libc::PF_X != 0
+                && (start..end).contains(&here)
+            {
+                *range = (start, end);
+                return 1;
+            }
+        }
+        0
+    }
+    // SAFETY: the callback only reads the headers and writes `range`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut range).cast()) };
+    (range.1 > range.0).then_some(range)
+}
+
+/// Runs the guest until it exits; returns how it ended.
+pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError> {
+    let text = own_text().ok_or(TrapError::NoText)?;
+    let mut gate = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let n = bpf::compile_ip_gate(
+        HOST_ARCH,
+        &[],
+        &[text],
+        Action::Allow,
+        Action::Trap(0),
+        &mut gate,
+    )
+    .map_err(TrapError::Filter)?;
+    gate.truncate(n);
+    let mut policy = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let n = bpf::compile_checked(
+        HOST_ARCH,
+        &policy::rules(false, false, launch.counted),
+        &policy::checks(),
+        Action::Notify,
+        &mut policy,
+    )
+    .map_err(TrapError::Filter)?;
+    policy.truncate(n);
+    let fd_floor = launch.fd_floor;
+    let verbose = launch.verbose;
+    if verbose {
+        eprintln!(
+            "kbox: syscall mode trap: the guest runs in kbox's process; calls outside kbox's code \
+             ({:#x}..{:#x}) trap (filter of {} instructions); guest FDs below {fd_floor}",
+            text.0,
+            text.1,
+            gate.len()
+        );
+    }
+    lock(&engine).set_no_forks();
+    limits::init(launch.fd_floor);
+    let _ = STATE.set(State {
+        engine,
+        policy,
+        fd_floor,
+        verbose,
+        noted_processes: AtomicBool::new(false),
+    });
+    signals::install_initial();
+    lock(&RESERVED).clear();
+    std::thread::Builder::new()
+        .name("kbox-guest".into())
+        .spawn(move || guest_thread(&launch, &gate))
+        .map_err(TrapError::Thread)?;
+    let mut exit = lock(&EXIT);
+    while exit.is_none() {
+        exit = EXITED
+            .wait(exit)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    Ok(exit.unwrap_or(Exit::KboxError))
+}
+
+fn set_exit(exit: Exit) {
+    let mut e = lock(&EXIT);
+    e.get_or_insert(exit);
+    EXITED.notify_all();
+}
+
+/// The guest thread: loads the program, closes the filter over itself, starts it.
+fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
+    let Some(st) = STATE.get() else {
+        return set_exit(Exit::KboxError);
+    };
+    if !entry::adopt_current_thread() {
+        return set_exit(Exit::KboxError);
+    }
+    let req = Request {
+        path: launch.path.as_bytes().to_vec(),
+        argv: launch.argv.clone(),
+        envp: launch.envp.clone(),
+        creds: Creds::default(),
+    };
+    let mut files = EngineFiles {
+        engine: &st.engine,
+        tid: gettid(),
+    };
+    let program = match loader::load(&mut files, &req) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kbox: {}: {e}", launch.path.to_string_lossy());
+            let errno = rustix::io::Errno::from_raw_os_error(e.errno().0);
+            return set_exit(Exit::from_exec_error(errno));
+        }
+    };
+    let (entry, sp, brk_start) = replace_program(program);
+    brk::reset(brk_start);
+    if let Err(e) = close_filter(gate) {
+        eprintln!("kbox: cannot install the trap filter: {e}");
+        return set_exit(Exit::KboxError);
+    }
+    entry::leave_kbox();
+    // SAFETY: the loader built this program and its stack; this thread is the guest's now.
+    unsafe { start_program(entry, sp) }
+}
+
+/// no_new_privs and the gate filter on this thread only, then an empty signal mask (the
+/// guest's starts empty; kbox's threads block what the forwarder takes).
+fn close_filter(gate: &[SockFilter]) -> Result<(), std::io::Error> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(gate.len()).unwrap_or(u16::MAX),
+        filter: gate.as_ptr().cast_mut().cast(),
+    };
+    // SAFETY: prctl and seccomp with a valid program; they affect this thread only.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_seccomp, 1, 0, &raw const prog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+/// Unmaps the running program's image (not its stack, which the exec's handler runs on) to
+/// make room for the next one at the same fixed addresses; its rseq area goes with it.
+fn unmap_program_image() {
+    if let Some((area, len, sig)) = lock(&RSEQ).take() {
+        // SAFETY: unregisters exactly what the guest registered on this thread.
+        unsafe { raw_syscall(SYS_RSEQ, [area, len, RSEQ_FLAG_UNREGISTER, sig, 0, 0]) };
+    }
+    let mut program = lock(&PROGRAM);
+    let stack = program.pop();
+    program.clear();
+    lock(&RETIRED).extend(stack);
+}
+
+/// Stores a new program's memory and returns its entry, stack pointer and break.
+fn replace_program(program: loader::Loaded) -> (u64, u64, u64) {
+    let loader::Loaded {
+        entry,
+        sp,
+        brk,
+        mut image,
+        stack,
+    } = program;
+    image.push(stack);
+    let old = std::mem::replace(&mut *lock(&PROGRAM), image);
+    lock(&RETIRED).extend(old);
+    (entry, sp, brk)
+}
+
+/// The loader's files, read as the guest process may read them.
+struct EngineFiles<'a> {
+    engine: &'a Mutex<Engine>,
+    tid: u32,
+}
+
+impl loader::Files for EngineFiles<'_> {
+    fn executable(&mut self, path: &[u8]) -> Result<Vec<u8>, Errno> {
+        let p = CString::new(path).map_err(|_| Errno::ENOENT)?;
+        lock(self.engine).read_guest_file(self.tid, &p, true)
+    }
+
+    fn readable(&mut self, path: &[u8]) -> Result<Vec<u8>, Errno> {
+        let p = CString::new(path).map_err(|_| Errno::ENOENT)?;
+        lock(self.engine).read_guest_file(self.tid, &p, false)
+    }
+}
+
+/// Serves one trapped guest call (entry.rs calls this on kbox's thread pointer).
+fn serve(call: &mut entry::Trapped<'_>) {
+    if EXITING.load(Ordering::Acquire) {
+        // The process is ending: this thread's call is never made.
+        thread_exit();
+    }
+    lock(&RETIRED).clear();
+    let Some(st) = STATE.get() else {
+        call.set_result(-i64::from(Errno::ENOSYS.0));
+        return;
+    };
+    let (nr, args) = call.call();
+    let guest = InProcess {
+        tid: gettid(),
+        fd_floor: st.fd_floor,
+    };
+    if nr == SYS_RT_SIGRETURN {
+        // On the guest's own stack, where its signal frame is.
+        call.resume_at(sigreturn_stub());
+        return;
+    }
+    let data = SeccompData {
+        nr: u32::try_from(nr).unwrap_or(u32::MAX),
+        arch: HOST_ARCH.value(),
+        instruction_pointer: 0,
+        args,
+    };
+    // The seccomp tier's filter decides first: what it refuses, this tier refuses too.
+    let (action, errno) = bpf::verdict_parts(bpf::evaluate(&st.policy, &data));
+    let result = match action {
+        bpf::VERDICT_ERRNO => Err(Errno(i32::from(errno))),
+        bpf::VERDICT_ALLOW | bpf::VERDICT_LOG | bpf::VERDICT_NOTIFY => {
+            match tier_call(call, st, &guest, nr, args) {
+                Some(Handled::Result(r)) => r,
+                Some(Handled::Restarted) => return,
+                None if action == bpf::VERDICT_NOTIFY => engine_call(call, st, &guest, nr, args),
+                None => Ok(call.run_as_guest(nr, args)),
+            }
+        }
+        // The filter kills what no tier may run (x32 calls): so does this one.
+        _ => guest_exited(st, &guest, Exit::GuestSignal(31)),
+    };
+    call.set_result(match result {
+        Ok(v) => v,
+        Err(e) => -i64::from(e.0),
+    });
+}
+
+enum Handled {
+    Result(Result<i64, Errno>),
+    /// The frame now starts a new program (execve).
+    Restarted,
+}
+
+/// The calls this tier makes its own because the guest shares kbox's process; None for
+/// the rest.
+fn tier_call(
+    call: &mut entry::Trapped<'_>,
+    st: &State,
+    guest: &InProcess,
+    nr: u64,
+    args: [u64; 6],
+) -> Option<Handled> {
+    let r = match nr {
+        SYS_EXIT if entry::guest_threads() > 1 => thread_exit(),
+        SYS_EXIT | SYS_EXIT_GROUP => guest_exited(st, guest, Exit::Guest((args[0] & 0xff) as u8)),
+        SYS_BRK => Ok(i64::try_from(brk::brk(args[0])).unwrap_or(0)),
+        SYS_MUNMAP => unmap::munmap(args[0], args[1]),
+        SYS_MPROTECT | SYS_MSYNC | SYS_MINCORE | SYS_MADVISE
+            if unmap::overlaps(args[0], args[1]) =>
+        {
+            Err(Errno::ENOMEM)
+        }
+        SYS_MREMAP if unmap::overlaps(args[0], args[1]) => Err(Errno::EFAULT),
+        SYS_MMAP => {
+            let r = call.run_as_guest(nr, args);
+            if let Ok(at) = u64::try_from(r) {
+                unmap::after_mmap(at, args[1], args[3]);
+            }
+            Ok(r)
+        }
+        SYS_MREMAP => {
+            let r = call.run_as_guest(nr, args);
+            if let Ok(new) = u64::try_from(r) {
+                unmap::after_mremap(args[0], args[1], new, args[2]);
+            }
+            Ok(r)
+        }
+        SYS_RSEQ => {
+            let r = call.run_as_guest(nr, args);
+            if r == 0 {
+                *lock(&RSEQ) =
+                    (args[2] & RSEQ_FLAG_UNREGISTER == 0).then_some((args[0], args[1], args[3]));
+            }
+            Ok(r)
+        }
+        SYS_ARCH_PRCTL => arch_prctl(call, guest, args),
+        SYS_RT_SIGPROCMASK => signals::sigprocmask(call, guest.tid, args),
+        SYS_RT_SIGACTION => signals::sigaction(guest.tid, args),
+        // A filter of the guest's own would bind kbox's code on the thread too.
+        SYS_SECCOMP => Err(Errno::EINVAL),
+        SYS_PRCTL if args[0] == PR_SET_SECCOMP => Err(Errno::EINVAL),
+        SYS_CLONE if threads::is_thread(args[0]) => threads::clone_thread(call, guest, args),
+        SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
+            if st.verbose && !st.noted_processes.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "kbox: trap tier: the guest tried to start a process, which this tier cannot \
+                     do yet (ENOSYS); use --syscall-mode=seccomp"
+                );
+            }
+            Err(Errno::ENOSYS)
+        }
+        SYS_EXECVE | SYS_EXECVEAT => {
+            return Some(
+                match exec::execve(call, &st.engine, guest, args, nr == SYS_EXECVEAT) {
+                    Ok(()) => Handled::Restarted,
+                    Err(e) => Handled::Result(Err(e)),
+                },
+            );
+        }
+        SYS_CLOSE | SYS_DUP2 | SYS_DUP3 if touches_kbox_fd(nr, args, st.fd_floor) => {
+            Err(Errno::EBADF)
+        }
+        _ => return limits::nofile(guest, nr, args).map(Handled::Result),
+    };
+    Some(Handled::Result(r))
+}
+
+/// The FD a call would close or make, when it is not the guest's to use: one of kbox's own
+/// (at or above the floor) or one past the guest's RLIMIT_NOFILE.
+fn touches_kbox_fd(nr: u64, args: [u64; 6], floor: i32) -> bool {
+    // The kernel reads an FD argument's low 32 bits as an int.
+    let fd = |a: u64| {
+        let b = a.to_le_bytes();
+        i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let limit = i64::from(floor).min(i64::try_from(limits::soft()).unwrap_or(i64::MAX));
+    match nr {
+        SYS_CLOSE => fd(args[0]) >= i64::from(floor),
+        SYS_DUP2 | SYS_DUP3 => fd(args[1]) >= limit,
+        _ => false,
+    }
+}
+
+/// A call the engine serves (close_range is cut at the FD floor first).
+fn engine_call(
+    call: &mut entry::Trapped<'_>,
+    st: &State,
+    guest: &InProcess,
+    nr: u64,
+    mut args: [u64; 6],
+) -> Result<i64, Errno> {
+    if nr == SYS_CLOSE_RANGE {
+        // The guest's numbers end at the floor.
+        let last = u64::try_from(st.fd_floor - 1).unwrap_or(0);
+        if args[0] > last {
+            return Ok(0);
+        }
+        args[1] = args[1].min(last);
+    }
+    let reply = lock(&st.engine).handle(guest, u32::try_from(nr).unwrap_or(u32::MAX), args);
+    match reply {
+        Reply::Value(v) => Ok(v),
+        Reply::Fail(e) => Err(e),
+        Reply::Continue => Ok(call.run_as_guest(nr, args)),
+    }
+}
+
+fn arch_prctl(
+    call: &mut entry::Trapped<'_>,
+    guest: &InProcess,
+    args: [u64; 6],
+) -> Result<i64, Errno> {
+    use crate::dispatch::Guest;
+    match args[0] {
+        ARCH_SET_FS => {
+            call.guest_tp = args[1];
+            Ok(0)
+        }
+        ARCH_GET_FS => {
+            guest.write(args[1], &call.guest_tp.to_ne_bytes())?;
+            Ok(0)
+        }
+        _ => Ok(call.run_as_guest(SYS_ARCH_PRCTL, args)),
+    }
+}
+
+/// The guest process ends: the engine forgets it, kbox's main thread learns how it ended,
+/// and this thread (the guest's, inside its signal handler) ends too.
+fn guest_exited(st: &State, guest: &InProcess, exit: Exit) -> ! {
+    if !EXITING.swap(true, Ordering::AcqRel) {
+        let _ = lock(&st.engine).handle(
+            guest,
+            u32::try_from(SYS_EXIT_GROUP).unwrap_or(u32::MAX),
+            [0; 6],
+        );
+        set_exit(exit);
+    }
+    thread_exit()
+}
+
+/// Ends the calling guest thread (inside its signal handler; it holds nothing of kbox's).
+fn thread_exit() -> ! {
+    entry::release_current_thread();
+    loop {
+        // SAFETY: ends this thread only.
+        unsafe { raw_syscall(SYS_EXIT, [0; 6]) };
+    }
+}
+
+/// A signal whose default action ends the process reached the guest.
+fn guest_died(sig: i32) {
+    let Some(st) = STATE.get() else { return };
+    let guest = InProcess {
+        tid: gettid(),
+        fd_floor: st.fd_floor,
+    };
+    guest_exited(
+        st,
+        &guest,
+        Exit::GuestSignal(u8::try_from(sig).unwrap_or(0)),
+    )
+}

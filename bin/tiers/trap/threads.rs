@@ -1,0 +1,108 @@
+//! Guest threads (clone with CLONE_THREAD) in the trap tier. Each guest thread is a thread
+//! of kbox's own, started by Rust's std so that kbox's code has a thread pointer of its own
+//! on it when that thread's calls trap; it then takes the register state the guest's clone
+//! gives the child (the parent's, with rax 0, the new stack, the new TLS) through
+//! rt_sigreturn, which loads every register at once. It inherits the parent's seccomp
+//! filter, as every thread made from a filtered one does.
+
+use std::sync::mpsc;
+
+use kbox_arch::x86_64::trap::{raw_syscall, resume_context};
+use kbox_lkl::Errno;
+
+use super::entry::{self, Trapped};
+use super::guest::InProcess;
+use crate::dispatch::Guest;
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_SIGHAND: u64 = 0x800;
+const CLONE_THREAD: u64 = 0x1_0000;
+const CLONE_SETTLS: u64 = 0x8_0000;
+const CLONE_PARENT_SETTID: u64 = 0x10_0000;
+const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
+const CLONE_CHILD_SETTID: u64 = 0x100_0000;
+const SYS_SET_TID_ADDRESS: u64 = 218;
+/// kbox's code on a new thread needs little stack: it only starts the guest's thread,
+/// whose calls are served on the guest's own stack.
+const START_STACK: usize = 64 << 10;
+
+/// Whether clone's `flags` ask for a thread (the rest, processes, need another design).
+pub fn is_thread(flags: u64) -> bool {
+    flags & (CLONE_THREAD | CLONE_VM | CLONE_SIGHAND) == CLONE_THREAD | CLONE_VM | CLONE_SIGHAND
+}
+
+#[repr(C, align(16))]
+struct Frame {
+    /// The return address slot a handler's `ret` pops before rt_sigreturn runs.
+    _pretcode: u64,
+    uc: libc::ucontext_t,
+    _info: libc::siginfo_t,
+}
+
+/// clone(flags, newsp, parent_tid, child_tid, tls) for a thread: the child's tid.
+pub fn clone_thread(
+    call: &mut Trapped<'_>,
+    guest: &InProcess,
+    args: [u64; 6],
+) -> Result<i64, Errno> {
+    let [flags, newsp, parent_tid, child_tid, tls, _] = args;
+    let (mut regs, uc_flags) = call.registers();
+    regs[usize::try_from(libc::REG_RAX).unwrap_or(0)] = 0;
+    if newsp != 0 {
+        regs[usize::try_from(libc::REG_RSP).unwrap_or(0)] = newsp.cast_signed();
+    }
+    let tp = if flags & CLONE_SETTLS != 0 {
+        tls
+    } else {
+        call.guest_tp
+    };
+    let mask = call.sigmask();
+    let fd_floor = guest.fd_floor;
+    let (tx, rx) = mpsc::channel::<Result<u32, Errno>>();
+    std::thread::Builder::new()
+        .name("kbox-guest".into())
+        .stack_size(START_STACK)
+        .spawn(move || {
+            if !entry::adopt_current_thread() {
+                let _ = tx.send(Err(Errno::EAGAIN));
+                return;
+            }
+            let tid = kbox_arch::x86_64::trap::gettid();
+            let me = InProcess { tid, fd_floor };
+            // Both before the child's first instruction, as Linux writes them (libcs read
+            // their thread's id from there: musl's gettid does).
+            let settid = [
+                (CLONE_PARENT_SETTID, parent_tid),
+                (CLONE_CHILD_SETTID, child_tid),
+            ];
+            for (flag, at) in settid {
+                if flags & flag != 0 && me.write(at, &tid.to_ne_bytes()).is_err() {
+                    entry::release_current_thread();
+                    let _ = tx.send(Err(Errno::EFAULT));
+                    return;
+                }
+            }
+            if flags & CLONE_CHILD_CLEARTID != 0 {
+                // SAFETY: the guest's own futex word, cleared by the kernel at thread exit.
+                unsafe { raw_syscall(SYS_SET_TID_ADDRESS, [child_tid, 0, 0, 0, 0, 0]) };
+            }
+            // SAFETY: an all-zero frame is valid to fill in.
+            let mut frame: Box<Frame> = Box::new(unsafe { std::mem::zeroed() });
+            frame.uc.uc_flags = uc_flags;
+            frame.uc.uc_mcontext.gregs = regs;
+            frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
+            // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
+            unsafe { *(&raw mut frame.uc.uc_sigmask).cast::<u64>() = mask & !entry::SIGSYS_BIT };
+            let _ = tx.send(Ok(tid));
+            let uc = std::ptr::from_ref(&frame.uc) as u64;
+            // The frame must outlive the switch: it is never freed (the thread ends as the
+            // guest's).
+            std::mem::forget(frame);
+            entry::leave_kbox();
+            // SAFETY: a complete guest register state, with the guest's TLS.
+            unsafe { resume_context(uc, tp, entry::fsgsbase()) }
+        })
+        .map_err(|_| Errno::EAGAIN)?;
+    let tid = rx.recv().map_err(|_| Errno::EAGAIN)??;
+    Ok(i64::from(tid))
+}
