@@ -547,6 +547,18 @@ fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Serves the notifications of `listener` on receiver threads, for as long as kbox runs
+/// (the trap tier's forked guest processes).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn serve_notifications(
+    engine: &Arc<Mutex<Engine>>,
+    listener: std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    let notify: &'static NotifyFd = Box::leak(Box::new(NotifyFd::new(listener)));
+    let _ = notify.set_sync_wakeup();
+    receivers::start(engine, notify, answer)
+}
+
 fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
     let n = *pending.notification();
     let nr = u32::try_from(n.nr).unwrap_or(u32::MAX);
@@ -555,6 +567,20 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
         pending: std::cell::RefCell::new(Some(pending)),
         slow,
     };
+    // The trap tier's own calls from its forked processes.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(reply) =
+        crate::tiers::trap::marker(engine, &guest, u64::from(nr), n.args, n.instruction_pointer)
+    {
+        if let Some(pending) = guest.pending.into_inner() {
+            let _ = match reply {
+                Reply::Value(v) => pending.respond_value(v),
+                Reply::Fail(e) => pending.respond_errno(core_errno(e)),
+                Reply::Continue => pending.respond_continue(),
+            };
+        }
+        return;
+    }
     let watch = observe::start(&guest, nr, n.args);
     // Calls the filter denies reach kbox only while they are watched (`policy::rules`
     // with `counted`); refused here exactly as the filter refuses them.

@@ -1,5 +1,6 @@
-//! The trap tier (`--syscall-mode=trap`, x86_64): the guest runs in kbox's own process,
-//! loaded by kbox's loader. Each guest program runs natively first, then under the seccomp
+//! The trap tier (`--syscall-mode=trap`, x86_64): the first guest process runs in kbox's own
+//! process, loaded by kbox's loader; the processes it forks are served by that process's
+//! kernel. Each guest program runs natively first, then under the seccomp
 //! tier and the trap tier, and must give the same result in all three.
 #![cfg(target_arch = "x86_64")]
 
@@ -33,14 +34,23 @@ fn verdict(out: &std::process::Output, what: &str) -> (i32, BTreeSet<String>) {
     (out.status.code().unwrap_or(-1), oks)
 }
 
-/// Programs of one process (threads allowed) pass natively, then give the seccomp tier's
+/// Guest programs pass natively, then give the seccomp tier's
 /// result under the trap tier (the same checks pass: which ones run can depend on the file
 /// system, e.g. user xattrs on the host's /tmp but not in the image).
 #[test]
-fn single_process_programs_give_the_native_result_under_both_tiers() {
+fn guest_programs_give_the_native_result_under_both_tiers() {
     let img = Image::default("trap-programs");
     let work = std::env::temp_dir().join(format!("kbox-trap-native-{}", std::process::id()));
-    for prog in ["startup", "threads", "fdtest", "efault", "hello"] {
+    for prog in [
+        "startup",
+        "threads",
+        "fdtest",
+        "efault",
+        "hello",
+        "coherence",
+        "forkthread",
+        "spawnstress",
+    ] {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).expect("work dir");
         let mut native = Command::new(guest_bin(prog));
@@ -86,21 +96,22 @@ fn a_shell_writes_files_and_execs_in_process() {
     img.assert_clean();
 }
 
-/// What the tier cannot do yet fails as a kernel without it would, and -v says why.
+/// Processes: one kernel for the whole tree. A forked child's calls are served by the
+/// first process's kernel, so the parent sees what its child wrote, a child's `cd` leaves
+/// its parent where it was, and pipelines work. The same script natively, then under both
+/// tiers.
 #[test]
-fn starting_a_process_fails_with_enosys_and_says_so() {
-    let img = Image::default("trap-fork");
-    let out = img.run(
-        &["-v", "--syscall-mode=trap", "-S"],
-        &["/bin/sh", "-c", "/bin/true; echo after"],
-    );
-    let err = text(&out.stderr);
-    assert!(err.contains("cannot do yet (ENOSYS)"), "{err}");
-    assert!(
-        err.contains("can't fork: Function not implemented"),
-        "{err}"
-    );
-    assert_ne!(out.status.code(), Some(0));
+fn forked_children_share_the_one_kernel() {
+    let script = "cd /opt && (echo from-child > /opt/child-wrote; cd /tmp) && pwd && \
+                  cat /opt/child-wrote && echo abc | tr a-c x-z | wc -c && \
+                  /bin/sh -c 'exit 3'; echo status=$?";
+    let want = "/opt\nfrom-child\n4\nstatus=3\n";
+    for mode in ["--syscall-mode=seccomp", "--syscall-mode=trap"] {
+        let img = Image::default("trap-processes");
+        let out = img.run(&[mode, "-S"], &["/bin/sh", "-c", script]);
+        assert_eq!(expect(&out, 0), want, "{mode}");
+        img.assert_clean();
+    }
 }
 
 /// A guest killed by a signal: kbox reports 128+N, as the seccomp tier does, and the image

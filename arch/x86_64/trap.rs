@@ -125,3 +125,37 @@ pub unsafe fn resume_context(ucontext: u64, tp: u64, fsgsbase: bool) -> ! {
         )
     }
 }
+
+/// The notification gadget's bytes: `syscall; ret`. The trap tier places them in a region
+/// its gate filter marks for notification, so a call made from there goes to kbox's
+/// supervisor instead of the host.
+pub const NOTIFY_GADGET: [u8; 3] = [0x0f, 0x05, 0xc3];
+
+/// Makes syscall `nr` from the gadget at `gadget` (see [`NOTIFY_GADGET`]).
+///
+/// # Safety
+/// `gadget` must hold [`NOTIFY_GADGET`] in executable memory, and `args` be valid for `nr`.
+#[inline(always)]
+pub unsafe fn call_gadget(gadget: u64, nr: u64, args: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: as the caller vouches; the gadget clobbers what a syscall does, plus the
+    // return address it pops (below the red zone: `call` pushes it where a call would).
+    unsafe {
+        asm!(
+            "sub rsp, 128",
+            "call {g}",
+            "add rsp, 128",
+            g = in(reg) gadget,
+            inlateout("rax") nr.cast_signed() => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}

@@ -42,6 +42,11 @@ impl Engine {
         }
     }
 
+    /// Thread `tid`'s process has just forked `child` (an in-process tier performed it).
+    pub fn record_fork(&mut self, tid: u32, child: u32) {
+        self.procs.record_fork(tid, child, &mut self.shadows);
+    }
+
     /// The engine's part of an exec an in-process tier performed: the task's name, its
     /// close-on-exec FDs, /proc/self/exe. The tier closes the host's close-on-exec FDs.
     pub fn exec_performed(&mut self, tid: u32, path: &CStr) -> Result<(), Errno> {

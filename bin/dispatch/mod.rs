@@ -42,7 +42,7 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
 #[cfg(target_arch = "x86_64")]
-pub use hostio::set_fd_floor;
+pub use hostio::{lift as lift_fd, set_fd_floor};
 pub use procs::{Procs, descendants, fork_helper};
 
 /// What the tier does with the call once the engine is done.

@@ -288,6 +288,24 @@ impl Procs {
     /// (close an FD, cd, umask, credentials, exec, exit): children it forked that kbox has
     /// not met yet get a snapshot of the state they were forked with (after `slow` is
     /// called: a snapshot forks a kernel task).
+    /// Process `parent` (known by a thread `tid` of it) has just forked `child`, which has
+    /// made no call yet: what it inherits is taken now (an in-process tier, which performs
+    /// the fork, says so at once instead of kbox finding out later).
+    #[cfg(target_arch = "x86_64")]
+    pub fn record_fork(&mut self, tid: u32, child: u32, shadows: &mut Shadows) {
+        let Some(parent) = self.attach(tid, shadows, &|| {}) else {
+            return;
+        };
+        if self.procs.contains_key(&child) || self.snapshots.contains_key(&child) {
+            return;
+        }
+        if let Some(p) = self.procs.get(&parent)
+            && let Ok(f) = snapshot(p, super::pidview::guest_pid(child))
+        {
+            self.snapshots.insert(child, f);
+        }
+    }
+
     pub fn before_change(&mut self, pid: u32, slow: &dyn Fn()) {
         if self.no_forks {
             return;

@@ -259,19 +259,19 @@ pub const MAX_GATE_ENTRIES: usize = 64;
 /// Compiles a filter that decides by *where* a call is made, not what it is (the in-process
 /// tiers: kbox's own code may call the host; the guest's calls trap). A call whose
 /// instruction pointer equals one of `sites` gets that site's action; one from inside a
-/// `regions` range `[start, end)` gets `inside`; every other call gets `outside`. The arch
-/// check and the x32 refusal are those of [`compile`]. A region is split where it crosses a
-/// 4 GiB boundary, so each piece compares one high half.
+/// `regions` range `[start, end)` gets that region's action (the first that holds it);
+/// every other call gets `outside`. The arch check and the x32 refusal are those of
+/// [`compile`]. A region is split where it crosses a 4 GiB boundary, so each piece compares
+/// one high half.
 pub fn compile_ip_gate(
     arch: AuditArch,
     sites: &[(u64, Action)],
-    regions: &[(u64, u64)],
-    inside: Action,
+    regions: &[(u64, u64, Action)],
     outside: Action,
     out: &mut [SockFilter],
 ) -> Result<usize, BpfError> {
-    let mut pieces: Vec<(u32, u32, u64), MAX_GATE_ENTRIES> = Vec::new();
-    for &(start, end) in regions {
+    let mut pieces: Vec<(u32, u32, u64, Action), MAX_GATE_ENTRIES> = Vec::new();
+    for &(start, end, action) in regions {
         let mut at = start;
         while at < end {
             let high = at >> 32;
@@ -280,7 +280,12 @@ pub fn compile_ip_gate(
             // Halves: the high word, the low start, the low end (2^32 when the piece runs to
             // the block's end, which every low word is below).
             pieces
-                .push((low_word(high), low_word(at), piece_end - (high << 32)))
+                .push((
+                    low_word(high),
+                    low_word(at),
+                    piece_end - (high << 32),
+                    action,
+                ))
                 .map_err(|_| BpfError::TooManyRules {
                     given: regions.len(),
                 })?;
@@ -316,7 +321,7 @@ pub fn compile_ip_gate(
         emit(jump(BPF_JMP_JEQ_K, low_word(ip >> 32), 0, 1));
         emit(stmt(BPF_RET_K, action.ret_value()));
     }
-    for &(high, low_start, low_end) in &pieces {
+    for &(high, low_start, low_end, inside) in &pieces {
         emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_HI));
         emit(jump(BPF_JMP_JEQ_K, high, 0, 4));
         emit(stmt(BPF_LD_W_ABS, SECCOMP_DATA_IP_LO));

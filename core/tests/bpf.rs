@@ -477,23 +477,27 @@ proptest! {
         sites in proptest::collection::vec(0u64..1 << 40, 0..4),
         probes in proptest::collection::vec(0u64..1 << 40, 32),
     ) {
-        let regions: Vec<(u64, u64)> = regions.iter().map(|&(s, len)| (s, s + len)).collect();
-        let sites: Vec<(u64, Action)> = sites.iter().map(|&ip| (ip, Action::Notify)).collect();
+        // Odd regions notify, even ones allow: the first region holding an address decides.
+        let regions: Vec<(u64, u64, Action)> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, &(s, len))| (s, s + len, if i % 2 == 0 { Action::Allow } else { Action::Notify }))
+            .collect();
+        let sites: Vec<(u64, Action)> = sites.iter().map(|&ip| (ip, Action::Log)).collect();
         let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
-        let n = bpf::compile_ip_gate(
-            AuditArch::X86_64, &sites, &regions, Action::Allow, Action::Trap(0), &mut out,
-        ).expect("compiles");
+        let n = bpf::compile_ip_gate(AuditArch::X86_64, &sites, &regions, Action::Trap(0), &mut out)
+            .expect("compiles");
         let prog = &out[..n];
         let mut interesting = probes.clone();
-        for &(s, e) in &regions {
+        for &(s, e, _) in &regions {
             interesting.extend([s, e - 1, e, s.wrapping_sub(1)]);
         }
         interesting.extend(sites.iter().map(|s| s.0));
         for ip in interesting {
             let want = if sites.iter().any(|s| s.0 == ip) {
-                Action::Notify
-            } else if regions.iter().any(|&(s, e)| ip >= s && ip < e) {
-                Action::Allow
+                Action::Log
+            } else if let Some(&(_, _, a)) = regions.iter().find(|&&(s, e, _)| ip >= s && ip < e) {
+                a
             } else {
                 Action::Trap(0)
             };

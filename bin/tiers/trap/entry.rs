@@ -72,6 +72,15 @@ pub fn leave_kbox() {
     }
 }
 
+/// In a process just forked from a guest thread: the parent's threads do not exist here;
+/// the calling thread is this process's only guest thread, running kbox's code.
+pub fn adopt_after_fork() {
+    for slot in &SLOTS {
+        slot.tid.store(0, Ordering::Relaxed);
+    }
+    adopt_current_thread();
+}
+
 /// The calling thread is no longer a guest thread (it is about to end).
 pub fn release_current_thread() {
     if let Some(s) = own_slot() {
@@ -100,7 +109,6 @@ fn reg(r: i32) -> usize {
 /// One trapped call: the guest's registers as the signal frame holds them.
 pub struct Trapped<'a> {
     uc: &'a mut libc::ucontext_t,
-    slot: &'static Slot,
     /// The guest's thread pointer, put back when the handler returns.
     pub guest_tp: u64,
 }
@@ -164,9 +172,24 @@ impl Trapped<'_> {
         self.uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = ip.cast_signed();
     }
 
+    /// Moves the stack pointer the guest resumes with (a forked child on its own stack).
+    pub fn set_sp(&mut self, sp: u64) {
+        self.uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = sp.cast_signed();
+    }
+
     /// Makes the call on the host as the guest would have: with the guest's signal mask and
     /// thread pointer, so a signal interrupts it and the guest's handler runs as it would.
     pub fn run_as_guest(&mut self, nr: u64, args: [u64; 6]) -> i64 {
+        // SAFETY: the caller's call, made as the guest made it.
+        self.as_guest(|| unsafe { raw_syscall(nr, args) })
+    }
+
+    /// As [`Trapped::run_as_guest`], for a call made by `make` (a raw syscall, or one from
+    /// the notification gadget), which must touch no TLS.
+    pub fn as_guest(&mut self, make: impl FnOnce() -> i64) -> i64 {
+        let Some(slot) = own_slot() else {
+            return make();
+        };
         let fsgs = FSGSBASE.load(Ordering::Relaxed);
         let guest_mask = self.sigmask() & !SIGSYS_BIT;
         let mut kbox_mask = 0u64;
@@ -185,10 +208,10 @@ impl Trapped<'_> {
                 ],
             );
             set_thread_pointer(fsgs, self.guest_tp);
-            self.slot.in_kbox.store(false, Ordering::Release);
-            let r = raw_syscall(nr, args);
-            self.slot.in_kbox.store(true, Ordering::Release);
-            set_thread_pointer(fsgs, self.slot.kbox_tp.load(Ordering::Relaxed));
+            slot.in_kbox.store(false, Ordering::Release);
+            let r = make();
+            slot.in_kbox.store(true, Ordering::Release);
+            set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed));
             raw_syscall(
                 SYS_RT_SIGPROCMASK,
                 [SIG_SETMASK, (&raw const kbox_mask) as u64, 0, 8, 0, 0],
@@ -239,10 +262,13 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
     slot.in_kbox.store(true, Ordering::Release);
     // SAFETY: the caller passes the kernel's ucontext, valid for the handler's duration.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let mut call = Trapped { uc, slot, guest_tp };
+    let mut call = Trapped { uc, guest_tp };
     serve(&mut call);
     let guest_tp = call.guest_tp;
-    slot.in_kbox.store(false, Ordering::Release);
+    // Looked up again: in a child forked meanwhile, this thread has a new slot.
+    if let Some(slot) = own_slot() {
+        slot.in_kbox.store(false, Ordering::Release);
+    }
     // SAFETY: back to the guest's TLS for the guest code the handler returns to.
     unsafe { set_thread_pointer(fsgs, guest_tp) };
     true

@@ -69,9 +69,17 @@ pub fn execve(
         // execveat relative to an FD, or with flags: not yet.
         return Err(Errno::ENOSYS);
     }
-    let path = guest.read_path(path)?;
+    let mut path = guest.read_path(path)?;
     if path.as_bytes().is_empty() {
         return Err(Errno::ENOENT);
+    }
+    // The host's /proc/self/exe is kbox: the program running now is the one meant
+    // (busybox re-execs itself this way).
+    if matches!(
+        path.as_bytes(),
+        b"/proc/self/exe" | b"/proc/thread-self/exe"
+    ) {
+        path = super::current_program();
     }
     let req = Request {
         path: path.as_bytes().to_vec(),
@@ -79,13 +87,16 @@ pub fn execve(
         envp: read_strings(guest, envp)?,
         creds: Creds::default(),
     };
-    let prepared = {
+    let prepared = if super::process::is_remote() {
+        loader::prepare(&mut super::process::RemoteFiles, &req)
+    } else {
         let mut files = EngineFiles {
             engine,
             tid: guest.tid,
         };
-        loader::prepare(&mut files, &req).map_err(|e| e.errno())?
-    };
+        loader::prepare(&mut files, &req)
+    }
+    .map_err(|e| e.errno())?;
     // Linux's point of no return: the old program goes; a failure now ends the process.
     super::unmap_program_image();
     brk::release();
@@ -97,9 +108,14 @@ pub fn execve(
             return Err(e.errno());
         }
     };
-    let _ = super::lock(engine).exec_performed(guest.tid, &path);
+    if super::process::is_remote() {
+        super::process::exec_performed(&path);
+    } else {
+        let _ = super::lock(engine).exec_performed(guest.tid, &path);
+    }
     close_on_exec(guest.fd_floor);
     signals::reset_on_exec();
+    super::set_current_program(&path);
     let (entry, sp, brk_start) = super::replace_program(program);
     brk::reset(brk_start);
     call.guest_tp = 0;

@@ -18,12 +18,13 @@ mod entry;
 mod exec;
 mod guest;
 mod limits;
+mod process;
 mod signals;
 mod threads;
 mod unmap;
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
@@ -109,8 +110,6 @@ struct State {
     /// The seccomp tier's filter program: the policy every call is decided by.
     policy: Vec<SockFilter>,
     fd_floor: i32,
-    verbose: bool,
-    noted_processes: AtomicBool,
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
@@ -126,6 +125,17 @@ static RETIRED: Mutex<Vec<Region>> = Mutex::new(Vec::new());
 /// The guest thread's rseq registration (area, length, signature): Linux drops it at exec,
 /// and so must kbox, or the kernel writes into the old program's memory at the next signal.
 static RSEQ: Mutex<Option<(u64, u64, u64)>> = Mutex::new(None);
+
+/// The path of the program this process runs (what /proc/self/exe names to the guest).
+static CURRENT_PROGRAM: Mutex<Option<CString>> = Mutex::new(None);
+
+fn current_program() -> CString {
+    lock(&CURRENT_PROGRAM).clone().unwrap_or_default()
+}
+
+fn set_current_program(path: &CString) {
+    *lock(&CURRENT_PROGRAM) = Some(path.clone());
+}
 
 /// Placeholders holding the guest's FD numbers while kbox opens its own files.
 static RESERVED: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
@@ -204,19 +214,21 @@ fn own_text() -> Option<(u64, u64)> {
     (range.1 > range.0).then_some(range)
 }
 
+pub use process::marker;
+
 /// Runs the guest until it exits; returns how it ended.
 pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError> {
     let text = own_text().ok_or(TrapError::NoText)?;
     let mut gate = vec![SockFilter::default(); bpf::MAX_INSNS];
-    let n = bpf::compile_ip_gate(
-        HOST_ARCH,
-        &[],
-        &[text],
-        Action::Allow,
-        Action::Trap(0),
-        &mut gate,
-    )
-    .map_err(TrapError::Filter)?;
+    // Calls from kbox's code go to the host; calls from the notification gadget (forked
+    // guest processes, whose kernel state is this process's) to kbox's receivers.
+    let gadget = process::map_gadget().map_err(|_| TrapError::NoText)?;
+    let regions = [
+        (text.0, text.1, Action::Allow),
+        (gadget.0, gadget.1, Action::Notify),
+    ];
+    let n = bpf::compile_ip_gate(HOST_ARCH, &[], &regions, Action::Trap(0), &mut gate)
+        .map_err(TrapError::Filter)?;
     gate.truncate(n);
     let mut policy = vec![SockFilter::default(); bpf::MAX_INSNS];
     let n = bpf::compile_checked(
@@ -245,8 +257,6 @@ pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError
         engine,
         policy,
         fd_floor,
-        verbose,
-        noted_processes: AtomicBool::new(false),
     });
     signals::install_initial();
     lock(&RESERVED).clear();
@@ -295,9 +305,12 @@ fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
             return set_exit(Exit::from_exec_error(errno));
         }
     };
+    // The task's name and /proc/self/exe are the program's, as after any exec.
+    let _ = lock(&st.engine).exec_performed(gettid(), &launch.path);
+    set_current_program(&launch.path);
     let (entry, sp, brk_start) = replace_program(program);
     brk::reset(brk_start);
-    if let Err(e) = close_filter(gate) {
+    if let Err(e) = close_filter(gate, &st.engine) {
         eprintln!("kbox: cannot install the trap filter: {e}");
         return set_exit(Exit::KboxError);
     }
@@ -306,21 +319,36 @@ fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
     unsafe { start_program(entry, sp) }
 }
 
-/// no_new_privs and the gate filter on this thread only, then an empty signal mask (the
-/// guest's starts empty; kbox's threads block what the forwarder takes).
-fn close_filter(gate: &[SockFilter]) -> Result<(), std::io::Error> {
+/// no_new_privs and the gate filter on this thread only (with a listener for the calls
+/// forked guest processes send, served by the seccomp tier's receivers from here on), then
+/// an empty signal mask (the guest's starts empty; kbox's threads block every signal).
+fn close_filter(gate: &[SockFilter], engine: &Arc<Mutex<Engine>>) -> Result<(), std::io::Error> {
+    const SECCOMP_SET_MODE_FILTER: libc::c_long = 1;
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_long = 1 << 3;
     let prog = libc::sock_fprog {
         len: u16::try_from(gate.len()).unwrap_or(u16::MAX),
         filter: gate.as_ptr().cast_mut().cast(),
     };
-    // SAFETY: prctl and seccomp with a valid program; they affect this thread only.
-    unsafe {
+    // SAFETY: prctl and seccomp with a valid program; they affect this thread (and the
+    // threads it starts) only.
+    let listener = unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::syscall(libc::SYS_seccomp, 1, 0, &raw const prog) != 0 {
+        let fd = libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &raw const prog,
+        );
+        if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| std::io::Error::other("listener"))?)
+    };
+    crate::runtime::serve_notifications(engine, crate::dispatch::lift_fd(listener))?;
+    // SAFETY: an empty set, applied to this thread's mask.
+    unsafe {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -439,6 +467,10 @@ fn tier_call(
 ) -> Option<Handled> {
     let r = match nr {
         SYS_EXIT if entry::guest_threads() > 1 => thread_exit(),
+        // A forked process ends through the engine, which then lets the host end it.
+        SYS_EXIT | SYS_EXIT_GROUP if process::is_remote() => {
+            Ok(process::engine_call(call, nr, args))
+        }
         SYS_EXIT | SYS_EXIT_GROUP => guest_exited(st, guest, Exit::Guest((args[0] & 0xff) as u8)),
         SYS_BRK => Ok(i64::try_from(brk::brk(args[0])).unwrap_or(0)),
         SYS_MUNMAP => unmap::munmap(args[0], args[1]),
@@ -477,15 +509,9 @@ fn tier_call(
         SYS_SECCOMP => Err(Errno::EINVAL),
         SYS_PRCTL if args[0] == PR_SET_SECCOMP => Err(Errno::EINVAL),
         SYS_CLONE if threads::is_thread(args[0]) => threads::clone_thread(call, guest, args),
-        SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
-            if st.verbose && !st.noted_processes.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "kbox: trap tier: the guest tried to start a process, which this tier cannot \
-                     do yet (ENOSYS); use --syscall-mode=seccomp"
-                );
-            }
-            Err(Errno::ENOSYS)
-        }
+        SYS_CLONE | SYS_FORK | SYS_VFORK => process::fork(call, &st.engine, guest, nr, args),
+        // The policy already answers clone3 with ENOSYS (libcs fall back to clone).
+        SYS_CLONE3 => Err(Errno::ENOSYS),
         SYS_EXECVE | SYS_EXECVEAT => {
             return Some(
                 match exec::execve(call, &st.engine, guest, args, nr == SYS_EXECVEAT) {
@@ -533,6 +559,9 @@ fn engine_call(
             return Ok(0);
         }
         args[1] = args[1].min(last);
+    }
+    if process::is_remote() {
+        return Ok(process::engine_call(call, nr, args));
     }
     let reply = lock(&st.engine).handle(guest, u32::try_from(nr).unwrap_or(u32::MAX), args);
     match reply {
