@@ -50,8 +50,8 @@ Options:
   -w DIR                  working directory in the guest (default /)
   -0, --root-id           run the guest as root (uid 0, gid 0)
       --change-id UID:GID run the guest as UID:GID
-      --syscall-mode MODE auto (default), seccomp, or trap (x86_64; one process, no threads
-                          yet); rewrite is not built yet
+      --syscall-mode MODE auto (default, seccomp for now), seccomp, or trap (x86_64: the
+                          guest in kbox's own process); rewrite is not built yet
       --shadow-limit BYTES files up to this size are mapped from a host copy
                           (suffix K, M or G; default 256M; 4K to 4G)
       --preserve-fds N    pass kbox's FDs 3..3+N-1 to the guest (default 0: every

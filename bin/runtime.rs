@@ -481,7 +481,20 @@ fn run_trap(
     if let Some(format) = config.stats {
         eprint!("{}", stats::report(format));
     }
-    lock(engine).shutdown();
+    // The first guest process ended, but kbox's process (which it was) goes on: its FDs
+    // close as an exit would close them, so that what waits on their other ends (the
+    // engine's socket pumps) sees the end.
+    crate::tiers::trap::close_guest_fds();
+    // Guest processes still running (daemons, orphans) end with the first one, which is
+    // kbox's own process.
+    let mut engine = lock(engine);
+    let me = std::process::id();
+    for pid in engine.pids().into_iter().filter(|&p| p != me) {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    engine.shutdown();
     Ok(exit)
 }
 

@@ -63,6 +63,18 @@ fn watch_loop(w: &Waits) {
     }
 }
 
+/// Ends every wait kbox does for guest thread `tid` now, as the watcher does when it sees
+/// a signal the thread takes (an in-process tier sees that itself: the thread is kbox's).
+#[cfg(target_arch = "x86_64")]
+pub fn interrupt_waits_of(tid: u32) {
+    let w = waits();
+    let mut guard = w.entries.lock().unwrap_or_else(PoisonError::into_inner);
+    for e in guard.1.values_mut().filter(|e| e.tid == tid) {
+        e.fired = true;
+        (e.cancel)();
+    }
+}
+
 /// One wait being watched; [`Watch::finish`] (or drop) ends the watching.
 pub struct Watch {
     id: u64,
@@ -145,7 +157,8 @@ fn remove(id: u64) -> bool {
 
 /// kbox's own signal for ending a host syscall of one of its threads (a real-time signal
 /// nothing else in kbox uses; its handler does nothing and has no SA_RESTART).
-fn kick_signal() -> i32 {
+/// The signal that interrupts a host call kbox waits in on a guest's behalf.
+pub fn kick_signal() -> i32 {
     libc::SIGRTMIN() + 3
 }
 
@@ -164,8 +177,34 @@ fn install_kick_handler() {
 }
 
 /// Whether guest thread `tid` has a signal to take (or is gone), from /proc.
+/// The signal masks of guest threads that run kbox's code while kbox serves them (an
+/// in-process tier): their host mask then blocks everything, and the guest's is this one.
+#[cfg(target_arch = "x86_64")]
+static GUEST_MASKS: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
+
+/// While kbox serves guest thread `tid` on that thread itself, its signal mask is `mask`
+/// (None: the thread's own again).
+#[cfg(target_arch = "x86_64")]
+pub fn set_guest_mask(tid: u32, mask: Option<u64>) {
+    let mut masks = GUEST_MASKS.lock().unwrap_or_else(PoisonError::into_inner);
+    let masks = masks.get_or_insert_with(HashMap::new);
+    match mask {
+        Some(m) => masks.insert(tid, m),
+        None => masks.remove(&tid),
+    };
+}
+
 fn signalled(tid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        #[cfg(target_arch = "x86_64")]
+        Ok(status) => {
+            let masks = GUEST_MASKS.lock().unwrap_or_else(PoisonError::into_inner);
+            match masks.as_ref().and_then(|m| m.get(&tid)) {
+                Some(&mask) => takes_signal_with_mask(&status, Some(mask)),
+                None => takes_signal(&status),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         Ok(status) => takes_signal(&status),
         Err(_) => true,
     }
@@ -181,6 +220,11 @@ const STOPS: u64 = (1 << (libc::SIGSTOP - 1))
 /// From a /proc/PID/status text: a signal is pending that the thread takes (not blocked,
 /// and handled, or stopping it), or the thread is dead (a zombie).
 pub(crate) fn takes_signal(status: &str) -> bool {
+    takes_signal_with_mask(status, None)
+}
+
+/// [`takes_signal`] with the thread's blocked set taken from `mask` when given.
+fn takes_signal_with_mask(status: &str, mask: Option<u64>) -> bool {
     let mut pending = 0u64;
     let (mut blocked, mut ignored, mut caught) = (0u64, 0u64, 0u64);
     for line in status.lines() {
@@ -198,6 +242,7 @@ pub(crate) fn takes_signal(status: &str) -> bool {
             _ => {}
         }
     }
+    let blocked = mask.unwrap_or(blocked);
     let stops = STOPS & !ignored & !caught;
     pending & !blocked & (caught | stops) != 0
 }

@@ -43,6 +43,8 @@ use kbox_lkl::{Errno, Task};
 
 #[cfg(target_arch = "x86_64")]
 pub use hostio::{lift as lift_fd, set_fd_floor};
+#[cfg(target_arch = "x86_64")]
+pub use interrupt::{interrupt_waits_of, kick_signal, set_guest_mask};
 pub use procs::{Procs, descendants, fork_helper};
 
 /// What the tier does with the call once the engine is done.

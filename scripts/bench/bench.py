@@ -323,10 +323,8 @@ def main():
         for e in envs:
             print(f"bench: {e.name}: micro-benchmark", file=sys.stderr)
             m[e.name] = micro(e, a.calls)
-            # The workloads start processes, which the trap tier cannot yet: "—" there.
-            if e is not trap:
-                print(f"bench: {e.name}: workloads", file=sys.stderr)
-                w[e.name] = workloads(e, a.runs, a.scale_down)
+            print(f"bench: {e.name}: workloads", file=sys.stderr)
+            w[e.name] = workloads(e, a.runs, a.scale_down)
         # What --stats costs: the micro-benchmark with counting on (a column of its own),
         # and kbox's own timing of its per-call bookkeeping.
         counted = Env("kbox seccomp --stats", image=image, kbox=a.kbox, opts=["--stats=json"])

@@ -96,11 +96,6 @@ pub fn guest_threads() -> usize {
         .count()
 }
 
-/// Whether FS base switches use rdfsbase/wrfsbase.
-pub fn fsgsbase() -> bool {
-    FSGSBASE.load(Ordering::Relaxed)
-}
-
 /// A general register's index in the frame (libc numbers them as i32).
 fn reg(r: i32) -> usize {
     usize::try_from(r).unwrap_or(0)
@@ -166,6 +161,15 @@ impl Trapped<'_> {
         g[reg(libc::REG_RSP)] = sp.cast_signed();
     }
 
+    /// Makes the guest make call `nr` again when it resumes (after a signal's handler has
+    /// run, as SA_RESTART asks): its syscall instruction is two bytes before where it
+    /// resumes.
+    pub fn restart_syscall(&mut self, nr: u64) {
+        let g = &mut self.uc.uc_mcontext.gregs;
+        g[reg(libc::REG_RAX)] = nr.cast_signed();
+        g[reg(libc::REG_RIP)] -= 2;
+    }
+
     /// Resumes the guest at `ip` instead of after its syscall, registers otherwise as they
     /// are (rt_sigreturn's stub).
     pub fn resume_at(&mut self, ip: u64) {
@@ -193,9 +197,15 @@ impl Trapped<'_> {
         let fsgs = FSGSBASE.load(Ordering::Relaxed);
         let guest_mask = self.sigmask() & !SIGSYS_BIT;
         let mut kbox_mask = 0u64;
-        // SAFETY: rt_sigprocmask on local 8-byte sets; set_thread_pointer switches to the
-        // guest's TLS for the one raw syscall below, which touches none.
+        // The order matters: a signal may arrive whenever the guest's mask is in place, and
+        // its handler (the guest's) must then find the guest's thread pointer and this
+        // thread marked as running guest code. So the thread pointer switches while every
+        // signal is still blocked, on both sides.
+        // SAFETY: rt_sigprocmask on local 8-byte sets; between the two thread-pointer
+        // switches only raw syscalls and atomics run, which touch no TLS.
         unsafe {
+            set_thread_pointer(fsgs, self.guest_tp);
+            slot.in_kbox.store(false, Ordering::Release);
             raw_syscall(
                 SYS_RT_SIGPROCMASK,
                 [
@@ -207,18 +217,59 @@ impl Trapped<'_> {
                     0,
                 ],
             );
-            set_thread_pointer(fsgs, self.guest_tp);
-            slot.in_kbox.store(false, Ordering::Release);
             let r = make();
-            slot.in_kbox.store(true, Ordering::Release);
-            set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed));
             raw_syscall(
                 SYS_RT_SIGPROCMASK,
                 [SIG_SETMASK, (&raw const kbox_mask) as u64, 0, 8, 0, 0],
             );
+            slot.in_kbox.store(true, Ordering::Release);
+            set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed));
             r
         }
     }
+}
+
+#[repr(C, align(16))]
+struct Frame {
+    /// The return address slot a handler's `ret` pops before rt_sigreturn runs.
+    _pretcode: u64,
+    uc: libc::ucontext_t,
+    _info: libc::siginfo_t,
+}
+
+/// Starts guest code on the calling guest thread with every register, the signal mask and
+/// the thread pointer at once (rt_sigreturn loads them together, so no signal can find the
+/// thread half switched). `regs` and `uc_flags` are as a signal frame holds them; the FPU
+/// starts in its initial state.
+pub fn enter_guest(regs: [i64; 23], uc_flags: u64, mask: u64, tp: u64) -> ! {
+    // SAFETY: an all-zero frame is valid to fill in.
+    let mut frame: Box<Frame> = Box::new(unsafe { std::mem::zeroed() });
+    frame.uc.uc_flags = uc_flags;
+    frame.uc.uc_mcontext.gregs = regs;
+    frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
+    // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
+    unsafe { *(&raw mut frame.uc.uc_sigmask).cast::<u64>() = mask & !SIGSYS_BIT };
+    let uc = std::ptr::from_ref(&frame.uc) as u64;
+    // Never freed: the thread is the guest's from here on.
+    std::mem::forget(frame);
+    leave_kbox();
+    // SAFETY: a complete register state for guest code, with the guest's thread pointer;
+    // every signal is blocked until rt_sigreturn installs `mask`.
+    unsafe { kbox_arch::x86_64::trap::resume_context(uc, tp, FSGSBASE.load(Ordering::Relaxed)) }
+}
+
+/// The register state a program starts with: everything zero but its entry, its stack and
+/// the user code and stack segments.
+pub fn initial_registers(entry: u64, sp: u64) -> [i64; 23] {
+    const USER_CS: i64 = 0x33;
+    const USER_SS: i64 = 0x2b;
+    const EFLAGS_IF: i64 = 0x202;
+    let mut g = [0i64; 23];
+    g[reg(libc::REG_RIP)] = entry.cast_signed();
+    g[reg(libc::REG_RSP)] = sp.cast_signed();
+    g[reg(libc::REG_EFL)] = EFLAGS_IF;
+    g[reg(libc::REG_CSGSFS)] = USER_CS | (USER_SS << 48);
+    g
 }
 
 fn call_of(uc: &libc::ucontext_t) -> (u64, [u64; 6]) {

@@ -3,8 +3,11 @@
 //! a wild pointer into EFAULT instead of a crash) and its FD table is kbox's, below the FD
 //! floor.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use kbox_lkl::Errno;
 
@@ -15,6 +18,78 @@ pub struct InProcess {
     pub tid: u32,
     /// Guest FD numbers are below this; kbox's own are at or above it.
     pub fd_floor: i32,
+    /// A call the engine took over to answer from another thread (a blocking accept).
+    pub deferred: RefCell<Option<Arc<Deferred>>>,
+}
+
+impl InProcess {
+    pub fn new(tid: u32, fd_floor: i32) -> InProcess {
+        InProcess {
+            tid,
+            fd_floor,
+            deferred: RefCell::new(None),
+        }
+    }
+}
+
+/// The answer to a deferred call: the calling guest thread waits on `done` (a futex word)
+/// while the engine's thread blocks in the kernel library for it.
+pub struct Deferred {
+    pub done: AtomicU32,
+    pub result: AtomicI64,
+}
+
+impl Deferred {
+    fn finish(&self, v: i64) {
+        self.result.store(v, Ordering::Release);
+        self.done.store(1, Ordering::Release);
+        // SAFETY: FUTEX_WAKE_PRIVATE on a word this struct owns.
+        unsafe {
+            kbox_arch::x86_64::trap::raw_syscall(
+                202,
+                [(&raw const self.done) as u64, 129, 1, 0, 0, 0],
+            )
+        };
+    }
+}
+
+/// Puts `fd` in the guest's FD table (kbox's own) at the lowest free guest number.
+fn install_lowest(fd: BorrowedFd<'_>, cloexec: bool, fd_floor: i32) -> Result<i32, Errno> {
+    let errno = |e: rustix::io::Errno| Errno(e.raw_os_error());
+    let new = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(errno)?;
+    let limit = super::limits::soft().min(u64::try_from(fd_floor).unwrap_or(0));
+    if u64::try_from(new.as_raw_fd()).unwrap_or(u64::MAX) >= limit {
+        return Err(Errno::EMFILE);
+    }
+    if !cloexec {
+        rustix::io::fcntl_setfd(&new, rustix::io::FdFlags::empty()).map_err(errno)?;
+    }
+    Ok(new.into_raw_fd())
+}
+
+struct InProcessAnswer {
+    deferred: Arc<Deferred>,
+    fd_floor: i32,
+}
+
+impl Answer for InProcessAnswer {
+    fn fail(self: Box<Self>, e: Errno) {
+        self.deferred.finish(-i64::from(e.0));
+    }
+
+    fn value(self: Box<Self>, v: i64) {
+        self.deferred.finish(v);
+    }
+
+    fn with_fd(self: Box<Self>, fd: BorrowedFd<'_>, cloexec: bool) {
+        let r = install_lowest(fd, cloexec, self.fd_floor);
+        self.deferred
+            .finish(r.map_or_else(|e| -i64::from(e.0), i64::from));
+    }
+
+    fn add_fd(&self, fd: BorrowedFd<'_>, cloexec: bool) -> Result<i32, Errno> {
+        install_lowest(fd, cloexec, self.fd_floor)
+    }
 }
 
 fn mem_errno(e: &guest_mem::MemError) -> Errno {
@@ -46,14 +121,7 @@ impl Guest for InProcess {
     ) -> Result<i32, Errno> {
         let errno = |e: rustix::io::Errno| Errno(e.raw_os_error());
         let new = match at {
-            None => {
-                let new = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(errno)?;
-                let limit = super::limits::soft().min(u64::try_from(self.fd_floor).unwrap_or(0));
-                if u64::try_from(new.as_raw_fd()).unwrap_or(u64::MAX) >= limit {
-                    return Err(Errno::EMFILE);
-                }
-                new
-            }
+            None => return install_lowest(fd, cloexec, self.fd_floor),
             Some(n) if n < 0 || n >= self.fd_floor => return Err(Errno::EBADF),
             Some(n) if n == fd.as_raw_fd() => {
                 // dup2 onto itself: the number stays as it is.
@@ -79,6 +147,14 @@ impl Guest for InProcess {
     }
 
     fn defer(&self) -> Option<Box<dyn Answer>> {
-        None
+        let deferred = Arc::new(Deferred {
+            done: AtomicU32::new(0),
+            result: AtomicI64::new(0),
+        });
+        *self.deferred.borrow_mut() = Some(Arc::clone(&deferred));
+        Some(Box::new(InProcessAnswer {
+            deferred,
+            fd_floor: self.fd_floor,
+        }))
     }
 }

@@ -28,7 +28,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use kbox_arch::x86_64::start::start_program;
 use kbox_arch::x86_64::trap::{gettid, raw_syscall, sigreturn_stub};
 use kbox_core::bpf::{self, Action, SeccompData, SockFilter};
 use kbox_lkl::Errno;
@@ -64,6 +63,7 @@ const SYS_EXECVEAT: u64 = 322;
 const SYS_CLONE3: u64 = 435;
 const SYS_CLOSE_RANGE: u64 = 436;
 const SYS_RSEQ: u64 = 334;
+const SYS_TGKILL: u64 = 234;
 const SYS_SECCOMP: u64 = 317;
 const SYS_PRCTL: u64 = 157;
 const PR_SET_SECCOMP: u64 = 22;
@@ -177,12 +177,25 @@ pub fn reserve_fds(floor: i32) {
     crate::dispatch::set_fd_floor(floor);
 }
 
+/// Closes the first guest process's FDs (all below the floor but stdin, stdout and stderr,
+/// which are kbox's too), as its exit would.
+pub fn close_guest_fds() {
+    if let Some(st) = STATE.get() {
+        let last = u64::try_from(st.fd_floor - 1).unwrap_or(0);
+        // SAFETY: the guest's FD numbers; the guest has ended.
+        unsafe { raw_syscall(SYS_CLOSE_RANGE, [3, last, 0, 0, 0, 0]) };
+    }
+}
+
 /// Blocks every signal on the calling thread and the threads it starts afterwards.
+/// Blocks every signal on the calling thread and the threads it starts afterwards, but
+/// the one kbox interrupts its own waits with (sent only to those threads).
 pub fn block_all_signals() {
-    // SAFETY: a full set, applied to this thread's mask.
+    // SAFETY: a full set less one, applied to this thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
+        libc::sigdelset(&mut all, crate::dispatch::kick_signal());
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
 }
@@ -314,17 +327,16 @@ fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
         eprintln!("kbox: cannot install the trap filter: {e}");
         return set_exit(Exit::KboxError);
     }
-    entry::leave_kbox();
-    // SAFETY: the loader built this program and its stack; this thread is the guest's now.
-    unsafe { start_program(entry, sp) }
+    // Signals stay blocked until the program's first instruction (its mask starts empty).
+    entry::enter_guest(entry::initial_registers(entry, sp), 0, 0, 0)
 }
 
-/// no_new_privs and the gate filter on this thread only (with a listener for the calls
-/// forked guest processes send, served by the seccomp tier's receivers from here on), then
-/// an empty signal mask (the guest's starts empty; kbox's threads block every signal).
+/// no_new_privs and the gate filter on this thread only, with a listener for the calls
+/// forked guest processes send, served by the seccomp tier's receivers from here on.
 fn close_filter(gate: &[SockFilter], engine: &Arc<Mutex<Engine>>) -> Result<(), std::io::Error> {
     const SECCOMP_SET_MODE_FILTER: libc::c_long = 1;
     const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_long = 1 << 3;
+    const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_long = 1 << 5;
     let prog = libc::sock_fprog {
         len: u16::try_from(gate.len()).unwrap_or(u16::MAX),
         filter: gate.as_ptr().cast_mut().cast(),
@@ -335,24 +347,27 @@ fn close_filter(gate: &[SockFilter], engine: &Arc<Mutex<Engine>>) -> Result<(), 
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let fd = libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &raw const prog,
-        );
+        // As the seccomp tier's filter: once kbox has received a call, only a fatal signal
+        // interrupts the wait (Linux 5.19+), and the engine interrupts what it serves.
+        let install = |flags: libc::c_long| {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                flags,
+                &raw const prog,
+            )
+        };
+        let mut fd =
+            install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+        if fd < 0 {
+            fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+        }
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| std::io::Error::other("listener"))?)
     };
     crate::runtime::serve_notifications(engine, crate::dispatch::lift_fd(listener))?;
-    // SAFETY: an empty set, applied to this thread's mask.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
     Ok(())
 }
 
@@ -414,10 +429,7 @@ fn serve(call: &mut entry::Trapped<'_>) {
         return;
     };
     let (nr, args) = call.call();
-    let guest = InProcess {
-        tid: gettid(),
-        fd_floor: st.fd_floor,
-    };
+    let guest = InProcess::new(gettid(), st.fd_floor);
     if nr == SYS_RT_SIGRETURN {
         // On the guest's own stack, where its signal frame is.
         call.resume_at(sigreturn_stub());
@@ -444,10 +456,11 @@ fn serve(call: &mut entry::Trapped<'_>) {
         // The filter kills what no tier may run (x32 calls): so does this one.
         _ => guest_exited(st, &guest, Exit::GuestSignal(31)),
     };
-    call.set_result(match result {
-        Ok(v) => v,
-        Err(e) => -i64::from(e.0),
-    });
+    match result {
+        Ok(RESTARTED) => {}
+        Ok(v) => call.set_result(v),
+        Err(e) => call.set_result(-i64::from(e.0)),
+    }
 }
 
 enum Handled {
@@ -563,12 +576,88 @@ fn engine_call(
     if process::is_remote() {
         return Ok(process::engine_call(call, nr, args));
     }
+    // A wait the engine does on this thread ends for a signal the guest takes: the
+    // watcher reads the guest's mask from here (the thread's own blocks everything now).
+    crate::dispatch::set_guest_mask(guest.tid, Some(call.sigmask()));
     let reply = lock(&st.engine).handle(guest, u32::try_from(nr).unwrap_or(u32::MAX), args);
-    match reply {
-        Reply::Value(v) => Ok(v),
-        Reply::Fail(e) => Err(e),
-        Reply::Continue => Ok(call.run_as_guest(nr, args)),
+    let deferred = guest.deferred.borrow_mut().take();
+    let r = match (deferred, reply) {
+        (Some(deferred), _) => wait_deferred(call, guest, &deferred),
+        (None, Reply::Value(v)) => Ok(v),
+        (None, Reply::Fail(e)) => Err(e),
+        (None, Reply::Continue) => Ok(call.run_as_guest(nr, args)),
+    };
+    crate::dispatch::set_guest_mask(guest.tid, None);
+    match r {
+        Err(Errno(512)) => Ok(interrupted(call, nr)),
+        Ok(ERESTARTSYS) => Ok(interrupted(call, nr)),
+        r => r,
     }
+}
+
+/// ERESTARTSYS, which a wait the engine ended early for a signal answers.
+const ERESTARTSYS: i64 = -512;
+/// The call restarts when the guest resumes (its result is not set).
+const RESTARTED: i64 = i64::MIN;
+
+/// The lowest signal pending for this thread that its guest mask lets through.
+fn deliverable_signal(call: &entry::Trapped<'_>) -> Option<usize> {
+    const SYS_RT_SIGPENDING: u64 = 127;
+    let mut pending = 0u64;
+    // SAFETY: rt_sigpending into a local 8-byte set.
+    unsafe {
+        raw_syscall(
+            SYS_RT_SIGPENDING,
+            [(&raw mut pending) as u64, 8, 0, 0, 0, 0],
+        )
+    };
+    let deliverable = pending & !call.sigmask() & !entry::SIGSYS_BIT;
+    (deliverable != 0).then(|| deliverable.trailing_zeros() as usize + 1)
+}
+
+/// A call the engine ended early for a signal (ERESTARTSYS): the guest makes it again
+/// after the signal's handler when that handler has SA_RESTART, else it fails with EINTR.
+/// The signal itself is delivered on the way back to the guest's code.
+fn interrupted(call: &mut entry::Trapped<'_>, nr: u64) -> i64 {
+    match deliverable_signal(call) {
+        Some(sig) if signals::restarts(sig) => {
+            call.restart_syscall(nr);
+            RESTARTED
+        }
+        _ => -i64::from(Errno::EINTR.0),
+    }
+}
+
+/// Waits, with every signal still blocked, for another thread to answer a call the engine
+/// deferred. A signal the guest would take ends the engine's wait (as the seccomp tier's
+/// watcher does), which then answers ERESTARTSYS.
+fn wait_deferred(
+    call: &mut entry::Trapped<'_>,
+    guest: &InProcess,
+    deferred: &guest::Deferred,
+) -> Result<i64, Errno> {
+    const FUTEX_WAIT_PRIVATE: u64 = 128;
+    const SYS_FUTEX: u64 = 202;
+    let tick = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    let mut signalled = false;
+    while deferred.done.load(Ordering::Acquire) == 0 {
+        let word = (&raw const deferred.done) as u64;
+        // SAFETY: FUTEX_WAIT_PRIVATE on the answer's word, with a local timeout.
+        unsafe {
+            raw_syscall(
+                SYS_FUTEX,
+                [word, FUTEX_WAIT_PRIVATE, 0, (&raw const tick) as u64, 0, 0],
+            )
+        };
+        if !signalled && deliverable_signal(call).is_some() {
+            signalled = true;
+            crate::dispatch::interrupt_waits_of(guest.tid);
+        }
+    }
+    Ok(deferred.result.load(Ordering::Acquire))
 }
 
 fn arch_prctl(
@@ -615,11 +704,33 @@ fn thread_exit() -> ! {
 
 /// A signal whose default action ends the process reached the guest.
 fn guest_died(sig: i32) {
+    if process::is_remote() {
+        // A forked process dies of the signal itself, as natively: its parent (a guest
+        // process) sees that in wait's status.
+        // SAFETY: restores the default action and delivers the signal to this thread; with
+        // SA_NODEFER the handler does not block it.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            raw_syscall(
+                SYS_TGKILL,
+                [
+                    u64::from(std::process::id()),
+                    u64::from(gettid()),
+                    sig.cast_unsigned().into(),
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        return;
+    }
     let Some(st) = STATE.get() else { return };
-    let guest = InProcess {
-        tid: gettid(),
-        fd_floor: st.fd_floor,
-    };
+    let guest = InProcess::new(gettid(), st.fd_floor);
     guest_exited(
         st,
         &guest,

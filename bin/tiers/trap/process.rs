@@ -169,7 +169,7 @@ fn become_child(
     unsafe { raw_syscall(SYS_CLOSE_RANGE, [floor, u64::from(u32::MAX), 0, 0, 0, 0]) };
     let tid = gettid();
     if flags & CLONE_CHILD_SETTID != 0 {
-        let me = InProcess { tid, fd_floor };
+        let me = InProcess::new(tid, fd_floor);
         let _ = me.write(child_tid, &tid.to_ne_bytes());
     }
     if flags & CLONE_CHILD_CLEARTID != 0 {

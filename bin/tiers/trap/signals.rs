@@ -102,6 +102,9 @@ fn kbox_action(
     unsafe {
         libc::sigfillset(&mut sa.sa_mask);
         libc::sigdelset(&mut sa.sa_mask, libc::SIGSYS);
+        // Threads kbox starts while serving (to wait on the guest's behalf) inherit this
+        // mask, and must stay interruptible by kbox (its handler does nothing).
+        libc::sigdelset(&mut sa.sa_mask, crate::dispatch::kick_signal());
     }
     sa
 }
@@ -145,6 +148,15 @@ fn guest_write(tid: u32, addr: u64, buf: &[u8]) -> Result<(), Errno> {
     crate::seccomp::guest_mem::write(tid, addr, buf).map_err(|e| Errno(i32::from(e.errno().get())))
 }
 
+/// Whether the guest's handler for `sig` asks for interrupted calls to restart.
+pub fn restarts(sig: usize) -> bool {
+    const SA_RESTART: u64 = 0x1000_0000;
+    let table = GUEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    table.get(sig).is_some_and(|a| a.flags & SA_RESTART != 0)
+}
+
 /// rt_sigaction for the guest.
 pub fn sigaction(tid: u32, args: [u64; 6]) -> Result<i64, Errno> {
     let (sig, act, oldact, size) = (args[0], args[1], args[2], args[3]);
@@ -170,8 +182,11 @@ pub fn sigaction(tid: u32, args: [u64; 6]) -> Result<i64, Errno> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let previous = table[sig];
+    // kbox's own signals: what the guest asks for them is recorded only.
+    let kbox_own = sig == libc::SIGSYS as usize
+        || i32::try_from(sig).ok() == Some(crate::dispatch::kick_signal());
     if let Some(new) = new {
-        if sig != libc::SIGSYS as usize {
+        if !kbox_own {
             if new.handler == SIG_DFL && ends_process(sig) {
                 install(sig, &kbox_action(on_fatal));
             } else {
@@ -234,7 +249,9 @@ pub fn reset_on_exec() {
             continue;
         }
         *entry = KernelSigaction::default();
-        if sig == libc::SIGSYS as usize {
+        if sig == libc::SIGSYS as usize
+            || i32::try_from(sig).ok() == Some(crate::dispatch::kick_signal())
+        {
             continue;
         }
         if ends_process(sig) {

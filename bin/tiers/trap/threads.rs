@@ -7,7 +7,7 @@
 
 use std::sync::mpsc;
 
-use kbox_arch::x86_64::trap::{raw_syscall, resume_context};
+use kbox_arch::x86_64::trap::raw_syscall;
 use kbox_lkl::Errno;
 
 use super::entry::{self, Trapped};
@@ -29,14 +29,6 @@ const START_STACK: usize = 64 << 10;
 /// Whether clone's `flags` ask for a thread (the rest, processes, need another design).
 pub fn is_thread(flags: u64) -> bool {
     flags & (CLONE_THREAD | CLONE_VM | CLONE_SIGHAND) == CLONE_THREAD | CLONE_VM | CLONE_SIGHAND
-}
-
-#[repr(C, align(16))]
-struct Frame {
-    /// The return address slot a handler's `ret` pops before rt_sigreturn runs.
-    _pretcode: u64,
-    uc: libc::ucontext_t,
-    _info: libc::siginfo_t,
 }
 
 /// clone(flags, newsp, parent_tid, child_tid, tls) for a thread: the child's tid.
@@ -68,7 +60,7 @@ pub fn clone_thread(
                 return;
             }
             let tid = kbox_arch::x86_64::trap::gettid();
-            let me = InProcess { tid, fd_floor };
+            let me = InProcess::new(tid, fd_floor);
             // Both before the child's first instruction, as Linux writes them (libcs read
             // their thread's id from there: musl's gettid does).
             let settid = [
@@ -86,21 +78,8 @@ pub fn clone_thread(
                 // SAFETY: the guest's own futex word, cleared by the kernel at thread exit.
                 unsafe { raw_syscall(SYS_SET_TID_ADDRESS, [child_tid, 0, 0, 0, 0, 0]) };
             }
-            // SAFETY: an all-zero frame is valid to fill in.
-            let mut frame: Box<Frame> = Box::new(unsafe { std::mem::zeroed() });
-            frame.uc.uc_flags = uc_flags;
-            frame.uc.uc_mcontext.gregs = regs;
-            frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
-            // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
-            unsafe { *(&raw mut frame.uc.uc_sigmask).cast::<u64>() = mask & !entry::SIGSYS_BIT };
             let _ = tx.send(Ok(tid));
-            let uc = std::ptr::from_ref(&frame.uc) as u64;
-            // The frame must outlive the switch: it is never freed (the thread ends as the
-            // guest's).
-            std::mem::forget(frame);
-            entry::leave_kbox();
-            // SAFETY: a complete guest register state, with the guest's TLS.
-            unsafe { resume_context(uc, tp, entry::fsgsbase()) }
+            entry::enter_guest(regs, uc_flags, mask, tp)
         })
         .map_err(|_| Errno::EAGAIN)?;
     let tid = rx.recv().map_err(|_| Errno::EAGAIN)??;
