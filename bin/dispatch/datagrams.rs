@@ -58,7 +58,10 @@ pub struct Datagrams {
 impl Datagrams {
     pub fn new(guest_end: &OwnedFd) -> Result<Datagrams, Errno> {
         Ok(Datagrams {
-            guest: guest_end.try_clone().map_err(|_| Errno::EMFILE)?,
+            guest: guest_end
+                .try_clone()
+                .map(super::hostio::lift)
+                .map_err(|_| Errno::EMFILE)?,
             notes: Arc::default(),
         })
     }

@@ -291,7 +291,6 @@ impl Procs {
     /// Process `parent` (known by a thread `tid` of it) has just forked `child`, which has
     /// made no call yet: what it inherits is taken now (an in-process tier, which performs
     /// the fork, says so at once instead of kbox finding out later).
-    #[cfg(target_arch = "x86_64")]
     pub fn record_fork(&mut self, tid: u32, child: u32, shadows: &mut Shadows) {
         let Some(parent) = self.attach(tid, shadows, &|| {}) else {
             return;

@@ -111,7 +111,9 @@ impl Shadows {
         slow: &dyn Fn(),
     ) -> Result<OwnedFd, Errno> {
         let h = self.inode_copy(task, kfd, st, slow)?;
-        rustix::io::dup(self.copy_fd(h)?).map_err(hostio::errno)
+        rustix::io::dup(self.copy_fd(h)?)
+            .map(hostio::lift)
+            .map_err(hostio::errno)
     }
 
     /// kbox's FD of cached copy `h`.

@@ -105,7 +105,10 @@ impl Pumps {
     ) -> Result<(), Errno> {
         let to_kernel = super::procs::fork_helper(owner, kfd)?;
         let to_host = super::procs::fork_helper(owner, kfd)?;
-        let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
+        let host2 = host
+            .try_clone()
+            .map(hostio::lift)
+            .map_err(|_| Errno::EMFILE)?;
         let id = self.control(owner, kfd)?;
         let datagrams = notes.is_some();
         self.spawn("kbox-sock-out", move || {
@@ -137,7 +140,10 @@ impl Pumps {
         answer: Box<dyn Answer>,
     ) {
         let started = super::procs::fork_helper(&task, kfd).and_then(|to_host| {
-            let host2 = host.try_clone().map_err(|_| Errno::EMFILE)?;
+            let host2 = host
+                .try_clone()
+                .map(hostio::lift)
+                .map_err(|_| Errno::EMFILE)?;
             let me = self.clone();
             self.spawn("kbox-sock-in", move || {
                 pump_to_host(&to_host, kfd, &host2);
@@ -300,7 +306,9 @@ impl SockEnd {
         listen(&listener, 1).map_err(hostio::errno)?;
         // A unix connect to a listener with room completes at once, blocking or not.
         connect(guest, &addr).map_err(hostio::errno)?;
-        let mine = accept_with(&listener, SocketFlags::CLOEXEC).map_err(hostio::errno)?;
+        let mine = accept_with(&listener, SocketFlags::CLOEXEC)
+            .map(hostio::lift)
+            .map_err(hostio::errno)?;
         let _ = self.fd.set(mine);
         self.fd.get().ok_or(Errno::EBADF)
     }
@@ -635,7 +643,7 @@ impl Engine {
                 && (end.pumping.swap(true, std::sync::atomic::Ordering::Relaxed)
                     || end
                         .fd()
-                        .and_then(|f| f.try_clone().ok())
+                        .and_then(|f| f.try_clone().ok().map(hostio::lift))
                         .is_some_and(|host| pumps.start(&waiter, fd, host, None).is_ok()));
             if !started && let Some(f) = end.fd() {
                 let _ = rustix::net::shutdown(f, rustix::net::Shutdown::Both);
@@ -691,7 +699,9 @@ impl Engine {
             Some(f) => f,
             None => end.link(&self.guest_end(pid, fd)?)?,
         };
-        mine.try_clone().map_err(|_| Errno::EMFILE)
+        mine.try_clone()
+            .map(hostio::lift)
+            .map_err(|_| Errno::EMFILE)
     }
 
     /// The guest's own end of served socket `fd` (the same open file), through its pidfd.
@@ -922,7 +932,7 @@ impl Accept {
         let result = (|| {
             let ty = lkl_sock_type(task, kfd);
             let (a, b) = host_pair(ty, self.flags)?;
-            let pump_end = b.try_clone().map_err(|_| Errno::EMFILE)?;
+            let pump_end = b.try_clone().map(hostio::lift).map_err(|_| Errno::EMFILE)?;
             pumps.start(task, kfd, b, None)?;
             if self.addr_ptr != 0 && self.len_ptr != 0 {
                 let mut cap = [0u8; 4];

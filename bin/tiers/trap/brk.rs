@@ -11,7 +11,7 @@ const RESERVE: u64 = 1 << 30;
 const PAGE: u64 = 4096;
 
 #[derive(Debug)]
-struct Break {
+pub struct Break {
     start: u64,
     current: u64,
     /// End of the reservation; `start` when none could be made (brk then never grows,
@@ -30,6 +30,11 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Break>> {
     BREAK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Holds the break's state (across a fork: see `super::hold_for_fork`).
+pub fn hold() -> std::sync::MutexGuard<'static, Option<Break>> {
+    lock()
 }
 
 /// A new program's break, starting at `start` (page aligned); the previous one is unmapped.

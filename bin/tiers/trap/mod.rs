@@ -126,6 +126,34 @@ static RETIRED: Mutex<Vec<Region>> = Mutex::new(Vec::new());
 /// and so must kbox, or the kernel writes into the old program's memory at the next signal.
 static RSEQ: Mutex<Option<(u64, u64, u64)>> = Mutex::new(None);
 
+/// Everything of the tier's own a guest call may lock, held by the thread that forks while
+/// it forks: the child then finds no lock held by a thread that does not exist there (its
+/// only thread is the forking one, which releases them in both processes). Taken in one
+/// order everywhere.
+type Held<T> = std::sync::MutexGuard<'static, T>;
+
+pub(crate) struct ForkHold {
+    _program: Held<Vec<Region>>,
+    _retired: Held<Vec<Region>>,
+    _rseq: Held<Option<(u64, u64, u64)>>,
+    _current: Held<Option<CString>>,
+    _signals: Held<[signals::KernelSigaction; 65]>,
+    _brk: Held<Option<brk::Break>>,
+    _reserved: Held<std::collections::BTreeMap<u64, u64>>,
+}
+
+fn hold_for_fork() -> ForkHold {
+    ForkHold {
+        _program: lock(&PROGRAM),
+        _retired: lock(&RETIRED),
+        _rseq: lock(&RSEQ),
+        _current: lock(&CURRENT_PROGRAM),
+        _signals: signals::hold(),
+        _brk: brk::hold(),
+        _reserved: unmap::hold(),
+    }
+}
+
 /// The path of the program this process runs (what /proc/self/exe names to the guest).
 static CURRENT_PROGRAM: Mutex<Option<CString>> = Mutex::new(None);
 

@@ -127,9 +127,12 @@ pub fn fork(
         // here.
         return Err(Errno::ENOSYS);
     }
-    // musl's fork: the child's copy of kbox's allocator and libc state is consistent.
+    // musl's fork keeps the child's allocator and libc consistent; the tier's own locks
+    // are held across it for the same reason (other guest threads may be using them).
+    let hold = super::hold_for_fork();
     // SAFETY: fork from kbox's own code; the child below touches only its own state.
     let pid = unsafe { libc::fork() };
+    drop(hold);
     if pid < 0 {
         return Err(Errno(
             std::io::Error::last_os_error().raw_os_error().unwrap_or(11),

@@ -59,6 +59,13 @@ static GUEST: Mutex<[KernelSigaction; NSIG]> = Mutex::new(
     }; NSIG],
 );
 
+/// Holds the guest's signal table (across a fork: see `super::hold_for_fork`).
+pub fn hold() -> std::sync::MutexGuard<'static, [KernelSigaction; NSIG]> {
+    GUEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Signals 1..32 whose default action ends the process (SIGKILL aside: nothing catches it).
 fn ends_process(sig: usize) -> bool {
     let sig = i32::try_from(sig).unwrap_or(0);

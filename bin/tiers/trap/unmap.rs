@@ -19,6 +19,11 @@ const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 /// The reserved ranges, start to end, never overlapping or touching.
 static RESERVED: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
 
+/// Holds the reservations (across a fork: see `super::hold_for_fork`).
+pub fn hold() -> std::sync::MutexGuard<'static, BTreeMap<u64, u64>> {
+    reserved()
+}
+
 fn reserved() -> std::sync::MutexGuard<'static, BTreeMap<u64, u64>> {
     RESERVED
         .lock()
