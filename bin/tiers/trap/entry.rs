@@ -326,7 +326,13 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
 }
 
 /// The SIGSYS handler.
-pub extern "C" fn on_sigsys(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut c_void) {
+pub extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    /// si_code of a SIGSYS raised by a seccomp filter (any other was sent by someone).
+    const SYS_SECCOMP: i32 = 1;
+    // SAFETY: the kernel passes a valid siginfo to this SA_SIGINFO handler.
+    if unsafe { (*info).si_code } != SYS_SECCOMP {
+        return;
+    }
     // SAFETY: the kernel passes its ucontext to this SA_SIGINFO handler.
     if unsafe { with_guest_frame(ctx, super::serve) } {
         return;

@@ -217,13 +217,17 @@ pub fn close_guest_fds() {
 
 /// Blocks every signal on the calling thread and the threads it starts afterwards.
 /// Blocks every signal on the calling thread and the threads it starts afterwards, but
-/// the one kbox interrupts its own waits with (sent only to those threads).
+/// the one kbox interrupts its own waits with (sent only to those threads) and SIGSYS.
 pub fn block_all_signals() {
     // SAFETY: a full set less one, applied to this thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigdelset(&mut all, crate::dispatch::kick_signal());
+        // A thread under the gate filter whose own call traps (the vDSO's fallback
+        // syscall, which kernels take when the clock source cannot be read in user mode,
+        // as under qemu's TCG) must be able to take SIGSYS: a blocked one kills the process.
+        libc::sigdelset(&mut all, libc::SIGSYS);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
 }
