@@ -18,6 +18,15 @@ fn guest_bin(name: &str) -> PathBuf {
     PathBuf::from(dir).join(name)
 }
 
+/// A scratch directory of the host's, removed when dropped: on a failed assertion too.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Exit status and the names of the checks that passed ("ok NAME[: details]"; a FAIL line
 /// fails the test). Details such as counts vary from run to run.
 fn verdict(out: &std::process::Output, what: &str) -> (i32, BTreeSet<String>) {
@@ -41,7 +50,9 @@ fn verdict(out: &std::process::Output, what: &str) -> (i32, BTreeSet<String>) {
 #[test]
 fn guest_programs_give_the_native_result_under_both_tiers() {
     let img = Image::default("trap-programs");
-    let work = std::env::temp_dir().join(format!("kbox-trap-native-{}", std::process::id()));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("kbox-trap-native-{}", std::process::id())));
+    let work = &scratch.0;
     for prog in [
         "startup",
         "threads",
@@ -57,10 +68,10 @@ fn guest_programs_give_the_native_result_under_both_tiers() {
         "sigstress",
         "denied",
     ] {
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).expect("work dir");
+        let _ = std::fs::remove_dir_all(work);
+        std::fs::create_dir_all(work).expect("work dir");
         let mut native = Command::new(guest_bin(prog));
-        native.arg(&work);
+        native.arg(work);
         let native = verdict(
             &run_with_timeout(native, std::time::Duration::from_secs(60)),
             &format!("{prog} natively"),
@@ -80,7 +91,6 @@ fn guest_programs_give_the_native_result_under_both_tiers() {
             "{prog}: checks only one tier ran: {differ:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&work);
     img.assert_clean();
 }
 

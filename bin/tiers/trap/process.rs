@@ -24,6 +24,10 @@ use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
 
 use super::entry::{self, Trapped};
 use super::guest::InProcess;
+use super::threads::{
+    CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
+    SYS_SET_TID_ADDRESS,
+};
 use crate::dispatch::{Engine, Guest, Reply};
 
 /// The syscall number of kbox's own notified calls.
@@ -31,14 +35,8 @@ pub const MARK_NR: u64 = 1001;
 const MARK_FORKED: u64 = 1;
 const MARK_EXEC: u64 = 2;
 
-const CLONE_VM: u64 = 0x100;
 const CLONE_VFORK: u64 = 0x4000;
-const CLONE_SETTLS: u64 = 0x8_0000;
-const CLONE_PARENT_SETTID: u64 = 0x10_0000;
-const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
-const CLONE_CHILD_SETTID: u64 = 0x100_0000;
 const SYS_CLONE: u64 = 56;
-const SYS_SET_TID_ADDRESS: u64 = 218;
 const SYS_CLOSE_RANGE: u64 = 436;
 const SYS_OPENAT: u64 = 257;
 const SYS_FACCESSAT: u64 = 269;

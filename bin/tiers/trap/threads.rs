@@ -14,14 +14,14 @@ use super::entry::{self, Trapped};
 use super::guest::InProcess;
 use crate::dispatch::Guest;
 
-const CLONE_VM: u64 = 0x100;
+pub(super) const CLONE_VM: u64 = 0x100;
 const CLONE_SIGHAND: u64 = 0x800;
 const CLONE_THREAD: u64 = 0x1_0000;
-const CLONE_SETTLS: u64 = 0x8_0000;
-const CLONE_PARENT_SETTID: u64 = 0x10_0000;
-const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
-const CLONE_CHILD_SETTID: u64 = 0x100_0000;
-const SYS_SET_TID_ADDRESS: u64 = 218;
+pub(super) const CLONE_SETTLS: u64 = 0x8_0000;
+pub(super) const CLONE_PARENT_SETTID: u64 = 0x10_0000;
+pub(super) const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
+pub(super) const CLONE_CHILD_SETTID: u64 = 0x100_0000;
+pub(super) const SYS_SET_TID_ADDRESS: u64 = 218;
 /// kbox's code on a new thread needs little stack: it only starts the guest's thread,
 /// whose calls are served on the guest's own stack.
 const START_STACK: usize = 64 << 10;
