@@ -37,6 +37,15 @@ fn guest_bin(name: &str) -> PathBuf {
     Path::new(&dir).join(name)
 }
 
+/// Removes a scratch directory when dropped: on a failed assertion too.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kbox-loader-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -123,39 +132,40 @@ fn same_as_native(argv: &[&str], dir: &Path) -> String {
 #[test]
 fn a_static_program_starts_as_execve_starts_it() {
     let dir = scratch("static");
+    let _cleanup = Cleanup(dir.clone());
     let prog = guest_bin("startup");
     let out = same_as_native(&[prog.to_str().expect("utf-8"), "a", "b c"], &dir);
     assert!(out.contains("note=from the loader test\n"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_dynamic_program_gets_its_interpreter_and_libraries() {
     let dir = scratch("dynamic");
+    let _cleanup = Cleanup(dir.clone());
     let out = same_as_native(
         &["/bin/sh", "-c", "echo \"$0 $# $STARTUP_NOTE\"", "x", "y"],
         &dir,
     );
     assert_eq!(out, "x 1 from the loader test\n");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_script_runs_its_interpreter_with_the_scripts_path() {
     let dir = scratch("script");
+    let _cleanup = Cleanup(dir.clone());
     let script = dir.join("s");
     std::fs::write(&script, "#! /bin/echo  first arg \t\nignored\n").expect("write");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let s = script.to_str().expect("utf-8");
     let out = same_as_native(&[s, "z"], &dir);
     assert_eq!(out, format!("first arg {s} z\n"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn what_cannot_be_loaded_fails_with_execves_errno() {
     let dir = scratch("errors");
+    let _cleanup = Cleanup(dir.clone());
     let req = |path: &Path| Request {
         path: path.as_os_str().as_bytes().to_vec(),
         argv: vec![b"x".to_vec()],
@@ -206,5 +216,4 @@ fn what_cannot_be_loaded_fails_with_execves_errno() {
             .map_err(|e| e.errno());
         assert_eq!(got, Err(want), "{}", path.display());
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
