@@ -50,8 +50,9 @@ Options:
   -w DIR                  working directory in the guest (default /)
   -0, --root-id           run the guest as root (uid 0, gid 0)
       --change-id UID:GID run the guest as UID:GID
-      --syscall-mode MODE auto (default, seccomp for now), seccomp, or trap (x86_64: the
-                          guest in kbox's own process); rewrite is not built yet
+      --syscall-mode MODE auto (default), seccomp, trap or rewrite (x86_64: the guest
+                          in kbox's own process; auto picks rewrite for a static
+                          program that starts no processes, else seccomp)
       --shadow-limit BYTES files up to this size are mapped from a host copy
                           (suffix K, M or G; default 256M; 4K to 4G)
       --preserve-fds N    pass kbox's FDs 3..3+N-1 to the guest (default 0: every
@@ -151,8 +152,37 @@ impl FsType {
 pub enum SyscallTier {
     /// seccomp user notification: the guest runs in child processes kbox answers for.
     Seccomp,
-    /// SIGSYS trap: the guest runs in kbox's own process (x86_64, one process for now).
+    /// SIGSYS trap: the first guest process runs in kbox's own process (x86_64).
     Trap,
+    /// The trap tier with the guest's syscall sites patched to call kbox directly (x86_64).
+    Rewrite,
+    /// The fastest tier that keeps the command's semantics, chosen once its program is
+    /// found in the image.
+    Auto,
+}
+
+/// `--syscall-mode=auto`, which has one choice where no in-process tier exists.
+const DEFAULT_TIER: SyscallTier = if cfg!(target_arch = "x86_64") {
+    SyscallTier::Auto
+} else {
+    SyscallTier::Seccomp
+};
+
+impl SyscallTier {
+    /// The name `--syscall-mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Seccomp => "seccomp",
+            Self::Trap => "trap",
+            Self::Rewrite => "rewrite",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The guest runs in kbox's own process.
+    pub fn in_process(self) -> bool {
+        matches!(self, Self::Trap | Self::Rewrite)
+    }
 }
 
 /// What the guest's internet sockets reach (`--net`).
@@ -405,7 +435,7 @@ where
         workdir: PathBuf::from("/"),
         root_id: false,
         change_id: None,
-        tier: SyscallTier::Seccomp,
+        tier: DEFAULT_TIER,
         shadow_limit: SHADOW_LIMIT_DEFAULT,
         preserve_fds: 0,
         verbose: false,
@@ -763,9 +793,13 @@ fn parse_publish(value: &OsStr) -> Result<Publish, UsageError> {
 
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
     match value.as_bytes() {
-        b"auto" | b"seccomp" => Ok(SyscallTier::Seccomp),
+        b"seccomp" => Ok(SyscallTier::Seccomp),
+        // Without an in-process tier, auto has one choice.
+        b"auto" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Auto),
+        b"auto" => Ok(SyscallTier::Seccomp),
         b"trap" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Trap),
         b"trap" => Err(UsageError::SyscallModeNotAvailable("trap")),
+        b"rewrite" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Rewrite),
         b"rewrite" => Err(UsageError::SyscallModeNotAvailable("rewrite")),
         _ => Err(UsageError::UnknownSyscallMode(Box::from(value))),
     }
@@ -930,7 +964,7 @@ mod tests {
             kernel_cmdline: String::from("mem=256M"),
             binds: Vec::new(),
             workdir: PathBuf::from("/"),
-            tier: SyscallTier::Seccomp,
+            tier: DEFAULT_TIER,
             shadow_limit: 256 << 20,
             preserve_fds: 0,
             verbose: false,
@@ -1376,10 +1410,10 @@ mod tests {
     // --syscall-mode
 
     #[test]
-    fn syscall_mode_when_auto_is_seccomp() {
+    fn syscall_mode_when_auto_is_the_default() {
         assert_eq!(
             config(&["-r", "i", "--syscall-mode=auto"]).tier,
-            SyscallTier::Seccomp
+            DEFAULT_TIER
         );
     }
 
@@ -1410,6 +1444,16 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn syscall_mode_rewrite_is_the_rewrite_tier() {
+        assert_eq!(
+            config(&["-r", "i", "--syscall-mode=rewrite"]).tier,
+            SyscallTier::Rewrite
+        );
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "x86_64"))]
     fn syscall_mode_when_rewrite_is_not_available() {
         assert_eq!(
             error(&["-r", "i", "--syscall-mode", "rewrite"]),

@@ -222,8 +222,9 @@ impl Guest for SeccompGuest<'_> {
 pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
     // The trap tier's guest shares kbox's FD table: kbox's files go above its numbers.
+    // (auto may choose it, once the program is found in the image: it undoes this when not.)
     #[cfg(target_arch = "x86_64")]
-    if config.tier == crate::cli::SyscallTier::Trap {
+    if config.tier != crate::cli::SyscallTier::Seccomp {
         crate::tiers::trap::reserve_fds(crate::tiers::trap::fd_floor());
         // Signals sent to kbox are the guest's: only its threads (which start with an
         // empty mask) take them, never the kernel library's or kbox's own.
@@ -308,6 +309,10 @@ fn run_booted(
             return Ok(exit);
         }
     };
+    let tier = match config.tier {
+        crate::cli::SyscallTier::Auto => auto_tier(&root, &command, config.verbose),
+        t => t,
+    };
     let settings = dispatch::Settings {
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
@@ -325,8 +330,8 @@ fn run_booted(
     ));
     let env = guest_env(config);
     #[cfg(target_arch = "x86_64")]
-    if config.tier == crate::cli::SyscallTier::Trap {
-        return run_trap(&engine, config, command, &env);
+    if tier.in_process() {
+        return run_in_process(&engine, config, tier, command, &env);
     }
     let mut cmd = Command::new(OsStr::from_bytes(command.as_bytes()), &config.command, &env)
         .map_err(RuntimeError::Spawn)?;
@@ -454,11 +459,49 @@ fn run_booted(
     }
 }
 
-/// Runs the guest under the trap tier, in kbox's own process.
+/// `--syscall-mode=auto`: the tier for the program `command` names (its file, as the
+/// first guest process would read it). When that is not an in-process tier, what kbox did
+/// for one before it booted the kernel library is undone.
+fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::SyscallTier {
+    let program = dispatch::read_program(root, command)
+        .map(|bytes| crate::loader::AlignedBytes::copy_of(&bytes));
+    let (tier, why) = match &program {
+        Ok(bytes) => crate::tiers::auto::choose(bytes.as_slice()),
+        Err(_) => (crate::cli::SyscallTier::Seccomp, "its file cannot be read"),
+    };
+    if verbose {
+        eprintln!(
+            "kbox: syscall mode auto: {} for {}: {why}",
+            tier.name(),
+            command.to_string_lossy()
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !tier.in_process() {
+        crate::tiers::trap::unreserve_fds();
+        unblock_signals();
+        block_forwarded_signals();
+    }
+    tier
+}
+
+/// Empties the calling thread's signal mask.
 #[cfg(target_arch = "x86_64")]
-fn run_trap(
+fn unblock_signals() {
+    // SAFETY: an empty set, applied to this thread's mask.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Runs the guest under an in-process tier (trap or rewrite), in kbox's own process.
+#[cfg(target_arch = "x86_64")]
+fn run_in_process(
     engine: &Arc<Mutex<Engine>>,
     config: &Config,
+    tier: crate::cli::SyscallTier,
     command: CString,
     env: &[OsString],
 ) -> Result<Exit, RuntimeError> {
@@ -474,8 +517,14 @@ fn run_trap(
         verbose: config.verbose,
         fd_floor: crate::tiers::trap::fd_floor(),
         counted: observe::enabled(),
+        code: None,
     };
-    let exit = crate::tiers::trap::run(Arc::clone(engine), launch).map_err(RuntimeError::Trap)?;
+    let exit = if tier == crate::cli::SyscallTier::Rewrite {
+        crate::tiers::rewrite::run(Arc::clone(engine), launch)
+    } else {
+        crate::tiers::trap::run(Arc::clone(engine), launch)
+    }
+    .map_err(RuntimeError::Trap)?;
     web::guest_ended();
     trace::flush();
     if let Some(format) = config.stats {

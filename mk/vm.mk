@@ -4,7 +4,7 @@
 .PHONY: deps-vm check-vm check-vm-x86_64 check-vm-aarch64
 VM_OUT := $(BUILD)/vm
 # What check-kbox runs, built the same way (debug test binaries, a debug kbox).
-VM_TESTS := --bin kbox --test cli --test guest --test escape --test observe --test network --test trap
+VM_TESTS := --bin kbox --test cli --test guest --test escape --test observe --test network --test inprocess
 VM_TESTS_AARCH64 := --bin kbox --test cli --test guest --test escape --test observe
 # The dashboard in headless Chromium checks kbox's web page, not the kernel, and under
 # TCG Chromium does not answer within the check's limits.

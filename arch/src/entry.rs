@@ -88,29 +88,35 @@ pub fn validate(site: u64, return_addr: u64) -> Result<(u32, SiteKind), Rejected
     Ok((id, kind))
 }
 
+/// [`validate`], counting a refusal.
+pub fn admit(site: u64, return_addr: u64) -> Result<(u32, SiteKind), Rejected> {
+    validate(site, return_addr).inspect_err(|_| {
+        REJECTED.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// Forgets every registered site: their code is gone (a new program replaced it, and no
+/// thread of the old one is left). Ids are handed out from 0 again.
+pub fn reset_sites() {
+    let used = usize::try_from(NEXT_ID.swap(0, Ordering::AcqRel)).unwrap_or(MAX_SITES);
+    for slot in RETURN_ADDRS.iter().take(used.min(MAX_SITES)) {
+        slot.store(0, Ordering::Release);
+    }
+}
+
 /// Validates an entry and runs the handler; `decode` builds the request for the site's kind.
 pub fn dispatch(
     site: u64,
     return_addr: u64,
     decode: impl FnOnce(u32, SiteKind) -> SyscallRequest,
 ) -> Result<i64, Rejected> {
-    let checked = validate(site, return_addr).and_then(|(id, kind)| {
-        let h = HANDLER.load(Ordering::Acquire);
-        if h == 0 {
-            Err(Rejected::NoHandler)
-        } else {
-            Ok((id, kind, h))
-        }
-    });
-    match checked {
-        Ok((id, kind, h)) => {
-            // SAFETY: HANDLER only ever holds 0 or a `Handler` stored by set_handler.
-            let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
-            Ok(handler(&decode(id, kind)))
-        }
-        Err(e) => {
-            REJECTED.fetch_add(1, Ordering::Relaxed);
-            Err(e)
-        }
+    let (id, kind) = admit(site, return_addr)?;
+    let h = HANDLER.load(Ordering::Acquire);
+    if h == 0 {
+        REJECTED.fetch_add(1, Ordering::Relaxed);
+        return Err(Rejected::NoHandler);
     }
+    // SAFETY: HANDLER only ever holds 0 or a `Handler` stored by set_handler.
+    let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
+    Ok(handler(&decode(id, kind)))
 }

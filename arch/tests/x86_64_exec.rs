@@ -91,7 +91,6 @@ fn patch_sites() -> Patched {
     let (plans, refused) = plan::plan_segment(&an, &sites);
     drop(an);
 
-    tramp::init_stacks();
     entry::set_handler(handler);
     let mut used = 0;
     let mut windows = Vec::new();
@@ -269,7 +268,6 @@ fn forged_site_ids_are_rejected_before_the_handler() {
     let _g = SERIAL.lock().expect("lock");
     // Genuine sites are registered first, so id 0 belongs to another return address.
     let _genuine = patch_sites();
-    tramp::init_stacks();
     let (handled, rejected) = (HANDLED.load(Ordering::SeqCst), entry::rejected_count());
     assert_eq!(run_forged(0), ENOSYS, "registered id, wrong return address");
     assert_eq!(run_forged(30_000), ENOSYS, "unregistered id");

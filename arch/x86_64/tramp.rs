@@ -2,22 +2,32 @@
 //!
 //! On entry the guest stack holds (from rsp up): the return address into the per-site
 //! trampoline, the pushed site id, then 128 bytes kept free for the guest's red zone. The
-//! stub saves every general register and rflags there, moves to a kbox stack, saves the
-//! x87/SSE state (the syscall ABI preserves all of it; Rust code may use xmm0-15), and calls
-//! [`entry`]. It contains no `syscall`: host calls happen in kbox's Rust code, after the
-//! registry has accepted the site id and return address.
+//! stub saves every general register and rflags there, reserves a scratch area below them
+//! (64-byte aligned), saves the x87/SSE state there (the syscall ABI preserves all of
+//! it; Rust code may use xmm0-15), and calls [`entry`] on the guest's own stack, as a signal
+//! handler would run. It contains no `syscall`: host calls happen in kbox's Rust code, after
+//! the registry has accepted the site id and return address.
+//!
+//! A frame handler ([`set_frame_handler`]) answers how the guest resumes:
+//! [`RESUME_PLAIN`] (the saved registers, as the handler left them), [`RESUME_WITH_MASK`]
+//! (the same, after the signal mask in the frame's `site` slot is installed by
+//! `kbox_trap_restore_mask`, so a signal it unblocks is delivered on the guest's stack with
+//! the guest's registers saved) or the address of an rt_sigframe's ucontext in the scratch
+//! area, which `kbox_trap_sigreturn` loads whole (another place to resume, new registers).
 
 use crate::entry::{self, SiteKind, SyscallRequest};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// kbox stacks trampolines may run on at once; a thread finding none free spins.
-const STACKS: usize = 16;
-/// Bytes per kbox stack.
-const STACK_SIZE: usize = 64 * 1024;
-
-static STACK_TOPS: [AtomicUsize; STACKS] = [const { AtomicUsize::new(0) }; STACKS];
-static STACKS_READY: AtomicBool = AtomicBool::new(false);
+/// Bytes of scratch the stub reserves below the saved registers: the FXSAVE area. It is on
+/// the guest's stack, which may be small.
+pub const SCRATCH: usize = FXSAVE_LEN;
+/// The FXSAVE area at the scratch area's start.
+pub const FXSAVE_LEN: usize = 512;
+/// Resume with the registers in the frame.
+pub const RESUME_PLAIN: u64 = 0;
+/// Resume with the registers in the frame after installing the mask in its `site` slot.
+pub const RESUME_WITH_MASK: u64 = 1;
 
 /// Registers in the order the stub pushes them (lowest address first).
 #[repr(C)]
@@ -40,13 +50,34 @@ pub struct Frame {
     pub rax: u64,
     pub rflags: u64,
     pub return_addr: u64,
+    /// The site id the trampoline pushed; a frame handler may leave a signal mask here
+    /// for [`RESUME_WITH_MASK`].
     pub site: u64,
 }
+
+impl Frame {
+    /// The guest's stack pointer at its syscall instruction: above the frame and the red zone
+    /// the trampoline stepped over.
+    pub fn guest_sp(&self) -> u64 {
+        core::ptr::from_ref(self) as u64 + core::mem::size_of::<Self>() as u64 + 128
+    }
+}
+
+/// Where the trampoline resumes after its call: past its `lea 136(%rsp),%rsp`, the guest's
+/// stack pointer is as it was at the syscall (what "after the syscall" means for a site).
+pub const AFTER_CALL_LEA: u64 = 8;
+/// From the return address back to the trampoline's first instruction for the site (its
+/// `lea -128(%rsp),%rsp`): where a restarted call enters it again.
+pub const SITE_SEQUENCE: u64 = 16;
+
+/// The frame's `site` slot, as the mask-restoring tail reads it.
+const SITE_SLOT: usize = core::mem::offset_of!(Frame, site);
 
 global_asm!(
     ".pushsection .text.kbox_x86_64_entry,\"ax\",@progbits",
     ".globl kbox_x86_64_common_entry",
     ".globl kbox_x86_64_common_entry_end",
+    ".globl kbox_x86_64_entry_exit",
     ".p2align 4",
     "kbox_x86_64_common_entry:",
     "pushfq",
@@ -55,39 +86,38 @@ global_asm!(
     "mov rbx, rsp",
     // The C ABI wants DF clear; the guest's value is in the saved rflags.
     "cld",
-    "2:",
-    "lea r12, [rip + {tops}]",
-    "mov ecx, {n}",
-    "3:",
-    "xor eax, eax",
-    // xchg with memory is atomic: a non-zero value is a stack this thread now owns.
-    "xchg rax, [r12]",
-    "test rax, rax",
-    "jnz 4f",
-    "add r12, 8",
-    "dec ecx",
-    "jnz 3b",
-    "pause",
-    "jmp 2b",
-    "4:",
-    "mov r13, rax",
-    "lea rsp, [rax - 512]",
+    "sub rsp, {scratch}",
     "and rsp, -64",
     "fxsave64 [rsp]",
     "mov rdi, rbx",
+    "mov rsi, rsp",
     "call {entry}",
     "fxrstor64 [rsp]",
-    "mov [r12], r13",
     "mov rsp, rbx",
+    "cmp rax, {with_mask}",
+    "jb kbox_x86_64_entry_exit",
+    "ja 2f",
+    // The mask in the frame's site slot; the tail comes back to kbox_x86_64_entry_exit.
+    "jmp kbox_trap_restore_mask",
+    "2:",
+    // rax is a ucontext the handler left below the stack pointer; nothing here writes there.
+    "mov rsp, rax",
+    "jmp kbox_trap_sigreturn",
+    "kbox_x86_64_entry_exit:",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
     "pop rdi", "pop rsi", "pop rbp", "pop rbx", "pop rdx", "pop rcx", "pop rax",
     "popfq",
     "ret",
     "kbox_x86_64_common_entry_end:",
     ".popsection",
-    tops = sym STACK_TOPS,
-    n = const STACKS,
+    scratch = const SCRATCH,
+    with_mask = const RESUME_WITH_MASK,
     entry = sym entry,
+);
+
+const _: () = assert!(
+    SITE_SLOT == 136,
+    "kbox_trap_restore_mask reads the mask at rsp+136"
 );
 
 unsafe extern "C" {
@@ -95,8 +125,42 @@ unsafe extern "C" {
     fn kbox_x86_64_common_entry_end();
 }
 
-/// Called by the stub with the saved registers.
-extern "C" fn entry(frame: &mut Frame) {
+/// The stub's scratch area: the guest's FXSAVE state.
+#[derive(Debug)]
+pub struct Scratch {
+    base: *mut u8,
+}
+
+impl Scratch {
+    /// The x87/SSE state the stub saved (and restores on a plain resume).
+    pub fn fxsave(&mut self) -> &mut [u8; FXSAVE_LEN] {
+        // SAFETY: the stub reserved SCRATCH bytes at `base`, 64-byte aligned, for this call.
+        unsafe { &mut *self.base.cast::<[u8; FXSAVE_LEN]>() }
+    }
+}
+
+/// Serves a genuine entry with the whole frame; returns how the guest resumes.
+pub type FrameHandler = fn(&mut Frame, Scratch) -> u64;
+
+static FRAME_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the handler genuine entries go to instead of [`entry::set_handler`]'s.
+pub fn set_frame_handler(h: FrameHandler) {
+    FRAME_HANDLER.store(h as usize, Ordering::Release);
+}
+
+/// Called by the stub with the saved registers and the scratch area.
+extern "C" fn entry(frame: &mut Frame, scratch: *mut u8) -> u64 {
+    let fh = FRAME_HANDLER.load(Ordering::Acquire);
+    if fh != 0 {
+        if entry::admit(frame.site, frame.return_addr).is_err() {
+            frame.rax = entry::ENOSYS.cast_unsigned();
+            return RESUME_PLAIN;
+        }
+        // SAFETY: FRAME_HANDLER only ever holds 0 or a `FrameHandler` stored above.
+        let handler: FrameHandler = unsafe { core::mem::transmute::<usize, FrameHandler>(fh) };
+        return handler(frame, Scratch { base: scratch });
+    }
     let result = entry::dispatch(frame.site, frame.return_addr, |site, _kind: SiteKind| {
         SyscallRequest {
             nr: frame.rax,
@@ -107,6 +171,7 @@ extern "C" fn entry(frame: &mut Frame) {
         }
     });
     frame.rax = result.unwrap_or(entry::ENOSYS).cast_unsigned();
+    RESUME_PLAIN
 }
 
 /// Address trampolines call (the 8-byte literal in each trampoline).
@@ -121,16 +186,4 @@ pub fn common_entry_code() -> &'static [u8] {
     // SAFETY: both symbols delimit the stub in the same section of this binary's text, which
     // is mapped readable for the life of the process.
     unsafe { core::slice::from_raw_parts(start as *const u8, end - start) }
-}
-
-/// Allocates the kbox stacks once; must run before any trampoline is entered.
-pub fn init_stacks() {
-    if STACKS_READY.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    for top in &STACK_TOPS {
-        let stack: &'static mut [u128] = alloc::vec![0u128; STACK_SIZE / 16].leak();
-        let end = stack.as_mut_ptr_range().end as usize;
-        top.store(end, Ordering::Release);
-    }
 }

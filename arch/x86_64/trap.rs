@@ -25,6 +25,27 @@ global_asm!(
     ".popsection",
 );
 
+// The tail of a trampoline entry whose frame handler asked for the guest's signal mask:
+// the stack pointer is at the saved registers (tramp::Frame) on the guest's stack, the mask
+// in the frame's site slot. A signal the mask unblocks is delivered right here, on the
+// guest's stack, with the guest's registers saved above it; nothing of kbox's is left
+// running. The clobbered registers are all reloaded from the frame afterwards.
+global_asm!(
+    ".pushsection .text.kbox_trap,\"ax\",@progbits",
+    ".globl kbox_trap_restore_mask",
+    ".type kbox_trap_restore_mask,@function",
+    "kbox_trap_restore_mask:",
+    "mov eax, 14",
+    "mov edi, 2",
+    "lea rsi, [rsp + 136]",
+    "xor edx, edx",
+    "mov r10d, 8",
+    "syscall",
+    "jmp kbox_x86_64_entry_exit",
+    ".size kbox_trap_restore_mask, . - kbox_trap_restore_mask",
+    ".popsection",
+);
+
 unsafe extern "C" {
     fn kbox_trap_sigreturn();
 }
@@ -123,6 +144,34 @@ pub unsafe fn resume_context(ucontext: u64, tp: u64, fsgsbase: bool) -> ! {
             uc = in(reg) ucontext,
             options(noreturn)
         )
+    }
+}
+
+/// Calls `f(arg)` with the stack pointer at `stack_top` (16-byte aligned here), and returns
+/// to the caller's stack afterwards.
+///
+/// # Safety
+/// `stack_top` must be the top of writable memory that nothing else uses while `f` runs
+/// and is large enough for it.
+pub unsafe fn call_on_stack(
+    stack_top: u64,
+    f: extern "C" fn(*mut core::ffi::c_void),
+    arg: *mut core::ffi::c_void,
+) {
+    // SAFETY: as the caller vouches; r12 is callee-saved, so `f` preserves the way back.
+    unsafe {
+        asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "and rsp, -16",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) stack_top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
     }
 }
 

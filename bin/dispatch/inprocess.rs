@@ -66,6 +66,12 @@ fn io_errno(e: &std::io::Error) -> Errno {
     Errno(e.raw_os_error().unwrap_or(5))
 }
 
+/// The whole executable file `path` names, as `task` sees it (auto's look at a program
+/// before any guest process exists).
+pub fn read_program(task: &Task, path: &CString) -> Result<Vec<u8>, Errno> {
+    read_kernel_file(task, AT_FDCWD, path, true)
+}
+
 fn read_kernel_file(task: &Task, dirfd: u64, path: &CString, exec: bool) -> Result<Vec<u8>, Errno> {
     if exec {
         lkl(

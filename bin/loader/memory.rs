@@ -101,7 +101,11 @@ fn prot_flags(p: Prot) -> MprotectFlags {
 /// Reserves the program's span (at its own addresses for ET_EXEC, anywhere for ET_DYN),
 /// copies each segment in and gives it its protection. Returns the bias added to the file's
 /// addresses and the region.
-pub fn map_program(plan: &LoadPlan<'_>, data: &[u8]) -> Result<(u64, Region), LoadError> {
+pub fn map_program(
+    plan: &LoadPlan<'_>,
+    data: &[u8],
+    hook: &mut dyn super::CodeHook,
+) -> Result<(u64, Region, Vec<Region>), LoadError> {
     let len =
         usize::try_from(plan.span.1 - plan.span.0).map_err(|_| LoadError::Map(Errno::ENOMEM))?;
     let (hint, fixed) = if plan.position_independent {
@@ -147,6 +151,14 @@ pub fn map_program(plan: &LoadPlan<'_>, data: &[u8]) -> Result<(u64, Region), Lo
             &data[from..from + usize_of(seg.file_size)],
         );
     }
+    let mut extra = Vec::new();
+    for seg in plan.segments.iter().filter(|s| s.prot.exec()) {
+        let at = seg.vaddr + bias;
+        let len = usize_of(seg.file_size);
+        // SAFETY: the segment's bytes inside the reservation, writable until the loop below.
+        let code = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
+        extra.extend(hook.code(at, code));
+    }
     for (i, seg) in plan.segments.iter().enumerate() {
         let (first, end) = seg.pages();
         // A page two segments share gets both protections.
@@ -169,7 +181,18 @@ pub fn map_program(plan: &LoadPlan<'_>, data: &[u8]) -> Result<(u64, Region), Lo
         }
         .map_err(|e| LoadError::Map(errno(e)))?;
     }
-    Ok((bias, region))
+    Ok((bias, region, extra))
+}
+
+impl Region {
+    /// Takes over memory someone else mapped for the program (unmapped when dropped).
+    pub fn adopt(start: u64, len: usize) -> Self {
+        Region {
+            start,
+            len,
+            kept: false,
+        }
+    }
 }
 
 /// A stack of `size` bytes with a guard page below it.

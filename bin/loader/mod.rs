@@ -14,8 +14,8 @@ use kbox_arch::initstack::{self, StackSpec};
 use kbox_arch::load::{self, LoadPlan, Shebang};
 use kbox_lkl::Errno;
 
-pub use memory::Region;
-use memory::{AlignedBytes, map_program, map_stack};
+pub use memory::{AlignedBytes, Region};
+use memory::{map_program, map_stack};
 
 /// Linux runs at most five nested `#!` scripts (measured on 6.12: the sixth is ELOOP).
 const MAX_SCRIPT_DEPTH: usize = 5;
@@ -148,9 +148,29 @@ const PLATFORM: &[u8] = if cfg!(target_arch = "aarch64") {
     b"x86_64"
 };
 
+/// Sees each executable segment of a program being mapped while it is still writable,
+/// before its protection is set (the rewrite tier patches syscall sites there). Returns
+/// memory to keep, and unmap, with the program.
+pub trait CodeHook {
+    fn code(&mut self, vaddr: u64, code: &mut [u8]) -> Vec<Region>;
+}
+
+/// Leaves code as the file has it.
+pub struct AsInFile;
+
+impl CodeHook for AsInFile {
+    fn code(&mut self, _: u64, _: &mut [u8]) -> Vec<Region> {
+        Vec::new()
+    }
+}
+
 /// Loads what `req` names: [`prepare`], then [`map`].
-pub fn load(files: &mut dyn Files, req: &Request) -> Result<Loaded, LoadError> {
-    map(&prepare(files, req)?)
+pub fn load(
+    files: &mut dyn Files,
+    req: &Request,
+    hook: &mut dyn CodeHook,
+) -> Result<Loaded, LoadError> {
+    map(&prepare(files, req)?, hook)
 }
 
 /// Reads and checks what `req` names, following `#!` lines, without mapping anything.
@@ -202,16 +222,18 @@ pub fn prepare(files: &mut dyn Files, req: &Request) -> Result<Prepared, LoadErr
 
 /// Maps a prepared program and its interpreter and builds its stack. Nothing stays mapped
 /// on failure.
-pub fn map(p: &Prepared) -> Result<Loaded, LoadError> {
+pub fn map(p: &Prepared, hook: &mut dyn CodeHook) -> Result<Loaded, LoadError> {
     let plan = checked_plan(p.program.as_slice())?;
-    let (bias, program) = map_program(&plan, p.program.as_slice())?;
+    let (bias, program, extra) = map_program(&plan, p.program.as_slice(), hook)?;
     let mut image = vec![program];
+    image.extend(extra);
     let mut entry = plan.entry + bias;
     let mut interp_base = 0;
     if let Some(ibytes) = &p.interp {
         let iplan = checked_plan(ibytes.as_slice())?;
-        let (ibias, region) = map_program(&iplan, ibytes.as_slice())?;
+        let (ibias, region, extra) = map_program(&iplan, ibytes.as_slice(), hook)?;
         image.push(region);
+        image.extend(extra);
         entry = iplan.entry + ibias;
         interp_base = iplan.span.0 + ibias;
     }

@@ -88,7 +88,7 @@ fn loaded(argv: &[&str], dir: &Path) -> (String, i32) {
             libc::dup2(out.as_raw_fd(), 1);
             libc::dup2(out.as_raw_fd(), 2);
         }
-        match load(&mut HostFiles, &req) {
+        match load(&mut HostFiles, &req, &mut AsInFile) {
             Ok(program) => {
                 let (entry, sp, _) = program.keep();
                 // SAFETY: entry and sp are a program and stack the loader just built.
@@ -211,7 +211,7 @@ fn what_cannot_be_loaded_fails_with_execves_errno() {
             "{} natively",
             path.display()
         );
-        let got = load(&mut HostFiles, &req(&path))
+        let got = load(&mut HostFiles, &req(&path), &mut AsInFile)
             .map(|_| ())
             .map_err(|e| e.errno());
         assert_eq!(got, Err(want), "{}", path.display());

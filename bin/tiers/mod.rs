@@ -1,5 +1,8 @@
 //! The interception tiers that run beside the seccomp tier (bin/seccomp) over the same
 //! engine.
 
+pub mod auto;
+#[cfg(target_arch = "x86_64")]
+pub mod rewrite;
 #[cfg(target_arch = "x86_64")]
 pub mod trap;

@@ -11,12 +11,14 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use kbox_arch::x86_64::tramp::{AFTER_CALL_LEA, Frame, RESUME_WITH_MASK, SITE_SEQUENCE, Scratch};
 use kbox_arch::x86_64::trap::{gettid, raw_syscall, set_thread_pointer, thread_pointer};
 
 /// Guest threads one kbox serves (the trap tier runs one guest process).
 const MAX_THREADS: usize = 64;
 const SYS_RT_SIGPROCMASK: u64 = 14;
 const SIG_SETMASK: u64 = 2;
+const SYS_SIGALTSTACK: u64 = 131;
 /// SIGSYS's bit in a kernel sigset: never blocked while guest code runs.
 pub const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
 
@@ -26,13 +28,24 @@ struct Slot {
     kbox_tp: AtomicU64,
     /// kbox's code is running on the thread (its SIGSYS are its own).
     in_kbox: AtomicBool,
+    /// Where kbox's code serving this thread's calls starts its stack: the thread's own
+    /// (kbox started it), unused once it runs guest code. A guest's stack may be tiny (musl's
+    /// posix_spawn runs its child on 5 KiB), so calls are never served on it.
+    kbox_stack: AtomicU64,
 }
+
+/// Stack every guest thread gets from kbox, for kbox's code serving its calls.
+pub const KBOX_STACK: usize = 1 << 20;
+/// How far below a thread's stack top serving may be found already (nested: a guest signal
+/// handler that ran while kbox waited on the guest's behalf made a call).
+const KBOX_STACK_SPAN: u64 = (KBOX_STACK as u64) - (64 << 10);
 
 static SLOTS: [Slot; MAX_THREADS] = [const {
     Slot {
         tid: AtomicU32::new(0),
         kbox_tp: AtomicU64::new(0),
         in_kbox: AtomicBool::new(false),
+        kbox_stack: AtomicU64::new(0),
     }
 }; MAX_THREADS];
 /// rdfsbase/wrfsbase are usable (AT_HWCAP2 bit 1): no syscall to switch thread pointers.
@@ -40,7 +53,16 @@ static FSGSBASE: AtomicBool = AtomicBool::new(false);
 
 /// Makes the calling thread a guest thread: once it runs guest code ([`leave_kbox`]), its
 /// SIGSYS are guest calls.
+///
+/// Its calls are served on the stack below the caller's frame, which must not return
+/// before the thread ends (it starts guest code with [`enter_guest`]).
 pub fn adopt_current_thread() -> bool {
+    // Below this function's frame, with room for what runs until the guest starts.
+    let stack = (current_sp() - (16 << 10)) & !15;
+    adopt(stack)
+}
+
+fn adopt(kbox_stack: u64) -> bool {
     // SAFETY: getauxval reads this process's auxiliary vector.
     let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
     FSGSBASE.store(hwcap2 & 2 != 0, Ordering::Relaxed);
@@ -53,11 +75,43 @@ pub fn adopt_current_thread() -> bool {
             .is_ok()
         {
             slot.kbox_tp.store(tp, Ordering::Relaxed);
+            slot.kbox_stack.store(kbox_stack, Ordering::Relaxed);
             slot.in_kbox.store(true, Ordering::Release);
             return true;
         }
     }
     false
+}
+
+/// The stack pointer, near enough (a local's address).
+#[inline(always)]
+fn current_sp() -> u64 {
+    let here = 0u8;
+    std::hint::black_box(&raw const here) as u64
+}
+
+/// Whether `sp` is on the kbox stack that starts at `top`.
+fn within(top: u64, sp: u64) -> bool {
+    top != 0 && sp <= top && top - sp < KBOX_STACK_SPAN
+}
+
+/// Runs `f` on the calling guest thread's kbox stack (where it already is, when nested).
+fn on_kbox_stack(slot: &Slot, f: &mut dyn FnMut()) {
+    let top = slot.kbox_stack.load(Ordering::Relaxed);
+    if top == 0 || within(top, current_sp()) {
+        return f();
+    }
+    extern "C" fn run(arg: *mut c_void) {
+        // SAFETY: `arg` is the `&mut &mut dyn FnMut()` passed below, alive for the call.
+        let f = unsafe { &mut *arg.cast::<&mut dyn FnMut()>() };
+        f();
+    }
+    let mut f = f;
+    // SAFETY: the thread's own kbox stack, unused by anything else while the thread runs
+    // kbox's code (checked above: not already on it).
+    unsafe {
+        kbox_arch::x86_64::trap::call_on_stack(top, run, (&raw mut f).cast());
+    }
 }
 
 fn own_slot() -> Option<&'static Slot> {
@@ -75,10 +129,17 @@ pub fn leave_kbox() {
 /// In a process just forked from a guest thread: the parent's threads do not exist here;
 /// the calling thread is this process's only guest thread, running kbox's code.
 pub fn adopt_after_fork() {
+    // The forking thread serves this call on its kbox stack, which this copy keeps.
+    let sp = current_sp();
+    let stack = SLOTS
+        .iter()
+        .map(|s| s.kbox_stack.load(Ordering::Relaxed))
+        .find(|&top| within(top, sp))
+        .unwrap_or(0);
     for slot in &SLOTS {
         slot.tid.store(0, Ordering::Relaxed);
     }
-    adopt_current_thread();
+    adopt(stack);
 }
 
 /// The calling thread is no longer a guest thread (it is about to end).
@@ -106,6 +167,9 @@ pub struct Trapped<'a> {
     uc: &'a mut libc::ucontext_t,
     /// The guest's thread pointer, put back when the handler returns.
     pub guest_tp: u64,
+    /// How far before where the guest resumes its call is made again: the 2-byte `syscall`
+    /// for a trap, the trampoline's call sequence for a patched site.
+    restart_back: i64,
 }
 
 impl Trapped<'_> {
@@ -159,6 +223,8 @@ impl Trapped<'_> {
         }
         g[reg(libc::REG_RIP)] = ip.cast_signed();
         g[reg(libc::REG_RSP)] = sp.cast_signed();
+        // The new program starts with the FPU in its initial state, as after execve.
+        set_fpstate(self.uc, 0);
     }
 
     /// Makes the guest make call `nr` again when it resumes (after a signal's handler has
@@ -167,7 +233,7 @@ impl Trapped<'_> {
     pub fn restart_syscall(&mut self, nr: u64) {
         let g = &mut self.uc.uc_mcontext.gregs;
         g[reg(libc::REG_RAX)] = nr.cast_signed();
-        g[reg(libc::REG_RIP)] -= 2;
+        g[reg(libc::REG_RIP)] -= self.restart_back;
     }
 
     /// Resumes the guest at `ip` instead of after its syscall, registers otherwise as they
@@ -230,7 +296,7 @@ impl Trapped<'_> {
 }
 
 #[repr(C, align(16))]
-struct Frame {
+struct SigFrame {
     /// The return address slot a handler's `ret` pops before rt_sigreturn runs.
     _pretcode: u64,
     uc: libc::ucontext_t,
@@ -243,7 +309,7 @@ struct Frame {
 /// starts in its initial state.
 pub fn enter_guest(regs: [i64; 23], uc_flags: u64, mask: u64, tp: u64) -> ! {
     // SAFETY: an all-zero frame is valid to fill in.
-    let mut frame: Box<Frame> = Box::new(unsafe { std::mem::zeroed() });
+    let mut frame: Box<SigFrame> = Box::new(unsafe { std::mem::zeroed() });
     frame.uc.uc_flags = uc_flags;
     frame.uc.uc_mcontext.gregs = regs;
     frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
@@ -270,6 +336,22 @@ pub fn initial_registers(entry: u64, sp: u64) -> [i64; 23] {
     g[reg(libc::REG_EFL)] = EFLAGS_IF;
     g[reg(libc::REG_CSGSFS)] = USER_CS | (USER_SS << 48);
     g
+}
+
+/// Points a ucontext at the FPU state rt_sigreturn loads (0: the initial state). The
+/// pointer follows the 23 general registers in the kernel's sigcontext (libc keeps the
+/// field private).
+fn set_fpstate(uc: &mut libc::ucontext_t, at: u64) {
+    const FPSTATE_OFFSET: usize = 23 * 8;
+    const _: () = assert!(std::mem::size_of::<libc::mcontext_t>() >= FPSTATE_OFFSET + 8);
+    // SAFETY: inside uc_mcontext (asserted), an 8-byte aligned slot of the kernel's layout.
+    unsafe {
+        (&raw mut uc.uc_mcontext)
+            .cast::<u8>()
+            .add(FPSTATE_OFFSET)
+            .cast::<u64>()
+            .write(at);
+    }
 }
 
 fn call_of(uc: &libc::ucontext_t) -> (u64, [u64; 6]) {
@@ -313,8 +395,17 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
     slot.in_kbox.store(true, Ordering::Release);
     // SAFETY: the caller passes the kernel's ucontext, valid for the handler's duration.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let mut call = Trapped { uc, guest_tp };
-    serve(&mut call);
+    let mut call = Trapped {
+        uc,
+        guest_tp,
+        restart_back: 2,
+    };
+    let mut serve = Some(serve);
+    on_kbox_stack(slot, &mut || {
+        if let Some(serve) = serve.take() {
+            serve(&mut call);
+        }
+    });
     let guest_tp = call.guest_tp;
     // Looked up again: in a child forked meanwhile, this thread has a new slot.
     if let Some(slot) = own_slot() {
@@ -343,4 +434,153 @@ pub extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let (nr, args) = call_of(uc);
     // SAFETY: kbox's own code asked for this call with these arguments.
     uc.uc_mcontext.gregs[reg(libc::REG_RAX)] = unsafe { raw_syscall(nr, args) };
+}
+
+/// Signals kbox blocks while its code runs on a guest thread: all but SIGSYS and the
+/// signal kbox interrupts its own waits with (set by [`init_trampolines`]).
+static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
+
+/// Prepares for calls from patched sites ([`on_trampoline`]).
+pub fn init_trampolines() {
+    let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
+    KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
+    kbox_arch::x86_64::tramp::set_frame_handler(on_trampoline);
+}
+
+/// General registers in the frame of a patched site and their place in a ucontext.
+fn frame_registers(f: &mut Frame) -> [(&mut u64, i32); 16] {
+    [
+        (&mut f.r8, libc::REG_R8),
+        (&mut f.r9, libc::REG_R9),
+        (&mut f.r10, libc::REG_R10),
+        (&mut f.r11, libc::REG_R11),
+        (&mut f.r12, libc::REG_R12),
+        (&mut f.r13, libc::REG_R13),
+        (&mut f.r14, libc::REG_R14),
+        (&mut f.r15, libc::REG_R15),
+        (&mut f.rdi, libc::REG_RDI),
+        (&mut f.rsi, libc::REG_RSI),
+        (&mut f.rbp, libc::REG_RBP),
+        (&mut f.rbx, libc::REG_RBX),
+        (&mut f.rdx, libc::REG_RDX),
+        (&mut f.rax, libc::REG_RAX),
+        (&mut f.rcx, libc::REG_RCX),
+        (&mut f.rflags, libc::REG_EFL),
+    ]
+}
+
+/// A call from a patched site (the trampoline's common entry, on the guest's stack, with
+/// the guest's thread pointer and signal mask). Little runs here: the guest's stack may be
+/// small. Every signal is blocked, then the call is served on the thread's kbox stack
+/// ([`serve_patched`]).
+fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
+    let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
+    let mut guest_mask = 0u64;
+    // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place
+    // only raw syscalls and atomics run.
+    unsafe {
+        raw_syscall(
+            SYS_RT_SIGPROCMASK,
+            [
+                SIG_SETMASK,
+                (&raw const blocked) as u64,
+                (&raw mut guest_mask) as u64,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
+    frame.site = guest_mask & !SIGSYS_BIT;
+    let Some(slot) = own_slot() else {
+        // Not a thread kbox runs guest code on: nothing to serve it with.
+        frame.rax = (-i64::from(libc::ENOSYS)).cast_unsigned();
+        return RESUME_WITH_MASK;
+    };
+    let mut resume = RESUME_WITH_MASK;
+    on_kbox_stack(slot, &mut || {
+        resume = serve_patched(slot, frame, &mut scratch, guest_mask);
+    });
+    resume
+}
+
+/// Serves a patched site's call as a trapped one: the registers go into a ucontext, which
+/// [`super::serve`] reads and changes as it does a signal frame's. When the guest resumes
+/// after its call the registers go back into the frame and the stub restores the guest's
+/// mask; anywhere else (a new program, a restarted call, rt_sigreturn, a child on a new
+/// stack) the ucontext is loaded whole by rt_sigreturn: its address is returned.
+///
+/// The ucontext is a local of this function, on the kbox stack: once this returns only the
+/// stub's register moves and the rt_sigreturn call run on this thread, every signal still
+/// blocked, and none of them writes below the stack pointer, so it is intact when the kernel
+/// reads it.
+#[inline(never)]
+fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
+    let fsgs = FSGSBASE.load(Ordering::Relaxed);
+    let guest_tp = thread_pointer(fsgs);
+    // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
+    unsafe { set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed)) };
+    slot.in_kbox.store(true, Ordering::Release);
+
+    let resume_ip = frame.return_addr + AFTER_CALL_LEA;
+    let guest_sp = frame.guest_sp();
+    let fx = scratch.fxsave();
+    // The software-reserved tail of the FXSAVE area tells rt_sigreturn whether more state
+    // follows; zero means none.
+    fx[464..].fill(0);
+    let fx_at = fx.as_mut_ptr() as u64;
+    // SAFETY: an all-zero SigFrame is valid.
+    let mut sf: SigFrame = unsafe { std::mem::zeroed() };
+    let uc = &mut sf.uc;
+    for (v, r) in frame_registers(frame) {
+        uc.uc_mcontext.gregs[reg(r)] = v.cast_signed();
+    }
+    const USER_CS: i64 = 0x33;
+    const USER_SS: i64 = 0x2b;
+    uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = resume_ip.cast_signed();
+    uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = guest_sp.cast_signed();
+    uc.uc_mcontext.gregs[reg(libc::REG_CSGSFS)] = USER_CS | (USER_SS << 48);
+    set_fpstate(uc, fx_at);
+    // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
+    unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
+    let mut call = Trapped {
+        uc,
+        guest_tp,
+        restart_back: i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
+    };
+    super::serve(&mut call);
+    let guest_tp = call.guest_tp;
+    let uc = &mut sf.uc;
+    let g = &uc.uc_mcontext.gregs;
+    let resumes_after_call = g[reg(libc::REG_RIP)] == resume_ip.cast_signed()
+        && g[reg(libc::REG_RSP)] == guest_sp.cast_signed();
+    if resumes_after_call {
+        for (v, r) in frame_registers(frame) {
+            *v = g[reg(r)].cast_unsigned();
+        }
+        // SAFETY: as above.
+        frame.site = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
+    } else {
+        // rt_sigreturn also restores the alternate signal stack from the frame: keep the
+        // thread's own.
+        // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
+        unsafe {
+            raw_syscall(
+                SYS_SIGALTSTACK,
+                [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
+            )
+        };
+    }
+    // Looked up again: in a child forked meanwhile, this thread has a new slot.
+    if let Some(slot) = own_slot() {
+        slot.in_kbox.store(false, Ordering::Release);
+    }
+    // SAFETY: back to the guest's TLS for the guest code the stub returns to; every signal
+    // is still blocked.
+    unsafe { set_thread_pointer(fsgs, guest_tp) };
+    if resumes_after_call {
+        RESUME_WITH_MASK
+    } else {
+        std::ptr::from_mut(&mut sf.uc) as u64
+    }
 }

@@ -100,7 +100,11 @@ pub fn execve(
     // Linux's point of no return: the old program goes; a failure now ends the process.
     super::unmap_program_image();
     brk::release();
-    let program = match loader::map(&prepared) {
+    let hook = super::STATE.get().map(super::State::code_hook);
+    let program = match loader::map(
+        &prepared,
+        &mut *hook.unwrap_or_else(|| Box::new(loader::AsInFile)),
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("kbox: exec {}: {e}", path.to_string_lossy());

@@ -70,6 +70,10 @@ const PR_SET_SECCOMP: u64 = 22;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
+const PROT_EXEC: u64 = 4;
+const MAP_PRIVATE: u64 = 2;
+const MAP_TYPE: u64 = 0xf;
+const MAP_ANONYMOUS: u64 = 0x20;
 /// FD numbers kept for kbox's own files above the guest's (at least; an eighth of
 /// RLIMIT_NOFILE when that is more).
 const KBOX_FDS: u64 = 256;
@@ -92,6 +96,19 @@ impl std::fmt::Display for TrapError {
     }
 }
 
+/// What a tier built on this one does with the guest's code as it becomes executable (the
+/// rewrite tier patches its syscall sites; calls from sites left alone still trap).
+#[derive(Debug, Clone, Copy)]
+pub struct CodeTier {
+    /// The hook a program's code passes through while the loader maps it.
+    pub loading: fn() -> Box<dyn loader::CodeHook>,
+    /// The guest mapped `len` bytes of file `fd` from `offset` at `start`, private and
+    /// executable (`prot`: mmap's).
+    pub mapped: fn(start: u64, len: u64, prot: u64, fd: i32, offset: u64),
+    /// The running program is being replaced and no other thread of it is left.
+    pub replaced: fn(),
+}
+
 /// What to run.
 #[derive(Debug)]
 pub struct Launch {
@@ -103,6 +120,8 @@ pub struct Launch {
     pub fd_floor: i32,
     /// The user watches the calls (denied calls are counted, not refused by the filter).
     pub counted: bool,
+    /// Set by a tier built on this one.
+    pub code: Option<CodeTier>,
 }
 
 struct State {
@@ -110,6 +129,16 @@ struct State {
     /// The seccomp tier's filter program: the policy every call is decided by.
     policy: Vec<SockFilter>,
     fd_floor: i32,
+    code: Option<CodeTier>,
+}
+
+impl State {
+    fn code_hook(&self) -> Box<dyn loader::CodeHook> {
+        self.code.map_or_else(
+            || Box::new(loader::AsInFile) as Box<dyn loader::CodeHook>,
+            |c| (c.loading)(),
+        )
+    }
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
@@ -205,6 +234,13 @@ pub fn reserve_fds(floor: i32) {
     crate::dispatch::set_fd_floor(floor);
 }
 
+/// Undoes [`reserve_fds`] when no in-process tier runs after all (auto chose another):
+/// the numbers are free again and kbox's FDs need no floor.
+pub fn unreserve_fds() {
+    lock(&RESERVED).clear();
+    crate::dispatch::set_fd_floor(0);
+}
+
 /// Closes the first guest process's FDs (all below the floor but stdin, stdout and stderr,
 /// which are kbox's too), as its exit would.
 pub fn close_guest_fds() {
@@ -261,6 +297,11 @@ fn own_text() -> Option<(u64, u64)> {
 
 pub use process::marker;
 
+/// Serves calls from patched sites (the rewrite tier's trampolines) as trapped ones.
+pub fn accept_trampolines() {
+    entry::init_trampolines();
+}
+
 /// Runs the guest until it exits; returns how it ended.
 pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError> {
     let text = own_text().ok_or(TrapError::NoText)?;
@@ -289,8 +330,13 @@ pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError
     let verbose = launch.verbose;
     if verbose {
         eprintln!(
-            "kbox: syscall mode trap: the guest runs in kbox's process; calls outside kbox's code \
+            "kbox: syscall mode {}: the guest runs in kbox's process; calls outside kbox's code \
              ({:#x}..{:#x}) trap (filter of {} instructions); guest FDs below {fd_floor}",
+            if launch.code.is_some() {
+                "rewrite"
+            } else {
+                "trap"
+            },
             text.0,
             text.1,
             gate.len()
@@ -302,11 +348,13 @@ pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError
         engine,
         policy,
         fd_floor,
+        code: launch.code,
     });
     signals::install_initial();
     lock(&RESERVED).clear();
     std::thread::Builder::new()
         .name("kbox-guest".into())
+        .stack_size(entry::KBOX_STACK)
         .spawn(move || guest_thread(&launch, &gate))
         .map_err(TrapError::Thread)?;
     let mut exit = lock(&EXIT);
@@ -342,7 +390,7 @@ fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
         engine: &st.engine,
         tid: gettid(),
     };
-    let program = match loader::load(&mut files, &req) {
+    let program = match loader::load(&mut files, &req, &mut *st.code_hook()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("kbox: {}: {e}", launch.path.to_string_lossy());
@@ -406,6 +454,11 @@ fn close_filter(gate: &[SockFilter], engine: &Arc<Mutex<Engine>>) -> Result<(), 
 /// Unmaps the running program's image (not its stack, which the exec's handler runs on) to
 /// make room for the next one at the same fixed addresses; its rseq area goes with it.
 fn unmap_program_image() {
+    if let Some(code) = STATE.get().and_then(|st| st.code)
+        && entry::guest_threads() == 1
+    {
+        (code.replaced)();
+    }
     if let Some((area, len, sig)) = lock(&RSEQ).take() {
         // SAFETY: unregisters exactly what the guest registered on this thread.
         unsafe { raw_syscall(SYS_RSEQ, [area, len, RSEQ_FLAG_UNREGISTER, sig, 0, 0]) };
@@ -512,10 +565,11 @@ fn tier_call(
 ) -> Option<Handled> {
     let r = match nr {
         SYS_EXIT if entry::guest_threads() > 1 => thread_exit(),
-        // A forked process ends through the engine, which then lets the host end it.
-        SYS_EXIT | SYS_EXIT_GROUP if process::is_remote() => {
-            Ok(process::engine_call(call, nr, args))
-        }
+        // A forked process ends as under the seccomp tier: its last thread's exit on the
+        // host (the policy lets exit through), exit_group through the engine, which then
+        // lets the host end it.
+        SYS_EXIT if process::is_remote() => Ok(call.run_as_guest(nr, args)),
+        SYS_EXIT_GROUP if process::is_remote() => Ok(process::engine_call(call, nr, args)),
         SYS_EXIT | SYS_EXIT_GROUP => guest_exited(st, guest, Exit::Guest((args[0] & 0xff) as u8)),
         SYS_BRK => Ok(i64::try_from(brk::brk(args[0])).unwrap_or(0)),
         SYS_MUNMAP => unmap::munmap(args[0], args[1]),
@@ -529,6 +583,12 @@ fn tier_call(
             let r = call.run_as_guest(nr, args);
             if let Ok(at) = u64::try_from(r) {
                 unmap::after_mmap(at, args[1], args[3]);
+                let private_file =
+                    args[3] & MAP_TYPE == MAP_PRIVATE && args[3] & MAP_ANONYMOUS == 0;
+                if let Some(code) = st.code.filter(|_| private_file && args[2] & PROT_EXEC != 0) {
+                    let fd = i32::try_from(args[4] & 0xffff_ffff).unwrap_or(-1);
+                    (code.mapped)(at, args[1], args[2], fd, args[5]);
+                }
             }
             Ok(r)
         }

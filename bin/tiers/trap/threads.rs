@@ -22,9 +22,6 @@ pub(super) const CLONE_PARENT_SETTID: u64 = 0x10_0000;
 pub(super) const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
 pub(super) const CLONE_CHILD_SETTID: u64 = 0x100_0000;
 pub(super) const SYS_SET_TID_ADDRESS: u64 = 218;
-/// kbox's code on a new thread needs little stack: it only starts the guest's thread,
-/// whose calls are served on the guest's own stack.
-const START_STACK: usize = 64 << 10;
 
 /// Whether clone's `flags` ask for a thread (the rest, processes, need another design).
 pub fn is_thread(flags: u64) -> bool {
@@ -53,7 +50,7 @@ pub fn clone_thread(
     let (tx, rx) = mpsc::channel::<Result<u32, Errno>>();
     std::thread::Builder::new()
         .name("kbox-guest".into())
-        .stack_size(START_STACK)
+        .stack_size(entry::KBOX_STACK)
         .spawn(move || {
             if !entry::adopt_current_thread() {
                 let _ = tx.send(Err(Errno::EAGAIN));

@@ -1,0 +1,85 @@
+//! `--syscall-mode=auto`: the tier for the program a command starts, from the program
+//! itself. The rewrite tier serves a call without a notification or a signal, but a
+//! process the guest forks pays for the copy of kbox it gets and for a notification per
+//! call; so it is chosen only for a program kbox can see will not start processes: a
+//! static one (its libc is all in view) with no site that may call clone, fork, vfork or
+//! clone3. Everything else stays with the seccomp tier. The choice is said under `-v`.
+
+use kbox_arch::elf::{self, Machine};
+use kbox_arch::site;
+
+use crate::cli::SyscallTier;
+
+/// The tier for the program whose file holds `program`, and why.
+pub fn choose(program: &[u8]) -> (SyscallTier, &'static str) {
+    let fallback = SyscallTier::Seccomp;
+    if program.starts_with(b"#!") {
+        return (fallback, "a script: its interpreter may start processes");
+    }
+    let Ok(image) = elf::parse(program) else {
+        return (fallback, "not an ELF program kbox can read");
+    };
+    let host = if cfg!(target_arch = "aarch64") {
+        Machine::Aarch64
+    } else {
+        Machine::X86_64
+    };
+    if image.machine != host || !cfg!(target_arch = "x86_64") {
+        return (fallback, "no in-process tier for this machine");
+    }
+    if !image.is_static() {
+        return (
+            fallback,
+            "dynamically linked: whether it starts processes is not in view",
+        );
+    }
+    if site::has_fork_sites(&image) {
+        return (fallback, "it may start processes (a clone/fork call site)");
+    }
+    (
+        SyscallTier::Rewrite,
+        "a static program with no call site that starts processes",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::AlignedBytes;
+
+    fn file(path: &str) -> AlignedBytes {
+        AlignedBytes::copy_of(&std::fs::read(path).expect("readable test program"))
+    }
+
+    /// A guest test program (static musl builds, made by `make check`).
+    fn guest_program(name: &str) -> AlignedBytes {
+        let dir =
+            std::env::var("KBOX_GUEST_BINS").expect("KBOX_GUEST_BINS names the guest programs");
+        file(&format!("{dir}/{name}"))
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_static_program_that_never_forks_gets_the_rewrite_tier() {
+        let p = guest_program("hello");
+        assert_eq!(choose(p.as_slice()).0, SyscallTier::Rewrite);
+    }
+
+    #[test]
+    fn a_static_program_that_forks_stays_with_seccomp() {
+        let p = guest_program("spawnstress");
+        assert_eq!(choose(p.as_slice()).0, SyscallTier::Seccomp);
+    }
+
+    #[test]
+    fn a_dynamic_program_stays_with_seccomp() {
+        assert_eq!(choose(file("/bin/sh").as_slice()).0, SyscallTier::Seccomp);
+    }
+
+    #[test]
+    fn scripts_and_other_files_stay_with_seccomp() {
+        assert_eq!(choose(b"#!/bin/sh\necho hi\n").0, SyscallTier::Seccomp);
+        assert_eq!(choose(b"\x7fELF garbage").0, SyscallTier::Seccomp);
+        assert_eq!(choose(b"").0, SyscallTier::Seccomp);
+    }
+}
