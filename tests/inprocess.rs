@@ -147,7 +147,8 @@ fn programs_started_by_exec_make_calls_on_small_stacks() {
 }
 
 /// `-v` says what the rewrite tier patched, and what auto chose and why: rewrite for a
-/// static program that starts no processes, seccomp for busybox's shell (it forks).
+/// static program that starts no processes, seccomp for busybox's shell (it forks). Without
+/// `--syscall-mode` the guest stays out of kbox's process.
 #[test]
 fn verbose_output_says_what_was_patched_and_which_tier_auto_chose() {
     let img = Image::default("trap-verbose");
@@ -165,12 +166,19 @@ fn verbose_output_says_what_was_patched_and_which_tier_auto_chose() {
         .unwrap_or(0);
     assert!(patched > 0, "no site patched:\n{err}");
     for (cmd, tier) in [("/opt/kbox-tests/hello", "rewrite"), ("/bin/sh", "seccomp")] {
-        let out = img.run(&["-v", "-S"], &[cmd, "-c", "true"]);
+        let out = img.run(&["-v", "--syscall-mode=auto", "-S"], &[cmd, "-c", "true"]);
         let _ = expect(&out, 0);
         let err = text(&out.stderr);
         let said = format!("kbox: syscall mode auto: {tier} for {cmd}: ");
         assert!(err.contains(&said), "{cmd}: want {said:?} in:\n{err}");
     }
+    let out = img.run(&["-v", "-S"], &["/opt/kbox-tests/hello"]);
+    let _ = expect(&out, 0);
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("syscall mode auto") && !err.contains("kbox's process"),
+        "{err}"
+    );
 }
 
 /// Dynamic glibc programs from the Debian image: the dynamic linker's libraries are

@@ -315,8 +315,11 @@ def main():
         tree = os.path.join(tmp, "tree")
         extract(a.image, tree)
         image = copy_image(a.image, os.path.join(tmp, "rootfs.ext4"))
-        trap = Env("kbox trap", image=image, kbox=a.kbox, opts=["--syscall-mode=trap"])
-        envs = [Env("native", tree=tree), Env("kbox seccomp", image=image, kbox=a.kbox), trap]
+        def tier(mode, img=image):
+            return Env(f"kbox {mode}", image=img, kbox=a.kbox, opts=[f"--syscall-mode={mode}"])
+
+        # auto picks per program: a column of its own shows what that gives.
+        envs = [Env("native", tree=tree)] + [tier(t) for t in ("seccomp", "trap", "rewrite", "auto")]
         if have_proot:
             envs.append(Env("proot", tree=tree))
         m, w, py = {}, {}, {}
@@ -327,16 +330,18 @@ def main():
             w[e.name] = workloads(e, a.runs, a.scale_down)
         # What --stats costs: the micro-benchmark with counting on (a column of its own),
         # and kbox's own timing of its per-call bookkeeping.
-        counted = Env("kbox seccomp --stats", image=image, kbox=a.kbox, opts=["--stats=json"])
+        counted = Env("kbox seccomp --stats", image=image, kbox=a.kbox,
+                      opts=["--syscall-mode=seccomp", "--stats=json"])
         print(f"bench: {counted.name}: micro-benchmark", file=sys.stderr)
         m[counted.name] = micro(counted, a.calls)
-        envs.insert(3, counted)
+        envs.insert(2, counted)
         stats_cost = counting_cost(a.kbox, image)
         if a.debian:
             dtree = os.path.join(tmp, "debian")
             extract(a.debian, dtree)
             dimage = copy_image(a.debian, os.path.join(tmp, "debian.ext4"))
-            denvs = [Env("native", tree=dtree), Env("kbox seccomp", image=dimage, kbox=a.kbox)]
+            denvs = [Env("native", tree=dtree)] + [tier(t, dimage) for t in
+                                                    ("seccomp", "trap", "rewrite", "auto")]
             if have_proot:
                 denvs.append(Env("proot", tree=dtree))
             for e in denvs:
