@@ -169,6 +169,7 @@ const DEFAULT_TIER: SyscallTier = SyscallTier::Seccomp;
 
 impl SyscallTier {
     /// The name `--syscall-mode` takes.
+    #[cfg(target_arch = "x86_64")]
     pub fn name(self) -> &'static str {
         match self {
             Self::Seccomp => "seccomp",
@@ -179,6 +180,7 @@ impl SyscallTier {
     }
 
     /// The guest runs in kbox's own process.
+    #[cfg(target_arch = "x86_64")]
     pub fn in_process(self) -> bool {
         matches!(self, Self::Trap | Self::Rewrite)
     }

@@ -309,6 +309,7 @@ fn run_booted(
             return Ok(exit);
         }
     };
+    #[cfg(target_arch = "x86_64")]
     let tier = match config.tier {
         crate::cli::SyscallTier::Auto => auto_tier(&root, &command, config.verbose),
         t => t,
@@ -462,6 +463,7 @@ fn run_booted(
 /// `--syscall-mode=auto`: the tier for the program `command` names (its file, as the
 /// first guest process would read it). When that is not an in-process tier, what kbox did
 /// for one before it booted the kernel library is undone.
+#[cfg(target_arch = "x86_64")]
 fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::SyscallTier {
     let program = dispatch::read_program(root, command)
         .map(|bytes| crate::loader::AlignedBytes::copy_of(&bytes));
@@ -476,7 +478,6 @@ fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::Sysca
             command.to_string_lossy()
         );
     }
-    #[cfg(target_arch = "x86_64")]
     if !tier.in_process() {
         crate::tiers::trap::unreserve_fds();
         unblock_signals();

@@ -9,7 +9,8 @@
 //! the registry has accepted the site id and return address.
 //!
 //! A frame handler ([`set_frame_handler`]) answers how the guest resumes:
-//! [`RESUME_PLAIN`] (the saved registers, as the handler left them), [`RESUME_WITH_MASK`]
+//! [`RESUME_PLAIN`] (the saved registers, as the handler left them), [`RESUME_HOST_CALL`]
+//! (the call made on the host from kbox's text, then those registers), [`RESUME_WITH_MASK`]
 //! (the same, after the signal mask in the frame's `site` slot is installed by
 //! `kbox_trap_restore_mask`, so a signal it unblocks is delivered on the guest's stack with
 //! the guest's registers saved) or the address of an rt_sigframe's ucontext in the scratch
@@ -28,6 +29,10 @@ pub const FXSAVE_LEN: usize = 512;
 pub const RESUME_PLAIN: u64 = 0;
 /// Resume with the registers in the frame after installing the mask in its `site` slot.
 pub const RESUME_WITH_MASK: u64 = 1;
+/// Make the call on the host as the frame's registers ask (`kbox_trap_host_call`, in
+/// kbox's text), its result in rax, and resume: nothing else changed (no mask, no thread
+/// pointer), so the call is made exactly as the guest made it.
+pub const RESUME_HOST_CALL: u64 = 2;
 
 /// Registers in the order the stub pushes them (lowest address first).
 #[repr(C)]
@@ -96,10 +101,10 @@ global_asm!(
     "mov rsp, rbx",
     "cmp rax, {with_mask}",
     "jb kbox_x86_64_entry_exit",
-    "ja 2f",
     // The mask in the frame's site slot; the tail comes back to kbox_x86_64_entry_exit.
-    "jmp kbox_trap_restore_mask",
-    "2:",
+    "je kbox_trap_restore_mask",
+    "cmp rax, {host_call}",
+    "je kbox_trap_host_call",
     // rax is a ucontext the handler left below the stack pointer; nothing here writes there.
     "mov rsp, rax",
     "jmp kbox_trap_sigreturn",
@@ -112,12 +117,23 @@ global_asm!(
     ".popsection",
     scratch = const SCRATCH,
     with_mask = const RESUME_WITH_MASK,
+    host_call = const RESUME_HOST_CALL,
     entry = sym entry,
 );
 
 const _: () = assert!(
     SITE_SLOT == 136,
     "kbox_trap_restore_mask reads the mask at rsp+136"
+);
+const _: () = assert!(
+    core::mem::offset_of!(Frame, rax) == 112
+        && core::mem::offset_of!(Frame, rdi) == 64
+        && core::mem::offset_of!(Frame, rsi) == 72
+        && core::mem::offset_of!(Frame, rdx) == 96
+        && core::mem::offset_of!(Frame, r10) == 40
+        && core::mem::offset_of!(Frame, r8) == 56
+        && core::mem::offset_of!(Frame, r9) == 48,
+    "kbox_trap_host_call reads the call's registers at these offsets"
 );
 
 unsafe extern "C" {

@@ -46,6 +46,30 @@ global_asm!(
     ".popsection",
 );
 
+// The tail of a trampoline entry whose call runs on the host as the guest made it: the
+// stack pointer is at the saved registers (tramp::Frame, offsets asserted there), nothing
+// of the guest's state was changed. A signal during the call is delivered here, on the
+// guest's stack, as natively; SA_RESTART re-runs this syscall instruction with the same
+// registers.
+global_asm!(
+    ".pushsection .text.kbox_trap,\"ax\",@progbits",
+    ".globl kbox_trap_host_call",
+    ".type kbox_trap_host_call,@function",
+    "kbox_trap_host_call:",
+    "mov rax, [rsp + 112]",
+    "mov rdi, [rsp + 64]",
+    "mov rsi, [rsp + 72]",
+    "mov rdx, [rsp + 96]",
+    "mov r10, [rsp + 40]",
+    "mov r8, [rsp + 56]",
+    "mov r9, [rsp + 48]",
+    "syscall",
+    "mov [rsp + 112], rax",
+    "jmp kbox_x86_64_entry_exit",
+    ".size kbox_trap_host_call, . - kbox_trap_host_call",
+    ".popsection",
+);
+
 unsafe extern "C" {
     fn kbox_trap_sigreturn();
 }

@@ -177,9 +177,9 @@ unsafe extern "C" fn page_alloc(size: c_ulong) -> *mut c_void {
     let Ok(size) = usize::try_from(size) else {
         return std::ptr::null_mut();
     };
-    use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous};
+    use rustix::mm::{Advice, MapFlags, ProtFlags, madvise, mmap_anonymous};
     // SAFETY: a fresh private anonymous mapping aliases nothing.
-    unsafe {
+    let mem = unsafe {
         mmap_anonymous(
             std::ptr::null_mut(),
             size,
@@ -187,7 +187,15 @@ unsafe extern "C" fn page_alloc(size: c_ulong) -> *mut c_void {
             MapFlags::PRIVATE | MapFlags::NORESERVE,
         )
     }
-    .unwrap_or(std::ptr::null_mut())
+    .unwrap_or(std::ptr::null_mut());
+    if !mem.is_null() {
+        // The kernel's memory is never a forked copy's to use (a process kbox forks execs a
+        // guest, or is a guest process served by this one's kernel): not copying it makes
+        // fork cost what kbox's own memory costs, and a stray use fault.
+        // SAFETY: advice on the mapping just made.
+        let _ = unsafe { madvise(mem, size, Advice::LinuxDontFork) };
+    }
+    mem
 }
 
 fn clock_ns(id: rustix::time::ClockId) -> u64 {

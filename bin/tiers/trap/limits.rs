@@ -10,9 +10,9 @@ use super::guest::InProcess;
 use crate::dispatch::Guest;
 
 const RLIMIT_NOFILE: u64 = 7;
-const SYS_GETRLIMIT: u64 = 97;
-const SYS_SETRLIMIT: u64 = 160;
-const SYS_PRLIMIT64: u64 = 302;
+pub const SYS_GETRLIMIT: u64 = 97;
+pub const SYS_SETRLIMIT: u64 = 160;
+pub const SYS_PRLIMIT64: u64 = 302;
 
 static SOFT: AtomicU64 = AtomicU64::new(0);
 static HARD: AtomicU64 = AtomicU64::new(0);

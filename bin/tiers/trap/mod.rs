@@ -17,6 +17,7 @@ mod brk;
 mod entry;
 mod exec;
 mod guest;
+mod host_runs;
 mod limits;
 mod process;
 mod signals;
@@ -317,15 +318,14 @@ pub fn run(engine: Arc<Mutex<Engine>>, launch: Launch) -> Result<Exit, TrapError
         .map_err(TrapError::Filter)?;
     gate.truncate(n);
     let mut policy = vec![SockFilter::default(); bpf::MAX_INSNS];
-    let n = bpf::compile_checked(
-        HOST_ARCH,
-        &policy::rules(false, false, launch.counted),
-        &policy::checks(),
-        Action::Notify,
-        &mut policy,
-    )
-    .map_err(TrapError::Filter)?;
+    let (rules, checks) = (
+        policy::rules(false, false, launch.counted),
+        policy::checks(),
+    );
+    let n = bpf::compile_checked(HOST_ARCH, &rules, &checks, Action::Notify, &mut policy)
+        .map_err(TrapError::Filter)?;
     policy.truncate(n);
+    host_runs::init(&rules, &checks);
     let fd_floor = launch.fd_floor;
     let verbose = launch.verbose;
     if verbose {
@@ -514,6 +514,11 @@ fn serve(call: &mut entry::Trapped<'_>) {
         return;
     };
     let (nr, args) = call.call();
+    if host_runs::contains(nr) {
+        let r = call.run_as_guest(nr, args);
+        call.set_result(r);
+        return;
+    }
     let guest = InProcess::new(gettid(), st.fd_floor);
     if nr == SYS_RT_SIGRETURN {
         // On the guest's own stack, where its signal frame is.

@@ -1,0 +1,111 @@
+//! The calls a guest thread makes on the host exactly as it made them, with nothing of
+//! kbox's around them: the policy allows them whatever their arguments, and the tier does
+//! nothing of its own for them. A patched site's call of one is made straight from the
+//! trampoline's entry (`tramp::RESUME_HOST_CALL`: no signal mask or thread pointer
+//! switch, no kbox code running when a signal comes), and a trapped one skips the policy
+//! program's evaluation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kbox_core::bpf::{Action, ArgRule, Rule};
+
+/// Syscall numbers the table covers (x86_64's are below 512).
+const CALLS: usize = 512;
+
+static TABLE: [AtomicBool; CALLS] = [const { AtomicBool::new(false) }; CALLS];
+
+/// The calls the tier serves itself (`super::tier_call`, `super::serve`): they never run
+/// straight, whatever the policy says of them.
+const TIER_OWN: &[u64] = &[
+    super::SYS_CLOSE,
+    super::SYS_RT_SIGACTION,
+    super::SYS_RT_SIGPROCMASK,
+    super::SYS_RT_SIGRETURN,
+    super::SYS_BRK,
+    super::SYS_MUNMAP,
+    super::SYS_MREMAP,
+    super::SYS_MMAP,
+    super::SYS_MPROTECT,
+    super::SYS_MSYNC,
+    super::SYS_MINCORE,
+    super::SYS_MADVISE,
+    super::SYS_DUP2,
+    super::SYS_CLONE,
+    super::SYS_FORK,
+    super::SYS_VFORK,
+    super::SYS_EXECVE,
+    super::SYS_EXIT,
+    super::SYS_ARCH_PRCTL,
+    super::SYS_EXIT_GROUP,
+    super::SYS_DUP3,
+    super::SYS_EXECVEAT,
+    super::SYS_CLONE3,
+    super::SYS_CLOSE_RANGE,
+    super::SYS_RSEQ,
+    super::SYS_SECCOMP,
+    super::SYS_PRCTL,
+    super::limits::SYS_GETRLIMIT,
+    super::limits::SYS_SETRLIMIT,
+    super::limits::SYS_PRLIMIT64,
+];
+
+/// Fills the table from the policy's rules and argument checks.
+pub fn init(rules: &[Rule], checks: &[ArgRule]) {
+    for (nr, runs) in table(rules, checks).iter().enumerate() {
+        TABLE[nr].store(*runs, Ordering::Relaxed);
+    }
+}
+
+fn table(rules: &[Rule], checks: &[ArgRule]) -> [bool; CALLS] {
+    let mut t = [false; CALLS];
+    for r in rules.iter().filter(|r| r.action == Action::Allow) {
+        let nr = u64::from(r.nr);
+        let checked = checks.iter().any(|c| c.nr == r.nr);
+        if let Some(slot) = usize::try_from(nr).ok().and_then(|i| t.get_mut(i)) {
+            *slot = !checked && !TIER_OWN.contains(&nr);
+        }
+    }
+    t
+}
+
+/// Whether call `nr` runs on the host as the guest made it.
+pub fn contains(nr: u64) -> bool {
+    usize::try_from(nr)
+        .ok()
+        .and_then(|i| TABLE.get(i))
+        .is_some_and(|b| b.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::policy;
+
+    fn policy_table(counted: bool) -> [bool; CALLS] {
+        table(&policy::rules(false, false, counted), &policy::checks())
+    }
+
+    #[test]
+    fn plain_host_calls_run_straight() {
+        let t = policy_table(false);
+        // read, write, lseek, getpid, futex, nanosleep
+        for nr in [0usize, 1, 8, 39, 202, 35] {
+            assert!(t[nr], "call {nr}");
+        }
+    }
+
+    #[test]
+    fn the_tiers_own_calls_argument_checked_and_served_ones_never_do() {
+        for counted in [false, true] {
+            let t = policy_table(counted);
+            for &nr in TIER_OWN {
+                assert!(!t[usize::try_from(nr).unwrap_or(0)], "tier's own {nr}");
+            }
+            // ioctl (argument checks), openat and stat (the engine's), kill (pid-naming),
+            // socket (the engine's).
+            for nr in [16usize, 257, 4, 62, 41] {
+                assert!(!t[nr], "call {nr}");
+            }
+        }
+    }
+}
