@@ -43,6 +43,7 @@ use kbox_lkl::{Errno, Task};
 
 #[cfg(target_arch = "x86_64")]
 pub use hostio::{lift as lift_fd, set_fd_floor};
+#[cfg(target_arch = "x86_64")]
 pub use inprocess::read_program;
 #[cfg(target_arch = "x86_64")]
 pub use interrupt::{interrupt_waits_of, kick_signal, set_guest_mask};

@@ -11,6 +11,7 @@
 # (differences are for docs/compat.md), 1 otherwise, 2 on a set-up error.
 #   CONFORMANCE_TIMEOUT  seconds for each whole run (default 3600)
 #   CONFORMANCE_KEEP=1   keep the work directory (logs, XML, the image copy)
+#   CONFORMANCE_MODE     kbox's --syscall-mode for the kbox run (default: kbox's default)
 set -uo pipefail
 prog=conformance
 die() { echo "$prog: error: $*" >&2; exit 2; }
@@ -74,11 +75,13 @@ native_rc=$?
 native_time=$(( $(date +%s) - start ))
 echo "$prog: native run: exit $native_rc in ${native_time}s" >&2
 
-echo "$prog: under kbox -S (a copy of the image)" >&2
+echo "$prog: under kbox ${mode[*]} -S (a copy of the image)" >&2
 cp --sparse=always "$image" "$work/kbox.ext4" || die "cannot copy the image"
 mkdir -p "$work/kbox-results"
 start=$(date +%s)
-timeout "$limit" "$kbox" -S "$work/kbox.ext4" -b "$work/kbox-results:/results" -- \
+mode=()
+[ -n "${CONFORMANCE_MODE:-}" ] && mode=("--syscall-mode=$CONFORMANCE_MODE")
+timeout "$limit" "$kbox" "${mode[@]}" -S "$work/kbox.ext4" -b "$work/kbox-results:/results" -- \
   /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
   "${regrtest[@]}" --junit-xml /results/kbox.xml "${tests[@]}" >"$work/kbox.log" 2>&1 </dev/null
 kbox_rc=$?
