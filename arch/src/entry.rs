@@ -40,7 +40,8 @@ pub enum Rejected {
     NoHandler,
 }
 
-static RETURN_ADDRS: [AtomicU64; MAX_SITES] = [const { AtomicU64::new(0) }; MAX_SITES];
+/// Read by the x86-64 stub's fast path too (tramp.rs), with the same checks as [`validate`].
+pub(crate) static RETURN_ADDRS: [AtomicU64; MAX_SITES] = [const { AtomicU64::new(0) }; MAX_SITES];
 static KINDS: [AtomicU8; MAX_SITES] = [const { AtomicU8::new(0) }; MAX_SITES];
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 static REJECTED: AtomicU64 = AtomicU64::new(0);

@@ -18,7 +18,7 @@
 
 use crate::entry::{self, SiteKind, SyscallRequest};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Bytes of scratch the stub reserves below the saved registers: the FXSAVE area. It is on
 /// the guest's stack, which may be small.
@@ -91,6 +91,25 @@ global_asm!(
     "mov rbx, rsp",
     // The C ABI wants DF clear; the guest's value is in the saved rflags.
     "cld",
+    // Fast path: a genuine entry (the registry's checks, as entry::validate makes them)
+    // for a call that runs on the host as made (HOST_CALLS) goes straight to
+    // kbox_trap_host_call, with no Rust code and no FPU state to keep.
+    "mov rcx, [rsp + {site}]",
+    "cmp rcx, {max_sites}",
+    "jae 3f",
+    "lea rdx, [rip + {return_addrs}]",
+    "mov rdx, [rdx + rcx * 8]",
+    "test rdx, rdx",
+    "jz 3f",
+    "cmp rdx, [rsp + {ret}]",
+    "jne 3f",
+    "mov rcx, [rsp + {rax}]",
+    "cmp rcx, {host_calls_len}",
+    "jae 3f",
+    "lea rdx, [rip + {host_calls}]",
+    "cmp byte ptr [rdx + rcx], 0",
+    "jne kbox_trap_host_call",
+    "3:",
     "sub rsp, {scratch}",
     "and rsp, -64",
     "fxsave64 [rsp]",
@@ -119,7 +138,46 @@ global_asm!(
     with_mask = const RESUME_WITH_MASK,
     host_call = const RESUME_HOST_CALL,
     entry = sym entry,
+    site = const SITE_SLOT,
+    ret = const core::mem::offset_of!(Frame, return_addr),
+    rax = const core::mem::offset_of!(Frame, rax),
+    max_sites = const entry::MAX_SITES,
+    return_addrs = sym entry::RETURN_ADDRS,
+    host_calls = sym HOST_CALLS,
+    host_calls_len = const HOST_CALLS_LEN,
 );
+
+/// Syscall numbers [`set_host_call`] covers (x86-64's are below 512).
+pub const HOST_CALLS_LEN: usize = 512;
+/// The calls a genuine entry makes on the host straight from the stub (one byte each, read
+/// by the stub's fast path).
+static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
+    [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
+
+/// Whether a patched site's call `nr` is made on the host as it was made, by the stub
+/// alone (the runtime decides which calls may: its policy allows them whatever their
+/// arguments and it has nothing of its own to do for them).
+pub fn set_host_call(nr: usize, straight: bool) {
+    if let Some(b) = HOST_CALLS.get(nr) {
+        b.store(straight, Ordering::Release);
+    }
+}
+
+/// Whether [`set_host_call`] made `nr` a straight call.
+pub fn is_host_call(nr: u64) -> bool {
+    usize::try_from(nr)
+        .ok()
+        .and_then(|i| HOST_CALLS.get(i))
+        .is_some_and(|b| b.load(Ordering::Acquire))
+}
+
+/// No call is made straight any more (the process is ending: every thread's next call must
+/// reach the runtime).
+pub fn clear_host_calls() {
+    for b in &HOST_CALLS {
+        b.store(false, Ordering::Release);
+    }
+}
 
 const _: () = assert!(
     SITE_SLOT == 136,

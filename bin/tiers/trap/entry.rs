@@ -11,9 +11,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use kbox_arch::x86_64::tramp::{
-    AFTER_CALL_LEA, Frame, RESUME_HOST_CALL, RESUME_WITH_MASK, SITE_SEQUENCE, Scratch,
-};
+use kbox_arch::x86_64::tramp::{AFTER_CALL_LEA, Frame, RESUME_WITH_MASK, SITE_SEQUENCE, Scratch};
 use kbox_arch::x86_64::trap::{gettid, raw_syscall, set_thread_pointer, thread_pointer};
 
 /// Guest threads one kbox serves (the trap tier runs one guest process).
@@ -476,9 +474,6 @@ fn frame_registers(f: &mut Frame) -> [(&mut u64, i32); 16] {
 /// small. Every signal is blocked, then the call is served on the thread's kbox stack
 /// ([`serve_patched`]).
 fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
-    if super::host_runs::contains(frame.rax) && !super::EXITING.load(Ordering::Acquire) {
-        return RESUME_HOST_CALL;
-    }
     let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
     let mut guest_mask = 0u64;
     // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place

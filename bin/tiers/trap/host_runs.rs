@@ -1,18 +1,15 @@
 //! The calls a guest thread makes on the host exactly as it made them, with nothing of
 //! kbox's around them: the policy allows them whatever their arguments, and the tier does
-//! nothing of its own for them. A patched site's call of one is made straight from the
-//! trampoline's entry (`tramp::RESUME_HOST_CALL`: no signal mask or thread pointer
-//! switch, no kbox code running when a signal comes), and a trapped one skips the policy
-//! program's evaluation.
+//! nothing of its own for them. A patched site's call of one is made straight by the
+//! trampoline's entry stub (no Rust code, no signal mask or thread pointer switch, nothing
+//! of kbox's running when a signal comes), and a trapped one skips the policy program's
+//! evaluation.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use kbox_arch::x86_64::tramp;
 use kbox_core::bpf::{Action, ArgRule, Rule};
 
 /// Syscall numbers the table covers (x86_64's are below 512).
-const CALLS: usize = 512;
-
-static TABLE: [AtomicBool; CALLS] = [const { AtomicBool::new(false) }; CALLS];
+const CALLS: usize = tramp::HOST_CALLS_LEN;
 
 /// The calls the tier serves itself (`super::tier_call`, `super::serve`): they never run
 /// straight, whatever the policy says of them.
@@ -49,11 +46,16 @@ const TIER_OWN: &[u64] = &[
     super::limits::SYS_PRLIMIT64,
 ];
 
-/// Fills the table from the policy's rules and argument checks.
+/// Fills the table (the trampoline stub's) from the policy's rules and argument checks.
 pub fn init(rules: &[Rule], checks: &[ArgRule]) {
     for (nr, runs) in table(rules, checks).iter().enumerate() {
-        TABLE[nr].store(*runs, Ordering::Relaxed);
+        tramp::set_host_call(nr, *runs);
     }
+}
+
+/// The guest process is ending: every call reaches the tier again, which ends the thread.
+pub fn stop() {
+    tramp::clear_host_calls();
 }
 
 fn table(rules: &[Rule], checks: &[ArgRule]) -> [bool; CALLS] {
@@ -70,10 +72,7 @@ fn table(rules: &[Rule], checks: &[ArgRule]) -> [bool; CALLS] {
 
 /// Whether call `nr` runs on the host as the guest made it.
 pub fn contains(nr: u64) -> bool {
-    usize::try_from(nr)
-        .ok()
-        .and_then(|i| TABLE.get(i))
-        .is_some_and(|b| b.load(Ordering::Relaxed))
+    tramp::is_host_call(nr)
 }
 
 #[cfg(test)]

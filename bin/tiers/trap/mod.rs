@@ -780,6 +780,7 @@ fn arch_prctl(
 /// and this thread (the guest's, inside its signal handler) ends too.
 fn guest_exited(st: &State, guest: &InProcess, exit: Exit) -> ! {
     if !EXITING.swap(true, Ordering::AcqRel) {
+        host_runs::stop();
         let _ = lock(&st.engine).handle(
             guest,
             u32::try_from(SYS_EXIT_GROUP).unwrap_or(u32::MAX),
