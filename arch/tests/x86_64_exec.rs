@@ -284,13 +284,29 @@ fn straight_host_calls_need_a_genuine_entry_too() {
     let p = patch_sites();
     tramp::set_host_call(39, true);
     let (handled, rejected) = (HANDLED.load(Ordering::SeqCst), entry::rejected_count());
-    assert_eq!(call(&p, 0, 0, 0, 0), getpid(), "genuine wrapper site, made straight");
-    assert_eq!(call(&p, 1, 39, 0, 0), getpid(), "genuine bare site, made straight");
-    assert_eq!(HANDLED.load(Ordering::SeqCst), handled, "the handler never ran");
+    assert_eq!(
+        call(&p, 0, 0, 0, 0),
+        getpid(),
+        "genuine wrapper site, made straight"
+    );
+    assert_eq!(
+        call(&p, 1, 39, 0, 0),
+        getpid(),
+        "genuine bare site, made straight"
+    );
+    assert_eq!(
+        HANDLED.load(Ordering::SeqCst),
+        handled,
+        "the handler never ran"
+    );
     assert_eq!(run_forged(0), ENOSYS, "registered id, wrong return address");
     assert_eq!(run_forged(30_000), ENOSYS, "unregistered id");
     assert_eq!(entry::rejected_count() - rejected, 2);
     tramp::set_host_call(39, false);
     assert_eq!(call(&p, 0, 0, 0, 0), getpid());
-    assert_eq!(HANDLED.load(Ordering::SeqCst), handled + 1, "the handler again");
+    assert_eq!(
+        HANDLED.load(Ordering::SeqCst),
+        handled + 1,
+        "the handler again"
+    );
 }
