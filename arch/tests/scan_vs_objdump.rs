@@ -40,6 +40,27 @@ fn assert_same_sites(file: &Path, machine: Machine) {
     assert_eq!(ours, reference, "{}", file.display());
 }
 
+/// The rewrite tier takes its sites from the planner's decoded instructions
+/// (`Analysis::sites`, one sweep) rather than a second sweep: the same sites, classes
+/// included.
+#[test]
+fn planner_sites_are_the_scanners() {
+    use kbox_arch::x86_64::{plan::Analysis, scan::scan_segment};
+    for file in ["/bin/busybox", "/lib/x86_64-linux-gnu/libc.so.6"] {
+        let data = Aligned::load(Path::new(file));
+        let image = elf::parse(data.bytes()).expect("a well-formed ELF");
+        for seg in &image.code {
+            let mut scanned = Vec::new();
+            scan_segment(seg.bytes, seg.vaddr, &mut scanned);
+            assert_eq!(
+                Analysis::new(seg.bytes, seg.vaddr).sites(),
+                scanned,
+                "{file}"
+            );
+        }
+    }
+}
+
 #[test]
 fn busybox_x86_64_sites_match_objdump() {
     assert_same_sites(Path::new("/bin/busybox"), Machine::X86_64);

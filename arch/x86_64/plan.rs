@@ -9,8 +9,7 @@
 
 use super::decode::{Insn, Kind, read_signed};
 use super::sweep::{Step, Sweep};
-use crate::site::Site;
-use alloc::collections::BTreeSet;
+use crate::site::{Site, SiteClass};
 use alloc::vec::Vec;
 
 /// `jmp rel32`: the patch written at the window start.
@@ -44,29 +43,54 @@ pub struct Analysis<'a> {
     code: &'a [u8],
     vaddr: u64,
     insns: Vec<At>,
-    /// Addresses some direct branch or call in the segment targets.
-    targets: BTreeSet<u64>,
+    /// Addresses some direct branch or call in the segment targets, sorted, no repeats.
+    targets: Vec<u64>,
 }
 
 impl<'a> Analysis<'a> {
     pub fn new(code: &'a [u8], vaddr: u64) -> Self {
         let mut insns = Vec::new();
-        let mut targets = BTreeSet::new();
+        let mut targets = Vec::new();
         for (off, step) in Sweep::new(code) {
             if let Step::Insn(insn) = step {
                 let ip = vaddr.wrapping_add(off as u64);
                 if let Some(t) = insn.branch_target(&code[off..], ip) {
-                    targets.insert(t);
+                    targets.push(t);
                 }
                 insns.push(At { off, insn });
             }
         }
+        targets.sort_unstable();
+        targets.dedup();
         Self {
             code,
             vaddr,
             insns,
             targets,
         }
+    }
+
+    /// The segment's syscall sites, in address order: what `scan::scan_segment` finds,
+    /// from the instructions already decoded here.
+    pub fn sites(&self) -> Vec<Site> {
+        let mut out = Vec::new();
+        for (i, a) in self.insns.iter().enumerate() {
+            if a.insn.kind != Kind::Syscall {
+                continue;
+            }
+            // The instruction right before, when nothing undecodable lies between.
+            let prev = i
+                .checked_sub(1)
+                .and_then(|p| self.insns.get(p))
+                .filter(|p| p.off + p.insn.size() == a.off);
+            let class = prev.and_then(|p| super::scan::immediate_eax(self.bytes(p)));
+            out.push(Site {
+                vaddr: self.ip(a),
+                len: a.insn.len,
+                class: class.map_or(SiteClass::Bare, |nr| SiteClass::Wrapper { nr }),
+            });
+        }
+        out
     }
 
     fn bytes(&self, a: &At) -> &'a [u8] {
@@ -179,7 +203,7 @@ fn check_window(
             }
         }
         if i > 0 {
-            if an.targets.contains(&an.ip(a)) {
+            if an.targets.binary_search(&an.ip(a)).is_ok() {
                 return Err(WindowFault::Target);
             }
             // The instruction after a call is a return address.

@@ -73,7 +73,7 @@ fn loose_immediate_eax(insn: &[u8]) -> Option<u32> {
 }
 
 /// The immediate of `mov $imm32,%eax` (B8) or `mov $imm32,%rax` (48 C7 C0).
-fn immediate_eax(insn: &[u8]) -> Option<u32> {
+pub(crate) fn immediate_eax(insn: &[u8]) -> Option<u32> {
     let imm = match insn {
         [0xB8, imm @ ..] | [0x48, 0xC7, 0xC0, imm @ ..] => imm,
         _ => return None,

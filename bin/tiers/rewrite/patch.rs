@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kbox_arch::entry::{self, SiteKind};
 use kbox_arch::site::{Site, SiteClass};
 use kbox_arch::x86_64::plan::{self, Analysis, MAX_TRAMPOLINE};
-use kbox_arch::x86_64::scan::scan_segment;
 use kbox_arch::x86_64::tramp;
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
 
@@ -107,8 +106,9 @@ pub fn mapped(start: u64, len: u64, prot: u64, fd: i32, offset: u64) {
 /// Patches every site it can in `code` (writable, at `vaddr`); returns the memory holding
 /// their trampolines.
 fn patch(vaddr: u64, code: &mut [u8]) -> Option<Region> {
-    let mut sites: Vec<Site> = Vec::new();
-    scan_segment(code, vaddr, &mut sites);
+    let started = std::time::Instant::now();
+    let analysis = Analysis::new(code, vaddr);
+    let mut sites: Vec<Site> = analysis.sites();
     let before = sites.len();
     sites.retain(|s| {
         s.class
@@ -121,7 +121,8 @@ fn patch(vaddr: u64, code: &mut [u8]) -> Option<Region> {
     if sites.is_empty() {
         return None;
     }
-    let (plans, refused) = plan::plan_segment(&Analysis::new(code, vaddr), &sites);
+    let (plans, refused) = plan::plan_segment(&analysis, &sites);
+    drop(analysis);
     let mut left = refused.len();
     let mut done = 0;
     let region = if plans.is_empty() {
@@ -161,13 +162,14 @@ fn patch(vaddr: u64, code: &mut [u8]) -> Option<Region> {
     REFUSED.fetch_add(left, Ordering::Relaxed);
     if VERBOSE.load(Ordering::Relaxed) {
         eprintln!(
-            "kbox: rewrite: code at {vaddr:#x} ({} bytes): {done} sites patched, {left} left to trap{}",
+            "kbox: rewrite: code at {vaddr:#x} ({} bytes): {done} sites patched, {left} left to trap{} ({:.1} ms)",
             code.len(),
             if restorers > 0 {
                 ", rt_sigreturn restorer left as it is"
             } else {
                 ""
-            }
+            },
+            started.elapsed().as_secs_f64() * 1000.0
         );
     }
     region.map(|(at, len)| Region::adopt(at, len))
