@@ -26,12 +26,18 @@
 static unsigned char area[PATTERN_BYTES + STACK_BYTES] __attribute__((aligned(64)));
 static const char *workdir;
 
-static int pattern_intact(void)
+/* How many bytes below the stack were changed (0: none). */
+static size_t pattern_damage(void)
 {
     for (size_t i = 0; i < PATTERN_BYTES; i++)
         if (area[i] != (unsigned char)(i * 7 + 3))
-            return 0;
-    return 1;
+            return PATTERN_BYTES - i;
+    return 0;
+}
+
+static int pattern_intact(void)
+{
+    return pattern_damage() == 0;
 }
 
 /* Child: 1 when a call went wrong, 2 when the pattern below its stack changed. */
@@ -60,7 +66,16 @@ static int child(void *arg)
     sigemptyset(&set);
     if (sigprocmask(SIG_SETMASK, &set, NULL) != 0)
         return 1;
-    return pattern_intact() ? 0 : 2;
+    size_t damage = pattern_damage();
+    if (damage != 0) {
+        char line[80];
+        int n = snprintf(line, sizeof line, "the memory below the stack changed, %zu bytes deep\n",
+                         damage);
+        if (n > 0)
+            (void)write(1, line, (size_t)n);
+        return 2;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)

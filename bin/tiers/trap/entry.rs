@@ -388,6 +388,24 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
     let Some(slot) = guest_slot() else {
         return false;
     };
+    // Everything else runs on the thread's kbox stack: the guest's holds the kernel's
+    // signal frame already and may be small.
+    let mut serve = Some(serve);
+    on_kbox_stack(slot, &mut || {
+        if let Some(serve) = serve.take() {
+            // SAFETY: as the caller vouches for ctx.
+            unsafe { serve_trapped(slot, ctx, serve) };
+        }
+    });
+    true
+}
+
+/// [`with_guest_frame`]'s work, on the kbox stack.
+///
+/// # Safety
+/// As [`with_guest_frame`].
+#[inline(never)]
+unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut Trapped<'_>)) {
     let fsgs = FSGSBASE.load(Ordering::Relaxed);
     let guest_tp = thread_pointer(fsgs);
     // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
@@ -400,12 +418,7 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
         guest_tp,
         restart_back: 2,
     };
-    let mut serve = Some(serve);
-    on_kbox_stack(slot, &mut || {
-        if let Some(serve) = serve.take() {
-            serve(&mut call);
-        }
-    });
+    serve(&mut call);
     let guest_tp = call.guest_tp;
     // Looked up again: in a child forked meanwhile, this thread has a new slot.
     if let Some(slot) = own_slot() {
@@ -413,7 +426,6 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
     }
     // SAFETY: back to the guest's TLS for the guest code the handler returns to.
     unsafe { set_thread_pointer(fsgs, guest_tp) };
-    true
 }
 
 /// The SIGSYS handler.
