@@ -465,10 +465,19 @@ fn run_booted(
 /// for one before it booted the kernel library is undone.
 #[cfg(target_arch = "x86_64")]
 fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::SyscallTier {
-    let program = dispatch::read_program(root, command)
+    use crate::tiers::auto;
+    // A script's or a dynamic program's start is enough; a static one is read whole.
+    let program = dispatch::read_program(root, command, auto::HEAD)
+        .and_then(|head| {
+            if head.len() < auto::HEAD || auto::head_decides(&head) {
+                Ok(head)
+            } else {
+                dispatch::read_program(root, command, usize::MAX)
+            }
+        })
         .map(|bytes| crate::loader::AlignedBytes::copy_of(&bytes));
     let (tier, why) = match &program {
-        Ok(bytes) => crate::tiers::auto::choose(bytes.as_slice()),
+        Ok(bytes) => auto::choose(bytes.as_slice()),
         Err(_) => (crate::cli::SyscallTier::Seccomp, "its file cannot be read"),
     };
     if verbose {

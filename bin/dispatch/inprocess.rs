@@ -28,7 +28,7 @@ impl Engine {
         match self.route(pid, AT_FDCWD, path.to_owned())? {
             Route::Kernel(dirfd, kpath) => {
                 let task = &self.procs.get(pid).ok_or(Errno::ESRCH)?.task;
-                read_kernel_file(task, dirfd, &kpath, exec)
+                read_kernel_file(task, dirfd, &kpath, exec, usize::MAX)
             }
             Route::Host(bind, rel) => {
                 let host = self.bind_exec_path(bind, &rel)?;
@@ -68,11 +68,18 @@ fn io_errno(e: &std::io::Error) -> Errno {
 
 /// The whole executable file `path` names, as `task` sees it (auto's look at a program
 /// before any guest process exists).
-pub fn read_program(task: &Task, path: &CString) -> Result<Vec<u8>, Errno> {
-    read_kernel_file(task, AT_FDCWD, path, true)
+/// At most `limit` bytes of it.
+pub fn read_program(task: &Task, path: &CString, limit: usize) -> Result<Vec<u8>, Errno> {
+    read_kernel_file(task, AT_FDCWD, path, true, limit)
 }
 
-fn read_kernel_file(task: &Task, dirfd: u64, path: &CString, exec: bool) -> Result<Vec<u8>, Errno> {
+fn read_kernel_file(
+    task: &Task,
+    dirfd: u64,
+    path: &CString,
+    exec: bool,
+    limit: usize,
+) -> Result<Vec<u8>, Errno> {
     if exec {
         lkl(
             task,
@@ -86,12 +93,12 @@ fn read_kernel_file(task: &Task, dirfd: u64, path: &CString, exec: bool) -> Resu
         [dirfd, ptr(path.as_ptr()), O_RDONLY_CLOEXEC, 0, 0, 0],
     )?;
     let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
-    let result = read_all(task, fd);
+    let result = read_all(task, fd, limit);
     let _ = lkl(task, g::CLOSE, [fdv(fd), 0, 0, 0, 0, 0]);
     result
 }
 
-fn read_all(task: &Task, fd: i32) -> Result<Vec<u8>, Errno> {
+fn read_all(task: &Task, fd: i32, limit: usize) -> Result<Vec<u8>, Errno> {
     let st = super::files::lkl_stat(task, fd)?;
     if st.st_mode & S_IFMT != S_IFREG {
         return Err(Errno::EACCES);
@@ -100,7 +107,8 @@ fn read_all(task: &Task, fd: i32) -> Result<Vec<u8>, Errno> {
     if size > MAX_PROGRAM {
         return Err(Errno::ENOMEM);
     }
-    let mut out = vec![0u8; usize::try_from(size).map_err(|_| Errno::ENOMEM)?];
+    let size = usize::try_from(size).map_err(|_| Errno::ENOMEM)?.min(limit);
+    let mut out = vec![0u8; size];
     let mut at = 0;
     while at < out.len() {
         let rest = &mut out[at..];

@@ -10,11 +10,47 @@ use kbox_arch::site;
 
 use crate::cli::SyscallTier;
 
-/// The tier for the program whose file holds `program`, and why.
+/// How much of a program's start [`choose`] needs to tell a script or a dynamically
+/// linked program (its PT_INTERP header) apart; a static program is read whole.
+pub const HEAD: usize = 64 << 10;
+
+/// Whether the first bytes of a file are enough for [`choose`]: not an ELF file, or one
+/// whose program headers (all within `head`) name an interpreter.
+pub fn head_decides(head: &[u8]) -> bool {
+    !head.starts_with(b"\x7fELF") || interpreter_named(head) == Some(true)
+}
+
+/// Whether an ELF64 little-endian file's program headers include PT_INTERP; None when
+/// they are not all within `bytes` (or it is no such file).
+fn interpreter_named(bytes: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let phoff = usize::try_from(u64::from_le_bytes(bytes.get(32..40)?.try_into().ok()?)).ok()?;
+    let (entsize, count) = (usize::from(u16_at(54)?), usize::from(u16_at(56)?));
+    let mut found = false;
+    for i in 0..count {
+        let at = phoff.checked_add(i.checked_mul(entsize)?)?;
+        let kind = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        found |= kind == PT_INTERP;
+    }
+    Some(found)
+}
+
+/// The tier for the program whose file holds `program` (its start, when [`head_decides`]
+/// says that is enough), and why.
 pub fn choose(program: &[u8]) -> (SyscallTier, &'static str) {
     let fallback = SyscallTier::Seccomp;
     if program.starts_with(b"#!") {
         return (fallback, "a script: its interpreter may start processes");
+    }
+    if interpreter_named(program) == Some(true) {
+        return (
+            fallback,
+            "dynamically linked: whether it starts processes is not in view",
+        );
     }
     let Ok(image) = elf::parse(program) else {
         return (fallback, "not an ELF program kbox can read");
@@ -67,7 +103,19 @@ mod tests {
 
     #[test]
     fn a_dynamic_program_stays_with_seccomp() {
-        assert_eq!(choose(file("/bin/sh").as_slice()).0, SyscallTier::Seccomp);
+        let whole = file("/bin/sh");
+        assert_eq!(choose(whole.as_slice()).0, SyscallTier::Seccomp);
+        // Its start is enough to tell.
+        let head = &whole.as_slice()[..4096];
+        assert!(head_decides(head));
+        assert_eq!(choose(head).0, SyscallTier::Seccomp);
+    }
+
+    #[test]
+    fn a_static_programs_start_is_not_enough() {
+        let p = guest_program("hello");
+        assert!(!head_decides(&p.as_slice()[..4096]));
+        assert!(head_decides(b"#!/bin/sh\n"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kbox_arch::entry::{self, SiteKind};
 use kbox_arch::site::{Site, SiteClass};
 use kbox_arch::x86_64::plan::{self, Analysis, MAX_TRAMPOLINE};
+use kbox_arch::x86_64::scan::scan_segment;
 use kbox_arch::x86_64::tramp;
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
 
@@ -107,6 +108,16 @@ pub fn mapped(start: u64, len: u64, prot: u64, fd: i32, offset: u64) {
 /// their trampolines.
 fn patch(vaddr: u64, code: &mut [u8]) -> Option<Region> {
     let started = std::time::Instant::now();
+    // Most code of a dynamic program is its libraries': a program's own text seldom has a
+    // syscall instruction, and the full analysis of several MiB costs milliseconds.
+    if !code.windows(2).any(|w| w == [0x0F, 0x05]) {
+        return None;
+    }
+    let mut scanned = Vec::new();
+    scan_segment(code, vaddr, &mut scanned);
+    if scanned.is_empty() {
+        return None;
+    }
     let analysis = Analysis::new(code, vaddr);
     let mut sites: Vec<Site> = analysis.sites();
     let before = sites.len();
