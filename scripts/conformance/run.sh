@@ -75,12 +75,12 @@ native_rc=$?
 native_time=$(( $(date +%s) - start ))
 echo "$prog: native run: exit $native_rc in ${native_time}s" >&2
 
+mode=()
+[ -n "${CONFORMANCE_MODE:-}" ] && mode=("--syscall-mode=$CONFORMANCE_MODE")
 echo "$prog: under kbox ${mode[*]} -S (a copy of the image)" >&2
 cp --sparse=always "$image" "$work/kbox.ext4" || die "cannot copy the image"
 mkdir -p "$work/kbox-results"
 start=$(date +%s)
-mode=()
-[ -n "${CONFORMANCE_MODE:-}" ] && mode=("--syscall-mode=$CONFORMANCE_MODE")
 timeout "$limit" "$kbox" "${mode[@]}" -S "$work/kbox.ext4" -b "$work/kbox-results:/results" -- \
   /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
   "${regrtest[@]}" --junit-xml /results/kbox.xml "${tests[@]}" >"$work/kbox.log" 2>&1 </dev/null

@@ -32,6 +32,10 @@ struct Slot {
     /// (kbox started it), unused once it runs guest code. A guest's stack may be tiny (musl's
     /// posix_spawn runs its child on 5 KiB), so calls are never served on it.
     kbox_stack: AtomicU64,
+    /// While kbox waits on a call the guest's way ([`Trapped::as_guest`]), the lowest
+    /// address its frames on the kbox stack use: a guest signal handler may then run (on
+    /// the guest's stack, or its alternate one) and make calls, which are served below it.
+    kbox_stack_busy: AtomicU64,
 }
 
 /// Stack every guest thread gets from kbox, for kbox's code serving its calls.
@@ -46,6 +50,7 @@ static SLOTS: [Slot; MAX_THREADS] = [const {
         kbox_tp: AtomicU64::new(0),
         in_kbox: AtomicBool::new(false),
         kbox_stack: AtomicU64::new(0),
+        kbox_stack_busy: AtomicU64::new(0),
     }
 }; MAX_THREADS];
 /// rdfsbase/wrfsbase are usable (AT_HWCAP2 bit 1): no syscall to switch thread pointers.
@@ -95,11 +100,19 @@ fn within(top: u64, sp: u64) -> bool {
     top != 0 && sp <= top && top - sp < KBOX_STACK_SPAN
 }
 
-/// Runs `f` on the calling guest thread's kbox stack (where it already is, when nested).
+/// Runs `f` on the calling guest thread's kbox stack: from its top, or below the frames of
+/// a call kbox is waiting on meanwhile (a guest signal handler's call), or where it is when
+/// it is on that stack already.
 fn on_kbox_stack(slot: &Slot, f: &mut dyn FnMut()) {
-    let top = slot.kbox_stack.load(Ordering::Relaxed);
+    /// Room left below a waiting call's frames (its red zone and more).
+    const GAP: u64 = 4096;
+    let mut top = slot.kbox_stack.load(Ordering::Relaxed);
     if top == 0 || within(top, current_sp()) {
         return f();
+    }
+    let busy = slot.kbox_stack_busy.load(Ordering::Acquire);
+    if within(top, busy) {
+        top = (busy - GAP) & !15;
     }
     extern "C" fn run(arg: *mut c_void) {
         // SAFETY: `arg` is the `&mut &mut dyn FnMut()` passed below, alive for the call.
@@ -260,6 +273,17 @@ impl Trapped<'_> {
         let Some(slot) = own_slot() else {
             return make();
         };
+        // A guest handler that runs meanwhile must not have its calls served over these
+        // frames.
+        let busy_before = slot
+            .kbox_stack_busy
+            .swap(current_sp() & !15, Ordering::AcqRel);
+        let r = self.as_guest_in(slot, make);
+        slot.kbox_stack_busy.store(busy_before, Ordering::Release);
+        r
+    }
+
+    fn as_guest_in(&mut self, slot: &Slot, make: impl FnOnce() -> i64) -> i64 {
         let fsgs = FSGSBASE.load(Ordering::Relaxed);
         let guest_mask = self.sigmask() & !SIGSYS_BIT;
         let mut kbox_mask = 0u64;

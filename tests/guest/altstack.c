@@ -1,0 +1,111 @@
+/* altstack WORKDIR: a signal handler on an alternate stack (SA_ONSTACK, as CPython installs
+ * every handler, and faulthandler gives them a stack) interrupts a blocked call, makes
+ * calls of its own and returns, several times over, in a forked child and in the first
+ * process; then signals the process sends itself (raise, kill) run it while the sending
+ * call is still being made. The blocked call is a read on a socket pair, which kbox serves (not the host):
+ * kbox is then waiting on the guest's behalf while the handler's calls come in, and must not
+ * serve them over its own frames of the waiting call. The read is restarted (SA_RESTART)
+ * and gets the byte written after the signals.
+ * Guest test convention: exit 0 means pass. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static volatile sig_atomic_t handled;
+
+static void handler(int sig)
+{
+    (void)sig;
+    struct stat st;
+    /* Calls of several kinds from the handler: one kbox serves, one the host runs. */
+    if (stat("/", &st) == 0 && getpid() > 0)
+        handled++;
+}
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Blocks in a read on sv[0] while the other side signals `target` `rounds` times, then
+ * writes one byte. Returns 0 when the read got it and every signal was handled. */
+static int blocked_reader(int sv[2], int rounds)
+{
+    static char stack_area[64 * 1024];
+    stack_t ss = {.ss_sp = stack_area, .ss_size = sizeof stack_area, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL) != 0)
+        return 10;
+    struct sigaction sa = {.sa_handler = handler, .sa_flags = SA_ONSTACK | SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGUSR1, &sa, NULL) != 0)
+        return 11;
+    char c = 0;
+    ssize_t n = read(sv[0], &c, 1);
+    if (n != 1 || c != 'x')
+        return 12;
+    return handled == rounds ? 0 : 13;
+}
+
+static void signaller(pid_t target, int fd, int rounds)
+{
+    for (int i = 0; i < rounds; i++) {
+        pause_ms(50);
+        kill(target, SIGUSR1);
+    }
+    pause_ms(50);
+    (void)write(fd, "x", 1);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    const int rounds = 5;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
+        check(0, "socketpair", "errno %ld%ld", errno, 0);
+        return 1;
+    }
+    /* A forked child blocks; the parent signals it. */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(blocked_reader(sv, rounds));
+    signaller(child, sv[1], rounds);
+    int st = -1;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+        ;
+    check(child > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "forked child's blocked read",
+          "status %#lx (10-13: a step failed; a signal: it crashed)%ld", st, 0);
+    /* The first process blocks; a child signals it. */
+    pid_t parent = getpid();
+    pid_t helper = fork();
+    if (helper == 0) {
+        signaller(parent, sv[1], rounds);
+        _exit(0);
+    }
+    handled = 0;
+    int r = blocked_reader(sv, rounds);
+    check(r == 0, "first process's blocked read", "step %ld%ld", r, 0);
+    while (waitpid(helper, &st, 0) < 0 && errno == EINTR)
+        ;
+    /* A signal sent to itself is delivered while the sending call is made (kbox lets the
+     * host make kill and tgkill once it has checked the target): the handler's calls come
+     * in while kbox is still in that call. */
+    handled = 0;
+    for (int i = 0; i < 20; i++) {
+        raise(SIGUSR1);
+        kill(getpid(), SIGUSR1);
+    }
+    check(handled == 40, "signals sent to itself", "handled %ld of %ld", handled, 40);
+    return failures != 0;
+}
