@@ -57,7 +57,8 @@ const IN_PROCESS: [&str; 3] = [
 /// in-process tier (the same checks pass: which ones run can depend on the file system,
 /// e.g. user xattrs on the host's /tmp but not in the image). smallstack makes its calls on
 /// a 5 KiB stack, as musl's posix_spawn child does; altstack's signal handlers run on an
-/// alternate stack while kbox is in a call (CPython's test_signal found that one).
+/// alternate stack while kbox is in a call, and a program it execs must start without that
+/// stack (CPython's test_signal found both, under the rewrite tier).
 #[test]
 fn guest_programs_give_the_native_result_under_every_tier() {
     let img = Image::default("trap-programs");

@@ -2,7 +2,7 @@
  * every handler, and faulthandler gives them a stack) interrupts a blocked call, makes
  * calls of its own and returns, several times over, in a forked child and in the first
  * process; then signals the process sends itself (raise, kill) run it while the sending
- * call is still being made. The blocked call is a read on a socket pair, which kbox serves (not the host):
+ * call is still being made; and a program it execs starts without the alternate stack. The blocked call is a read on a socket pair, which kbox serves (not the host):
  * kbox is then waiting on the guest's behalf while the handler's calls come in, and must not
  * serve them over its own frames of the waiting call. The read is restarted (SA_RESTART)
  * and gets the byte written after the signals.
@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -66,10 +67,24 @@ static void signaller(pid_t target, int fd, int rounds)
     (void)write(fd, "x", 1);
 }
 
+/* The program exec'd by a process with an alternate stack: execve clears it. */
+static int after_exec(void)
+{
+    stack_t old;
+    if (sigaltstack(NULL, &old) != 0 || !(old.ss_flags & SS_DISABLE))
+        return 20;
+    struct sigaction sa = {.sa_handler = handler, .sa_flags = SA_ONSTACK};
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGUSR1, &sa, NULL) != 0)
+        return 21;
+    raise(SIGUSR1);
+    return handled == 1 ? 0 : 22;
+}
+
 int main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc > 1 && strcmp(argv[1], "--after-exec") == 0)
+        return after_exec();
     const int rounds = 5;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
@@ -107,5 +122,17 @@ int main(int argc, char **argv)
         kill(getpid(), SIGUSR1);
     }
     check(handled == 40, "signals sent to itself", "handled %ld of %ld", handled, 40);
+    /* This process has an alternate stack (blocked_reader set it): a program it execs
+     * starts without one. */
+    pid_t execd = fork();
+    if (execd == 0) {
+        char *args[] = {argv[0], "--after-exec", NULL};
+        execv(argv[0], args);
+        _exit(127);
+    }
+    while (waitpid(execd, &st, 0) < 0 && errno == EINTR)
+        ;
+    check(execd > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec clears the alternate stack",
+          "status %#lx (20: still set, 21-22: a step failed; a signal: it crashed)%ld", st, 0);
     return failures != 0;
 }

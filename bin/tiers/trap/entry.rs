@@ -249,6 +249,15 @@ impl Trapped<'_> {
         g[reg(libc::REG_RIP)] -= self.restart_back;
     }
 
+    /// The frame's alternate signal stack, which rt_sigreturn installs, is none (exec).
+    pub fn clear_alternate_stack(&mut self) {
+        self.uc.uc_stack = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+    }
+
     /// Resumes the guest at `ip` instead of after its syscall, registers otherwise as they
     /// are (rt_sigreturn's stub).
     pub fn resume_at(&mut self, ip: u64) {

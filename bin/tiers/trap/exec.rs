@@ -5,6 +5,7 @@
 
 use std::sync::Mutex;
 
+use kbox_arch::x86_64::trap::raw_syscall;
 use kbox_lkl::Errno;
 
 use super::entry::Trapped;
@@ -119,6 +120,8 @@ pub fn execve(
     }
     close_on_exec(guest.fd_floor);
     signals::reset_on_exec();
+    disable_alternate_stack();
+    call.clear_alternate_stack();
     super::set_current_program(&path);
     let (entry, sp, brk_start) = super::replace_program(program);
     brk::reset(brk_start);
@@ -169,4 +172,19 @@ fn open_fd_list() -> Option<Vec<i32>> {
         }
     }
     Some(fds)
+}
+
+/// execve clears the alternate signal stack: the old program's is in memory the new one
+/// does not know (CPython's faulthandler sets one, and CPython's handlers ask for it, so
+/// a program exec'd from one got its signals delivered onto a stale stack).
+fn disable_alternate_stack() {
+    const SYS_SIGALTSTACK: u64 = 131;
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack reads the local stack_t; it fails only while on the alternate
+    // stack (an exec from a handler running there), which then stays as it is.
+    unsafe { raw_syscall(SYS_SIGALTSTACK, [(&raw const off) as u64, 0, 0, 0, 0, 0]) };
 }
