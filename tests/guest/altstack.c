@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,6 +123,24 @@ int main(int argc, char **argv)
         kill(getpid(), SIGUSR1);
     }
     check(handled == 40, "signals sent to itself", "handled %ld of %ld", handled, 40);
+    /* kill is never interrupted natively, even with signals arriving all the while (an
+     * interval timer's, whose handler has no SA_RESTART): CPython's test_signal stress test
+     * got EINTR from kill once kbox served it. */
+    struct sigaction alrm = {.sa_handler = handler, .sa_flags = SA_ONSTACK};
+    sigemptyset(&alrm.sa_mask);
+    sigaction(SIGALRM, &alrm, NULL);
+    struct itimerval every = {{0, 200}, {0, 200}};
+    setitimer(ITIMER_REAL, &every, NULL);
+    long kill_failed = 0, kill_errno = 0;
+    for (int i = 0; i < 3000; i++)
+        if (kill(getpid(), SIGUSR1) != 0) {
+            kill_failed++;
+            kill_errno = errno;
+        }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    check(kill_failed == 0, "kill under a storm of timer signals",
+          "%ld kills failed, errno %ld", kill_failed, kill_errno);
     /* This process has an alternate stack (blocked_reader set it): a program it execs
      * starts without one. */
     pid_t execd = fork();
