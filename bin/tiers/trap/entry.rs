@@ -81,6 +81,9 @@ fn adopt(kbox_stack: u64) -> bool {
         {
             slot.kbox_tp.store(tp, Ordering::Relaxed);
             slot.kbox_stack.store(kbox_stack, Ordering::Relaxed);
+            // Nothing of this thread's waits on the stack yet (a reused slot's mark is
+            // another thread's).
+            slot.kbox_stack_busy.store(0, Ordering::Relaxed);
             slot.in_kbox.store(true, Ordering::Release);
             return true;
         }
