@@ -153,7 +153,7 @@ impl FsType {
 pub enum SyscallTier {
     /// seccomp user notification: the guest runs in child processes kbox answers for.
     Seccomp,
-    /// SIGSYS trap: the first guest process runs in kbox's own process (x86_64).
+    /// SIGSYS trap: the first guest process runs in kbox's own process.
     Trap,
     /// The trap tier with the guest's syscall sites patched to call kbox directly (x86_64).
     Rewrite,
@@ -169,7 +169,7 @@ const DEFAULT_TIER: SyscallTier = SyscallTier::Seccomp;
 
 impl SyscallTier {
     /// The name `--syscall-mode` takes.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn name(self) -> &'static str {
         match self {
             Self::Seccomp => "seccomp",
@@ -180,7 +180,6 @@ impl SyscallTier {
     }
 
     /// The guest runs in kbox's own process.
-    #[cfg(target_arch = "x86_64")]
     pub fn in_process(self) -> bool {
         matches!(self, Self::Trap | Self::Rewrite)
     }
@@ -798,8 +797,7 @@ fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
         // Without an in-process tier, auto has one choice.
         b"auto" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Auto),
         b"auto" => Ok(SyscallTier::Seccomp),
-        b"trap" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Trap),
-        b"trap" => Err(UsageError::SyscallModeNotAvailable("trap")),
+        b"trap" => Ok(SyscallTier::Trap),
         b"rewrite" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Rewrite),
         b"rewrite" => Err(UsageError::SyscallModeNotAvailable("rewrite")),
         _ => Err(UsageError::UnknownSyscallMode(Box::from(value))),
@@ -1434,20 +1432,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn syscall_mode_trap_is_the_trap_tier() {
         assert_eq!(
             config(&["-r", "i", "--syscall-mode=trap"]).tier,
             SyscallTier::Trap
-        );
-    }
-
-    #[test]
-    #[cfg(not(target_arch = "x86_64"))]
-    fn syscall_mode_when_trap_is_not_available() {
-        assert_eq!(
-            error(&["-r", "i", "--syscall-mode=trap"]),
-            UsageError::SyscallModeNotAvailable("trap")
         );
     }
 

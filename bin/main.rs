@@ -7,8 +7,7 @@ mod error;
 mod exit;
 mod image;
 mod image_lock;
-// The in-process tiers' loader; only x86_64 has such a tier so far.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// The in-process tiers' loader.
 mod loader;
 mod network;
 mod runtime;

@@ -73,7 +73,6 @@ pub enum RuntimeError {
         error: std::io::Error,
     },
     /// The trap tier cannot start.
-    #[cfg(target_arch = "x86_64")]
     Trap(crate::tiers::trap::TrapError),
 }
 
@@ -98,7 +97,6 @@ impl fmt::Display for RuntimeError {
             }
             Self::Web { addr, error } => write!(f, "cannot serve the dashboard on {addr}: {error}"),
             Self::Network(e) => write!(f, "cannot set up the guest's network: {e}"),
-            #[cfg(target_arch = "x86_64")]
             Self::Trap(e) => e.fmt(f),
         }
     }
@@ -223,7 +221,6 @@ pub fn run(config: &Config, read_only: bool) -> Result<Exit, RuntimeError> {
     raise_nofile();
     // The trap tier's guest shares kbox's FD table: kbox's files go above its numbers.
     // (auto may choose it, once the program is found in the image: it undoes this when not.)
-    #[cfg(target_arch = "x86_64")]
     if config.tier != crate::cli::SyscallTier::Seccomp {
         crate::tiers::trap::reserve_fds(crate::tiers::trap::fd_floor());
         // Signals sent to kbox are the guest's: only its threads (which start with an
@@ -314,6 +311,9 @@ fn run_booted(
         crate::cli::SyscallTier::Auto => auto_tier(&root, &command, config.verbose),
         t => t,
     };
+    // No auto here: the command line already made it seccomp.
+    #[cfg(not(target_arch = "x86_64"))]
+    let tier = config.tier;
     let settings = dispatch::Settings {
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
@@ -330,7 +330,6 @@ fn run_booted(
         Engine::new(root, settings).map_err(RuntimeError::ExecDir)?,
     ));
     let env = guest_env(config);
-    #[cfg(target_arch = "x86_64")]
     if tier.in_process() {
         return run_in_process(&engine, config, tier, command, &env);
     }
@@ -507,7 +506,6 @@ fn unblock_signals() {
 }
 
 /// Runs the guest under an in-process tier (trap or rewrite), in kbox's own process.
-#[cfg(target_arch = "x86_64")]
 fn run_in_process(
     engine: &Arc<Mutex<Engine>>,
     config: &Config,
@@ -529,12 +527,18 @@ fn run_in_process(
         counted: observe::enabled(),
         code: None,
     };
+    #[cfg(target_arch = "x86_64")]
     let exit = if tier == crate::cli::SyscallTier::Rewrite {
         crate::tiers::rewrite::run(Arc::clone(engine), launch)
     } else {
         crate::tiers::trap::run(Arc::clone(engine), launch)
-    }
-    .map_err(RuntimeError::Trap)?;
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let exit = {
+        let _ = tier;
+        crate::tiers::trap::run(Arc::clone(engine), launch)
+    };
+    let exit = exit.map_err(RuntimeError::Trap)?;
     web::guest_ended();
     trace::flush();
     if let Some(format) = config.stats {
@@ -621,7 +625,6 @@ fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
 
 /// Serves the notifications of `listener` on receiver threads, for as long as kbox runs
 /// (the trap tier's forked guest processes).
-#[cfg(target_arch = "x86_64")]
 pub(crate) fn serve_notifications(
     engine: &Arc<Mutex<Engine>>,
     listener: std::os::fd::OwnedFd,
@@ -640,7 +643,6 @@ fn answer(engine: &mut Engine, pending: Pending<'static>, slow: &dyn Fn()) {
         slow,
     };
     // The trap tier's own calls from its forked processes.
-    #[cfg(target_arch = "x86_64")]
     if let Some(reply) =
         crate::tiers::trap::marker(engine, &guest, u64::from(nr), n.args, n.instruction_pointer)
     {

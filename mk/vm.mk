@@ -5,7 +5,7 @@
 VM_OUT := $(BUILD)/vm
 # What check-kbox runs, built the same way (debug test binaries, a debug kbox).
 VM_TESTS := --bin kbox --test cli --test guest --test escape --test observe --test network --test inprocess
-VM_TESTS_AARCH64 := --bin kbox --test cli --test guest --test escape --test observe
+VM_TESTS_AARCH64 := --bin kbox --test cli --test guest --test escape --test observe --test inprocess
 # The dashboard in headless Chromium checks kbox's web page, not the kernel, and under
 # TCG Chromium does not answer within the check's limits.
 VM_BROWSER_TEST := web_page_renders_and_updates_in_a_real_browser

@@ -9,3 +9,5 @@ pub mod scan;
 pub mod start;
 #[cfg(target_arch = "aarch64")]
 pub mod tramp;
+#[cfg(target_arch = "aarch64")]
+pub mod trap;

@@ -18,6 +18,12 @@ pub mod x86_64;
 #[path = "../aarch64/mod.rs"]
 pub mod aarch64;
 
+/// The trap tier's machinery for the architecture kbox is built for (one interface).
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::trap;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::trap;
+
 pub mod entry;
 pub mod initstack;
 pub mod load;

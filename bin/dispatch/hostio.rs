@@ -15,7 +15,6 @@ use rustix::mm::{MapFlags, ProtFlags};
 /// 0 for the seccomp tier, whose guests have FD tables of their own.
 static FD_FLOOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-#[cfg(target_arch = "x86_64")]
 pub fn set_fd_floor(floor: i32) {
     FD_FLOOR.store(floor, std::sync::atomic::Ordering::Relaxed);
 }

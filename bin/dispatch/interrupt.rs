@@ -65,7 +65,6 @@ fn watch_loop(w: &Waits) {
 
 /// Ends every wait kbox does for guest thread `tid` now, as the watcher does when it sees
 /// a signal the thread takes (an in-process tier sees that itself: the thread is kbox's).
-#[cfg(target_arch = "x86_64")]
 pub fn interrupt_waits_of(tid: u32) {
     let w = waits();
     let mut guard = w.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -179,12 +178,10 @@ fn install_kick_handler() {
 /// Whether guest thread `tid` has a signal to take (or is gone), from /proc.
 /// The signal masks of guest threads that run kbox's code while kbox serves them (an
 /// in-process tier): their host mask then blocks everything, and the guest's is this one.
-#[cfg(target_arch = "x86_64")]
 static GUEST_MASKS: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
 
 /// While kbox serves guest thread `tid` on that thread itself, its signal mask is `mask`
 /// (None: the thread's own again).
-#[cfg(target_arch = "x86_64")]
 pub fn set_guest_mask(tid: u32, mask: Option<u64>) {
     let mut masks = GUEST_MASKS.lock().unwrap_or_else(PoisonError::into_inner);
     let masks = masks.get_or_insert_with(HashMap::new);
@@ -196,7 +193,6 @@ pub fn set_guest_mask(tid: u32, mask: Option<u64>) {
 
 fn signalled(tid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
-        #[cfg(target_arch = "x86_64")]
         Ok(status) => {
             let masks = GUEST_MASKS.lock().unwrap_or_else(PoisonError::into_inner);
             match masks.as_ref().and_then(|m| m.get(&tid)) {
@@ -204,8 +200,6 @@ fn signalled(tid: u32) -> bool {
                 None => takes_signal(&status),
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        Ok(status) => takes_signal(&status),
         Err(_) => true,
     }
 }

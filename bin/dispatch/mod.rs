@@ -19,7 +19,6 @@ mod files;
 mod forward;
 mod hostio;
 mod ifioctl;
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod inprocess;
 mod interrupt;
 mod linux;
@@ -41,11 +40,9 @@ use std::os::fd::BorrowedFd;
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
-#[cfg(target_arch = "x86_64")]
 pub use hostio::{lift as lift_fd, set_fd_floor};
 #[cfg(target_arch = "x86_64")]
 pub use inprocess::read_program;
-#[cfg(target_arch = "x86_64")]
 pub use interrupt::{interrupt_waits_of, kick_signal, set_guest_mask};
 pub use procs::{Procs, descendants, fork_helper};
 
@@ -191,7 +188,6 @@ impl Engine {
 
     /// No guest process forks unseen (an in-process tier that refuses process creation):
     /// calls that change inherited state skip looking for children to snapshot.
-    #[cfg(target_arch = "x86_64")]
     pub fn set_no_forks(&mut self) {
         self.procs.set_no_forks();
     }

@@ -174,7 +174,6 @@ impl Procs {
     }
 
     /// See `no_forks`.
-    #[cfg(target_arch = "x86_64")]
     pub fn set_no_forks(&mut self) {
         self.no_forks = true;
     }

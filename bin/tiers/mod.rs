@@ -5,5 +5,4 @@
 pub mod auto;
 #[cfg(target_arch = "x86_64")]
 pub mod rewrite;
-#[cfg(target_arch = "x86_64")]
 pub mod trap;

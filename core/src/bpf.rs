@@ -295,7 +295,7 @@ pub fn compile_ip_gate(
     if sites.len() > MAX_GATE_ENTRIES {
         return Err(BpfError::TooManyRules { given: sites.len() });
     }
-    let prologue = if arch == AuditArch::X86_64 { 6 } else { 4 };
+    let prologue = if arch == AuditArch::X86_64 { 6 } else { 3 };
     let needed = prologue + 5 * sites.len() + 6 * pieces.len() + 1;
     let capacity = out.len().min(MAX_INSNS);
     if needed > capacity {

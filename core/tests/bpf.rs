@@ -443,6 +443,10 @@ proptest! {
 
 /// Runs an IP gate on a call made from `ip` (x86_64, a 64-bit number).
 fn run_gate(prog: &[SockFilter], ip: u64, nr: u32) -> u32 {
+    run_gate_on(prog, AuditArch::X86_64, ip, nr)
+}
+
+fn run_gate_on(prog: &[SockFilter], arch: AuditArch, ip: u64, nr: u32) -> u32 {
     let mut acc = 0u32;
     let mut pc = 0usize;
     loop {
@@ -452,7 +456,7 @@ fn run_gate(prog: &[SockFilter], ip: u64, nr: u32) -> u32 {
             bpf::BPF_LD_W_ABS => {
                 acc = match insn.k {
                     bpf::SECCOMP_DATA_NR => nr,
-                    bpf::SECCOMP_DATA_ARCH => AuditArch::X86_64.value(),
+                    bpf::SECCOMP_DATA_ARCH => arch.value(),
                     bpf::SECCOMP_DATA_IP_LO => u32::try_from(ip & 0xffff_ffff).unwrap_or(0),
                     bpf::SECCOMP_DATA_IP_HI => u32::try_from(ip >> 32).unwrap_or(0),
                     k => panic!("load from unexpected offset {k}"),
@@ -466,6 +470,23 @@ fn run_gate(prog: &[SockFilter], ip: u64, nr: u32) -> u32 {
             code => panic!("unexpected opcode {code:#x} at {pc}"),
         };
     }
+}
+
+/// AArch64's gate has no x32 check: the length it reports is what it wrote (the trap tier's
+/// first aarch64 run failed that count), and it decides as x86-64's does.
+#[test]
+fn ip_gate_for_aarch64_is_as_long_as_it_says() {
+    let regions = [(0x40_0000, 0x50_0000, Action::Allow), (0x7000, 0x8000, Action::Notify)];
+    let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
+    let n = bpf::compile_ip_gate(AuditArch::Aarch64, &[], &regions, Action::Trap(0), &mut out)
+        .expect("compiles");
+    assert_eq!(n, 3 + 6 * regions.len() + 1);
+    let prog = &out[..n];
+    let a = AuditArch::Aarch64;
+    assert_eq!(run_gate_on(prog, a, 0x40_0010, 57), Action::Allow.ret_value());
+    assert_eq!(run_gate_on(prog, a, 0x7ff8, 57), Action::Notify.ret_value());
+    assert_eq!(run_gate_on(prog, a, 0x50_0000, 57), Action::Trap(0).ret_value());
+    assert_eq!(run_gate_on(prog, AuditArch::X86_64, 0x40_0010, 57), KILL_PROCESS);
 }
 
 proptest! {

@@ -184,7 +184,13 @@ static void on_sigsys(int sig, siginfo_t *info, void *ctx)
 {
 	(void)sig;
 	(void)info;
+#if defined(__x86_64__)
 	((ucontext_t *)ctx)->uc_mcontext.gregs[REG_RAX] = 0;
+#elif defined(__aarch64__)
+	((ucontext_t *)ctx)->uc_mcontext.regs[0] = 0;
+#else
+#error "the SIGSYS row needs this architecture's result register"
+#endif
 }
 
 static void op_sigsys(void)

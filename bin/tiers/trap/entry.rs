@@ -11,14 +11,17 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use kbox_arch::trap::{gettid, raw_syscall, set_thread_pointer, thread_pointer};
+#[cfg(target_arch = "x86_64")]
 use kbox_arch::x86_64::tramp::{AFTER_CALL_LEA, Frame, RESUME_WITH_MASK, SITE_SEQUENCE, Scratch};
-use kbox_arch::x86_64::trap::{gettid, raw_syscall, set_thread_pointer, thread_pointer};
+
+use super::context::{self, SigFrame};
+pub use super::context::{Registers, initial_registers};
+use super::sysno::SYS_RT_SIGPROCMASK;
 
 /// Guest threads one kbox serves (the trap tier runs one guest process).
 const MAX_THREADS: usize = 64;
-const SYS_RT_SIGPROCMASK: u64 = 14;
 const SIG_SETMASK: u64 = 2;
-const SYS_SIGALTSTACK: u64 = 131;
 /// SIGSYS's bit in a kernel sigset: never blocked while guest code runs.
 pub const SIGSYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
 
@@ -126,7 +129,7 @@ fn on_kbox_stack(slot: &Slot, f: &mut dyn FnMut()) {
     // SAFETY: the thread's own kbox stack, unused by anything else while the thread runs
     // kbox's code (checked above: not already on it).
     unsafe {
-        kbox_arch::x86_64::trap::call_on_stack(top, run, (&raw mut f).cast());
+        kbox_arch::trap::call_on_stack(top, run, (&raw mut f).cast());
     }
 }
 
@@ -173,34 +176,31 @@ pub fn guest_threads() -> usize {
         .count()
 }
 
-/// A general register's index in the frame (libc numbers them as i32).
-fn reg(r: i32) -> usize {
-    usize::try_from(r).unwrap_or(0)
-}
-
 /// One trapped call: the guest's registers as the signal frame holds them.
 pub struct Trapped<'a> {
     uc: &'a mut libc::ucontext_t,
     /// The guest's thread pointer, put back when the handler returns.
     pub guest_tp: u64,
-    /// How far before where the guest resumes its call is made again: the 2-byte `syscall`
-    /// for a trap, the trampoline's call sequence for a patched site.
+    /// How far before where the guest resumes its call is made again: the syscall
+    /// instruction for a trap, the trampoline's call sequence for a patched site.
     restart_back: i64,
+    /// The call's first argument as the guest made it (AArch64's result register holds it).
+    first_arg: u64,
 }
 
 impl Trapped<'_> {
     /// The syscall number and its six arguments.
     pub fn call(&self) -> (u64, [u64; 6]) {
-        call_of(self.uc)
+        context::call_of(self.uc)
     }
 
     pub fn set_result(&mut self, v: i64) {
-        self.uc.uc_mcontext.gregs[reg(libc::REG_RAX)] = v;
+        context::set_result(self.uc, v);
     }
 
     /// The guest's registers and its frame's flags (a new thread starts from a copy).
-    pub fn registers(&self) -> ([i64; 23], u64) {
-        (self.uc.uc_mcontext.gregs, self.uc.uc_flags)
+    pub fn registers(&self) -> (Registers, u64) {
+        (context::registers(self.uc), self.uc.uc_flags)
     }
 
     /// The signal mask the guest had when it made the call (restored on return).
@@ -217,39 +217,15 @@ impl Trapped<'_> {
     /// Returns to `ip` with stack pointer `sp` and every general register zero (a new
     /// program's start).
     pub fn restart_at(&mut self, ip: u64, sp: u64) {
-        let g = &mut self.uc.uc_mcontext.gregs;
-        for r in [
-            libc::REG_R8,
-            libc::REG_R9,
-            libc::REG_R10,
-            libc::REG_R11,
-            libc::REG_R12,
-            libc::REG_R13,
-            libc::REG_R14,
-            libc::REG_R15,
-            libc::REG_RDI,
-            libc::REG_RSI,
-            libc::REG_RBP,
-            libc::REG_RBX,
-            libc::REG_RDX,
-            libc::REG_RAX,
-            libc::REG_RCX,
-        ] {
-            g[reg(r)] = 0;
-        }
-        g[reg(libc::REG_RIP)] = ip.cast_signed();
-        g[reg(libc::REG_RSP)] = sp.cast_signed();
-        // The new program starts with the FPU in its initial state, as after execve.
-        set_fpstate(self.uc, 0);
+        context::clear_for_exec(self.uc);
+        context::set_ip(self.uc, ip);
+        context::set_sp(self.uc, sp);
     }
 
     /// Makes the guest make call `nr` again when it resumes (after a signal's handler has
-    /// run, as SA_RESTART asks): its syscall instruction is two bytes before where it
-    /// resumes.
+    /// run, as SA_RESTART asks).
     pub fn restart_syscall(&mut self, nr: u64) {
-        let g = &mut self.uc.uc_mcontext.gregs;
-        g[reg(libc::REG_RAX)] = nr.cast_signed();
-        g[reg(libc::REG_RIP)] -= self.restart_back;
+        context::restart(self.uc, nr, self.restart_back, self.first_arg);
     }
 
     /// The frame's alternate signal stack, which rt_sigreturn installs, is none (exec).
@@ -264,12 +240,12 @@ impl Trapped<'_> {
     /// Resumes the guest at `ip` instead of after its syscall, registers otherwise as they
     /// are (rt_sigreturn's stub).
     pub fn resume_at(&mut self, ip: u64) {
-        self.uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = ip.cast_signed();
+        context::set_ip(self.uc, ip);
     }
 
     /// Moves the stack pointer the guest resumes with (a forked child on its own stack).
     pub fn set_sp(&mut self, sp: u64) {
-        self.uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = sp.cast_signed();
+        context::set_sp(self.uc, sp);
     }
 
     /// Makes the call on the host as the guest would have: with the guest's signal mask and
@@ -331,23 +307,15 @@ impl Trapped<'_> {
     }
 }
 
-#[repr(C, align(16))]
-struct SigFrame {
-    /// The return address slot a handler's `ret` pops before rt_sigreturn runs.
-    _pretcode: u64,
-    uc: libc::ucontext_t,
-    _info: libc::siginfo_t,
-}
-
 /// Starts guest code on the calling guest thread with every register, the signal mask and
 /// the thread pointer at once (rt_sigreturn loads them together, so no signal can find the
 /// thread half switched). `regs` and `uc_flags` are as a signal frame holds them; the FPU
 /// starts in its initial state.
-pub fn enter_guest(regs: [i64; 23], uc_flags: u64, mask: u64, tp: u64) -> ! {
+pub fn enter_guest(regs: &Registers, uc_flags: u64, mask: u64, tp: u64) -> ! {
     // SAFETY: an all-zero frame is valid to fill in.
     let mut frame: Box<SigFrame> = Box::new(unsafe { std::mem::zeroed() });
     frame.uc.uc_flags = uc_flags;
-    frame.uc.uc_mcontext.gregs = regs;
+    context::set_registers(&mut frame.uc, regs);
     frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
     // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
     unsafe { *(&raw mut frame.uc.uc_sigmask).cast::<u64>() = mask & !SIGSYS_BIT };
@@ -357,53 +325,7 @@ pub fn enter_guest(regs: [i64; 23], uc_flags: u64, mask: u64, tp: u64) -> ! {
     leave_kbox();
     // SAFETY: a complete register state for guest code, with the guest's thread pointer;
     // every signal is blocked until rt_sigreturn installs `mask`.
-    unsafe { kbox_arch::x86_64::trap::resume_context(uc, tp, FSGSBASE.load(Ordering::Relaxed)) }
-}
-
-/// The register state a program starts with: everything zero but its entry, its stack and
-/// the user code and stack segments.
-pub fn initial_registers(entry: u64, sp: u64) -> [i64; 23] {
-    const USER_CS: i64 = 0x33;
-    const USER_SS: i64 = 0x2b;
-    const EFLAGS_IF: i64 = 0x202;
-    let mut g = [0i64; 23];
-    g[reg(libc::REG_RIP)] = entry.cast_signed();
-    g[reg(libc::REG_RSP)] = sp.cast_signed();
-    g[reg(libc::REG_EFL)] = EFLAGS_IF;
-    g[reg(libc::REG_CSGSFS)] = USER_CS | (USER_SS << 48);
-    g
-}
-
-/// Points a ucontext at the FPU state rt_sigreturn loads (0: the initial state). The
-/// pointer follows the 23 general registers in the kernel's sigcontext (libc keeps the
-/// field private).
-fn set_fpstate(uc: &mut libc::ucontext_t, at: u64) {
-    const FPSTATE_OFFSET: usize = 23 * 8;
-    const _: () = assert!(std::mem::size_of::<libc::mcontext_t>() >= FPSTATE_OFFSET + 8);
-    // SAFETY: inside uc_mcontext (asserted), an 8-byte aligned slot of the kernel's layout.
-    unsafe {
-        (&raw mut uc.uc_mcontext)
-            .cast::<u8>()
-            .add(FPSTATE_OFFSET)
-            .cast::<u64>()
-            .write(at);
-    }
-}
-
-fn call_of(uc: &libc::ucontext_t) -> (u64, [u64; 6]) {
-    let g = &uc.uc_mcontext.gregs;
-    let r = |i: i32| g[reg(i)].cast_unsigned();
-    (
-        r(libc::REG_RAX),
-        [
-            r(libc::REG_RDI),
-            r(libc::REG_RSI),
-            r(libc::REG_RDX),
-            r(libc::REG_R10),
-            r(libc::REG_R8),
-            r(libc::REG_R9),
-        ],
-    )
+    unsafe { kbox_arch::trap::resume_context(uc, tp, FSGSBASE.load(Ordering::Relaxed)) }
 }
 
 /// The thread's slot if it is a guest thread running guest code.
@@ -449,10 +371,12 @@ unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut T
     slot.in_kbox.store(true, Ordering::Release);
     // SAFETY: the caller passes the kernel's ucontext, valid for the handler's duration.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
+    let first_arg = context::call_of(uc).1[0];
     let mut call = Trapped {
         uc,
         guest_tp,
-        restart_back: 2,
+        restart_back: context::SYSCALL_INSN_LEN,
+        first_arg,
     };
     serve(&mut call);
     let guest_tp = call.guest_tp;
@@ -479,156 +403,171 @@ pub extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     // kbox's own call: made as asked, on kbox's thread pointer, which is in place.
     // SAFETY: as for ctx above.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let (nr, args) = call_of(uc);
+    let (nr, args) = context::call_of(uc);
     // SAFETY: kbox's own code asked for this call with these arguments.
-    uc.uc_mcontext.gregs[reg(libc::REG_RAX)] = unsafe { raw_syscall(nr, args) };
+    context::set_result(uc, unsafe { raw_syscall(nr, args) });
 }
 
-/// Signals kbox blocks while its code runs on a guest thread: all but SIGSYS and the
-/// signal kbox interrupts its own waits with (set by [`init_trampolines`]).
-static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
+#[cfg(target_arch = "x86_64")]
+pub use patched::init_trampolines;
 
-/// Prepares for calls from patched sites ([`on_trampoline`]).
-pub fn init_trampolines() {
-    let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
-    KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
-    kbox_arch::x86_64::tramp::set_frame_handler(on_trampoline);
-}
+/// Calls from the rewrite tier's patched sites (x86-64's trampolines).
+#[cfg(target_arch = "x86_64")]
+mod patched {
+    use super::super::sysno::SYS_SIGALTSTACK;
+    use super::context::{reg, set_fpstate, user_segments};
+    use super::*;
 
-/// General registers in the frame of a patched site and their place in a ucontext.
-fn frame_registers(f: &mut Frame) -> [(&mut u64, i32); 16] {
-    [
-        (&mut f.r8, libc::REG_R8),
-        (&mut f.r9, libc::REG_R9),
-        (&mut f.r10, libc::REG_R10),
-        (&mut f.r11, libc::REG_R11),
-        (&mut f.r12, libc::REG_R12),
-        (&mut f.r13, libc::REG_R13),
-        (&mut f.r14, libc::REG_R14),
-        (&mut f.r15, libc::REG_R15),
-        (&mut f.rdi, libc::REG_RDI),
-        (&mut f.rsi, libc::REG_RSI),
-        (&mut f.rbp, libc::REG_RBP),
-        (&mut f.rbx, libc::REG_RBX),
-        (&mut f.rdx, libc::REG_RDX),
-        (&mut f.rax, libc::REG_RAX),
-        (&mut f.rcx, libc::REG_RCX),
-        (&mut f.rflags, libc::REG_EFL),
-    ]
-}
+    /// Signals kbox blocks while its code runs on a guest thread: all but SIGSYS and the
+    /// signal kbox interrupts its own waits with (set by [`init_trampolines`]).
+    static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
 
-/// A call from a patched site (the trampoline's common entry, on the guest's stack, with
-/// the guest's thread pointer and signal mask). Little runs here: the guest's stack may be
-/// small. Every signal is blocked, then the call is served on the thread's kbox stack
-/// ([`serve_patched`]).
-fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
-    let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
-    let mut guest_mask = 0u64;
-    // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place
-    // only raw syscalls and atomics run.
-    unsafe {
-        raw_syscall(
-            SYS_RT_SIGPROCMASK,
-            [
-                SIG_SETMASK,
-                (&raw const blocked) as u64,
-                (&raw mut guest_mask) as u64,
-                8,
-                0,
-                0,
-            ],
-        )
-    };
-    frame.site = guest_mask & !SIGSYS_BIT;
-    let Some(slot) = own_slot() else {
-        // Not a thread kbox runs guest code on: nothing to serve it with.
-        frame.rax = (-i64::from(libc::ENOSYS)).cast_unsigned();
-        return RESUME_WITH_MASK;
-    };
-    let mut resume = RESUME_WITH_MASK;
-    on_kbox_stack(slot, &mut || {
-        resume = serve_patched(slot, frame, &mut scratch, guest_mask);
-    });
-    resume
-}
-
-/// Serves a patched site's call as a trapped one: the registers go into a ucontext, which
-/// [`super::serve`] reads and changes as it does a signal frame's. When the guest resumes
-/// after its call the registers go back into the frame and the stub restores the guest's
-/// mask; anywhere else (a new program, a restarted call, rt_sigreturn, a child on a new
-/// stack) the ucontext is loaded whole by rt_sigreturn: its address is returned.
-///
-/// The ucontext is a local of this function, on the kbox stack: once this returns only the
-/// stub's register moves and the rt_sigreturn call run on this thread, every signal still
-/// blocked, and none of them writes below the stack pointer, so it is intact when the kernel
-/// reads it.
-#[inline(never)]
-fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
-    let fsgs = FSGSBASE.load(Ordering::Relaxed);
-    let guest_tp = thread_pointer(fsgs);
-    // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
-    unsafe { set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed)) };
-    slot.in_kbox.store(true, Ordering::Release);
-
-    let resume_ip = frame.return_addr + AFTER_CALL_LEA;
-    let guest_sp = frame.guest_sp();
-    let fx = scratch.fxsave();
-    // The software-reserved tail of the FXSAVE area tells rt_sigreturn whether more state
-    // follows; zero means none.
-    fx[464..].fill(0);
-    let fx_at = fx.as_mut_ptr() as u64;
-    // SAFETY: an all-zero SigFrame is valid.
-    let mut sf: SigFrame = unsafe { std::mem::zeroed() };
-    let uc = &mut sf.uc;
-    for (v, r) in frame_registers(frame) {
-        uc.uc_mcontext.gregs[reg(r)] = v.cast_signed();
+    /// Prepares for calls from patched sites ([`on_trampoline`]).
+    pub fn init_trampolines() {
+        let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
+        KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
+        kbox_arch::x86_64::tramp::set_frame_handler(on_trampoline);
     }
-    const USER_CS: i64 = 0x33;
-    const USER_SS: i64 = 0x2b;
-    uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = resume_ip.cast_signed();
-    uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = guest_sp.cast_signed();
-    uc.uc_mcontext.gregs[reg(libc::REG_CSGSFS)] = USER_CS | (USER_SS << 48);
-    set_fpstate(uc, fx_at);
-    // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
-    unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
-    let mut call = Trapped {
-        uc,
-        guest_tp,
-        restart_back: i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
-    };
-    super::serve(&mut call);
-    let guest_tp = call.guest_tp;
-    let uc = &mut sf.uc;
-    let g = &uc.uc_mcontext.gregs;
-    let resumes_after_call = g[reg(libc::REG_RIP)] == resume_ip.cast_signed()
-        && g[reg(libc::REG_RSP)] == guest_sp.cast_signed();
-    if resumes_after_call {
-        for (v, r) in frame_registers(frame) {
-            *v = g[reg(r)].cast_unsigned();
-        }
-        // SAFETY: as above.
-        frame.site = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
-    } else {
-        // rt_sigreturn also restores the alternate signal stack from the frame: keep the
-        // thread's own.
-        // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
+
+    /// General registers in the frame of a patched site and their place in a ucontext.
+    fn frame_registers(f: &mut Frame) -> [(&mut u64, i32); 16] {
+        [
+            (&mut f.r8, libc::REG_R8),
+            (&mut f.r9, libc::REG_R9),
+            (&mut f.r10, libc::REG_R10),
+            (&mut f.r11, libc::REG_R11),
+            (&mut f.r12, libc::REG_R12),
+            (&mut f.r13, libc::REG_R13),
+            (&mut f.r14, libc::REG_R14),
+            (&mut f.r15, libc::REG_R15),
+            (&mut f.rdi, libc::REG_RDI),
+            (&mut f.rsi, libc::REG_RSI),
+            (&mut f.rbp, libc::REG_RBP),
+            (&mut f.rbx, libc::REG_RBX),
+            (&mut f.rdx, libc::REG_RDX),
+            (&mut f.rax, libc::REG_RAX),
+            (&mut f.rcx, libc::REG_RCX),
+            (&mut f.rflags, libc::REG_EFL),
+        ]
+    }
+
+    /// A call from a patched site (the trampoline's common entry, on the guest's stack, with
+    /// the guest's thread pointer and signal mask). Little runs here: the guest's stack may be
+    /// small. Every signal is blocked, then the call is served on the thread's kbox stack
+    /// ([`serve_patched`]).
+    fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
+        let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
+        let mut guest_mask = 0u64;
+        // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place
+        // only raw syscalls and atomics run.
         unsafe {
             raw_syscall(
-                SYS_SIGALTSTACK,
-                [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
+                SYS_RT_SIGPROCMASK,
+                [
+                    SIG_SETMASK,
+                    (&raw const blocked) as u64,
+                    (&raw mut guest_mask) as u64,
+                    8,
+                    0,
+                    0,
+                ],
             )
         };
+        frame.site = guest_mask & !SIGSYS_BIT;
+        let Some(slot) = own_slot() else {
+            // Not a thread kbox runs guest code on: nothing to serve it with.
+            frame.rax = (-i64::from(libc::ENOSYS)).cast_unsigned();
+            return RESUME_WITH_MASK;
+        };
+        let mut resume = RESUME_WITH_MASK;
+        on_kbox_stack(slot, &mut || {
+            resume = serve_patched(slot, frame, &mut scratch, guest_mask);
+        });
+        resume
     }
-    // Looked up again: in a child forked meanwhile, this thread has a new slot.
-    if let Some(slot) = own_slot() {
-        slot.in_kbox.store(false, Ordering::Release);
-    }
-    // SAFETY: back to the guest's TLS for the guest code the stub returns to; every signal
-    // is still blocked.
-    unsafe { set_thread_pointer(fsgs, guest_tp) };
-    if resumes_after_call {
-        RESUME_WITH_MASK
-    } else {
-        std::ptr::from_mut(&mut sf.uc) as u64
+
+    /// Serves a patched site's call as a trapped one: the registers go into a ucontext, which
+    /// [`super::serve`] reads and changes as it does a signal frame's. When the guest resumes
+    /// after its call the registers go back into the frame and the stub restores the guest's
+    /// mask; anywhere else (a new program, a restarted call, rt_sigreturn, a child on a new
+    /// stack) the ucontext is loaded whole by rt_sigreturn: its address is returned.
+    ///
+    /// The ucontext is a local of this function, on the kbox stack: once this returns only the
+    /// stub's register moves and the rt_sigreturn call run on this thread, every signal still
+    /// blocked, and none of them writes below the stack pointer, so it is intact when the kernel
+    /// reads it.
+    #[inline(never)]
+    fn serve_patched(
+        slot: &Slot,
+        frame: &mut Frame,
+        scratch: &mut Scratch,
+        guest_mask: u64,
+    ) -> u64 {
+        let fsgs = FSGSBASE.load(Ordering::Relaxed);
+        let guest_tp = thread_pointer(fsgs);
+        // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
+        unsafe { set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed)) };
+        slot.in_kbox.store(true, Ordering::Release);
+
+        let resume_ip = frame.return_addr + AFTER_CALL_LEA;
+        let guest_sp = frame.guest_sp();
+        let fx = scratch.fxsave();
+        // The software-reserved tail of the FXSAVE area tells rt_sigreturn whether more state
+        // follows; zero means none.
+        fx[464..].fill(0);
+        let fx_at = fx.as_mut_ptr() as u64;
+        // SAFETY: an all-zero SigFrame is valid.
+        let mut sf: SigFrame = unsafe { std::mem::zeroed() };
+        let uc = &mut sf.uc;
+        for (v, r) in frame_registers(frame) {
+            uc.uc_mcontext.gregs[reg(r)] = v.cast_signed();
+        }
+        uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = resume_ip.cast_signed();
+        uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = guest_sp.cast_signed();
+        uc.uc_mcontext.gregs[reg(libc::REG_CSGSFS)] = user_segments();
+        set_fpstate(uc, fx_at);
+        // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
+        unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
+        let mut call = Trapped {
+            uc,
+            guest_tp,
+            restart_back: i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
+            first_arg: frame.rdi,
+        };
+        super::super::serve(&mut call);
+        let guest_tp = call.guest_tp;
+        let uc = &mut sf.uc;
+        let g = &uc.uc_mcontext.gregs;
+        let resumes_after_call = g[reg(libc::REG_RIP)] == resume_ip.cast_signed()
+            && g[reg(libc::REG_RSP)] == guest_sp.cast_signed();
+        if resumes_after_call {
+            for (v, r) in frame_registers(frame) {
+                *v = g[reg(r)].cast_unsigned();
+            }
+            // SAFETY: as above.
+            frame.site = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
+        } else {
+            // rt_sigreturn also restores the alternate signal stack from the frame: keep the
+            // thread's own.
+            // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
+            unsafe {
+                raw_syscall(
+                    SYS_SIGALTSTACK,
+                    [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
+                )
+            };
+        }
+        // Looked up again: in a child forked meanwhile, this thread has a new slot.
+        if let Some(slot) = own_slot() {
+            slot.in_kbox.store(false, Ordering::Release);
+        }
+        // SAFETY: back to the guest's TLS for the guest code the stub returns to; every signal
+        // is still blocked.
+        unsafe { set_thread_pointer(fsgs, guest_tp) };
+        if resumes_after_call {
+            RESUME_WITH_MASK
+        } else {
+            std::ptr::from_mut(&mut sf.uc) as u64
+        }
     }
 }

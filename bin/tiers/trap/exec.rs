@@ -5,11 +5,12 @@
 
 use std::sync::Mutex;
 
-use kbox_arch::x86_64::trap::raw_syscall;
+use kbox_arch::trap::raw_syscall;
 use kbox_lkl::Errno;
 
 use super::entry::Trapped;
 use super::guest::InProcess;
+use super::sysno::SYS_SIGALTSTACK;
 use super::{EngineFiles, brk, signals};
 use crate::dispatch::{Engine, Guest};
 use crate::loader::{self, Creds, Request};
@@ -178,7 +179,6 @@ fn open_fd_list() -> Option<Vec<i32>> {
 /// does not know (CPython's faulthandler sets one, and CPython's handlers ask for it, so
 /// a program exec'd from one got its signals delivered onto a stale stack).
 fn disable_alternate_stack() {
-    const SYS_SIGALTSTACK: u64 = 131;
     let off = libc::stack_t {
         ss_sp: std::ptr::null_mut(),
         ss_flags: libc::SS_DISABLE,

@@ -45,8 +45,8 @@ impl Deferred {
         self.done.store(1, Ordering::Release);
         // SAFETY: FUTEX_WAKE_PRIVATE on a word this struct owns.
         unsafe {
-            kbox_arch::x86_64::trap::raw_syscall(
-                202,
+            kbox_arch::trap::raw_syscall(
+                super::sysno::SYS_FUTEX,
                 [(&raw const self.done) as u64, 129, 1, 0, 0, 0],
             )
         };

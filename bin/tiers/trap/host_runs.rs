@@ -5,45 +5,79 @@
 //! of kbox's running when a signal comes), and a trapped one skips the policy program's
 //! evaluation.
 
-use kbox_arch::x86_64::tramp;
 use kbox_core::bpf::{Action, ArgRule, Rule};
 
-/// Syscall numbers the table covers (x86_64's are below 512).
-const CALLS: usize = tramp::HOST_CALLS_LEN;
+#[cfg(target_arch = "x86_64")]
+use kbox_arch::x86_64::tramp::{self, HOST_CALLS_LEN};
+
+/// Without trampolines of its own (AArch64 has no rewrite tier yet) the table is only the
+/// trap path's.
+#[cfg(not(target_arch = "x86_64"))]
+mod tramp {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    pub const HOST_CALLS_LEN: usize = 512;
+    static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
+        [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
+
+    pub fn set_host_call(nr: usize, runs: bool) {
+        if let Some(c) = HOST_CALLS.get(nr) {
+            c.store(runs, Ordering::Relaxed);
+        }
+    }
+
+    pub fn clear_host_calls() {
+        for c in &HOST_CALLS {
+            c.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_host_call(nr: u64) -> bool {
+        usize::try_from(nr)
+            .ok()
+            .and_then(|i| HOST_CALLS.get(i))
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+#[cfg(not(target_arch = "x86_64"))]
+use tramp::HOST_CALLS_LEN;
+
+/// Syscall numbers the table covers (x86_64's and AArch64's are below 512).
+const CALLS: usize = HOST_CALLS_LEN;
 
 /// The calls the tier serves itself (`super::tier_call`, `super::serve`): they never run
 /// straight, whatever the policy says of them.
 const TIER_OWN: &[u64] = &[
-    super::SYS_CLOSE,
-    super::SYS_RT_SIGACTION,
-    super::SYS_RT_SIGPROCMASK,
-    super::SYS_RT_SIGRETURN,
-    super::SYS_BRK,
-    super::SYS_MUNMAP,
-    super::SYS_MREMAP,
-    super::SYS_MMAP,
-    super::SYS_MPROTECT,
-    super::SYS_MSYNC,
-    super::SYS_MINCORE,
-    super::SYS_MADVISE,
-    super::SYS_DUP2,
-    super::SYS_CLONE,
-    super::SYS_FORK,
-    super::SYS_VFORK,
-    super::SYS_EXECVE,
-    super::SYS_EXIT,
-    super::SYS_ARCH_PRCTL,
-    super::SYS_EXIT_GROUP,
-    super::SYS_DUP3,
-    super::SYS_EXECVEAT,
-    super::SYS_CLONE3,
-    super::SYS_CLOSE_RANGE,
-    super::SYS_RSEQ,
-    super::SYS_SECCOMP,
-    super::SYS_PRCTL,
-    super::limits::SYS_GETRLIMIT,
-    super::limits::SYS_SETRLIMIT,
-    super::limits::SYS_PRLIMIT64,
+    super::sysno::SYS_CLOSE,
+    super::sysno::SYS_RT_SIGACTION,
+    super::sysno::SYS_RT_SIGPROCMASK,
+    super::sysno::SYS_RT_SIGRETURN,
+    super::sysno::SYS_BRK,
+    super::sysno::SYS_MUNMAP,
+    super::sysno::SYS_MREMAP,
+    super::sysno::SYS_MMAP,
+    super::sysno::SYS_MPROTECT,
+    super::sysno::SYS_MSYNC,
+    super::sysno::SYS_MINCORE,
+    super::sysno::SYS_MADVISE,
+    super::sysno::SYS_DUP2,
+    super::sysno::SYS_CLONE,
+    super::sysno::SYS_FORK,
+    super::sysno::SYS_VFORK,
+    super::sysno::SYS_EXECVE,
+    super::sysno::SYS_EXIT,
+    super::sysno::SYS_ARCH_PRCTL,
+    super::sysno::SYS_EXIT_GROUP,
+    super::sysno::SYS_DUP3,
+    super::sysno::SYS_EXECVEAT,
+    super::sysno::SYS_CLONE3,
+    super::sysno::SYS_CLOSE_RANGE,
+    super::sysno::SYS_RSEQ,
+    super::sysno::SYS_SECCOMP,
+    super::sysno::SYS_PRCTL,
+    super::sysno::SYS_GETRLIMIT,
+    super::sysno::SYS_SETRLIMIT,
+    super::sysno::SYS_PRLIMIT64,
 ];
 
 /// Fills the table (the trampoline stub's) from the policy's rules and argument checks.
@@ -75,7 +109,7 @@ pub fn contains(nr: u64) -> bool {
     tramp::is_host_call(nr)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::dispatch::policy;

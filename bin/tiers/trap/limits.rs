@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kbox_lkl::Errno;
 
 use super::guest::InProcess;
+use super::sysno::{SYS_GETRLIMIT, SYS_PRLIMIT64, SYS_SETRLIMIT};
 use crate::dispatch::Guest;
 
 const RLIMIT_NOFILE: u64 = 7;
-pub const SYS_GETRLIMIT: u64 = 97;
-pub const SYS_SETRLIMIT: u64 = 160;
-pub const SYS_PRLIMIT64: u64 = 302;
 
 static SOFT: AtomicU64 = AtomicU64::new(0);
 static HARD: AtomicU64 = AtomicU64::new(0);

@@ -1,4 +1,4 @@
-//! The SIGSYS trap tier (x86_64): the guest's program is loaded into kbox's own process by
+//! The SIGSYS trap tier: the guest's program is loaded into kbox's own process by
 //! kbox's loader and runs on a thread of kbox's; a seccomp filter on that thread lets calls
 //! from kbox's own code through and turns every other one into SIGSYS, whose handler serves
 //! it on the guest's thread through the engine, with no other thread involved.
@@ -14,6 +14,9 @@
 //! live at or above the FD floor; the guest shares kbox's address space (docs/security.md).
 
 mod brk;
+#[cfg_attr(target_arch = "x86_64", path = "context_x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "context_aarch64.rs")]
+mod context;
 mod entry;
 mod exec;
 mod guest;
@@ -21,6 +24,7 @@ mod host_runs;
 mod limits;
 mod process;
 mod signals;
+mod sysno;
 mod threads;
 mod unmap;
 
@@ -29,7 +33,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use kbox_arch::x86_64::trap::{gettid, raw_syscall, sigreturn_stub};
+use kbox_arch::trap::{gettid, raw_syscall, sigreturn_stub};
 use kbox_core::bpf::{self, Action, SeccompData, SockFilter};
 use kbox_lkl::Errno;
 
@@ -38,35 +42,14 @@ use crate::exit::Exit;
 use crate::loader::{self, Creds, Region, Request};
 use crate::seccomp::filter::HOST_ARCH;
 use guest::InProcess;
+use sysno::{
+    SYS_ARCH_PRCTL, SYS_BRK, SYS_CLONE, SYS_CLONE3, SYS_CLOSE, SYS_CLOSE_RANGE, SYS_DUP2, SYS_DUP3,
+    SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP, SYS_FORK, SYS_FUTEX, SYS_MADVISE,
+    SYS_MINCORE, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP, SYS_MSYNC, SYS_MUNMAP, SYS_PRCTL, SYS_RSEQ,
+    SYS_RT_SIGACTION, SYS_RT_SIGPENDING, SYS_RT_SIGPROCMASK, SYS_RT_SIGRETURN, SYS_SECCOMP,
+    SYS_TGKILL, SYS_VFORK,
+};
 
-const SYS_CLOSE: u64 = 3;
-const SYS_RT_SIGACTION: u64 = 13;
-const SYS_RT_SIGPROCMASK: u64 = 14;
-const SYS_RT_SIGRETURN: u64 = 15;
-const SYS_BRK: u64 = 12;
-const SYS_MUNMAP: u64 = 11;
-const SYS_MREMAP: u64 = 25;
-const SYS_MMAP: u64 = 9;
-const SYS_MPROTECT: u64 = 10;
-const SYS_MSYNC: u64 = 26;
-const SYS_MINCORE: u64 = 27;
-const SYS_MADVISE: u64 = 28;
-const SYS_DUP2: u64 = 33;
-const SYS_CLONE: u64 = 56;
-const SYS_FORK: u64 = 57;
-const SYS_VFORK: u64 = 58;
-const SYS_EXECVE: u64 = 59;
-const SYS_EXIT: u64 = 60;
-const SYS_ARCH_PRCTL: u64 = 158;
-const SYS_EXIT_GROUP: u64 = 231;
-const SYS_DUP3: u64 = 292;
-const SYS_EXECVEAT: u64 = 322;
-const SYS_CLONE3: u64 = 435;
-const SYS_CLOSE_RANGE: u64 = 436;
-const SYS_RSEQ: u64 = 334;
-const SYS_TGKILL: u64 = 234;
-const SYS_SECCOMP: u64 = 317;
-const SYS_PRCTL: u64 = 157;
 const PR_SET_SECCOMP: u64 = 22;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const ARCH_SET_FS: u64 = 0x1002;
@@ -237,6 +220,7 @@ pub fn reserve_fds(floor: i32) {
 
 /// Undoes [`reserve_fds`] when no in-process tier runs after all (auto chose another):
 /// the numbers are free again and kbox's FDs need no floor.
+#[cfg(target_arch = "x86_64")]
 pub fn unreserve_fds() {
     lock(&RESERVED).clear();
     crate::dispatch::set_fd_floor(0);
@@ -299,6 +283,7 @@ fn own_text() -> Option<(u64, u64)> {
 pub use process::marker;
 
 /// Serves calls from patched sites (the rewrite tier's trampolines) as trapped ones.
+#[cfg(target_arch = "x86_64")]
 pub fn accept_trampolines() {
     entry::init_trampolines();
 }
@@ -408,7 +393,7 @@ fn guest_thread(launch: &Launch, gate: &[SockFilter]) {
         return set_exit(Exit::KboxError);
     }
     // Signals stay blocked until the program's first instruction (its mask starts empty).
-    entry::enter_guest(entry::initial_registers(entry, sp), 0, 0, 0)
+    entry::enter_guest(&entry::initial_registers(entry, sp), 0, 0, 0)
 }
 
 /// no_new_privs and the gate filter on this thread only, with a listener for the calls
@@ -699,7 +684,6 @@ const RESTARTED: i64 = i64::MIN;
 
 /// The lowest signal pending for this thread that its guest mask lets through.
 fn deliverable_signal(call: &entry::Trapped<'_>) -> Option<usize> {
-    const SYS_RT_SIGPENDING: u64 = 127;
     let mut pending = 0u64;
     // SAFETY: rt_sigpending into a local 8-byte set.
     unsafe {
@@ -734,7 +718,6 @@ fn wait_deferred(
     deferred: &guest::Deferred,
 ) -> Result<i64, Errno> {
     const FUTEX_WAIT_PRIVATE: u64 = 128;
-    const SYS_FUTEX: u64 = 202;
     let tick = libc::timespec {
         tv_sec: 0,
         tv_nsec: 10_000_000,

@@ -18,15 +18,17 @@
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kbox_arch::x86_64::trap::{NOTIFY_GADGET, call_gadget, gettid, raw_syscall};
+use kbox_arch::trap::{NOTIFY_GADGET, call_gadget, gettid, raw_syscall};
 use kbox_lkl::Errno;
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect};
 
 use super::entry::{self, Trapped};
 use super::guest::InProcess;
+use super::sysno::{
+    SYS_CLONE, SYS_CLOSE, SYS_CLOSE_RANGE, SYS_FACCESSAT, SYS_OPENAT, SYS_READ, SYS_SET_TID_ADDRESS,
+};
 use super::threads::{
     CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
-    SYS_SET_TID_ADDRESS,
 };
 use crate::dispatch::{Engine, Guest, Reply};
 
@@ -36,12 +38,6 @@ const MARK_FORKED: u64 = 1;
 const MARK_EXEC: u64 = 2;
 
 const CLONE_VFORK: u64 = 0x4000;
-const SYS_CLONE: u64 = 56;
-const SYS_CLOSE_RANGE: u64 = 436;
-const SYS_OPENAT: u64 = 257;
-const SYS_FACCESSAT: u64 = 269;
-const SYS_CLOSE: u64 = 3;
-const SYS_READ: u64 = 0;
 const AT_FDCWD: u64 = (-100i64).cast_unsigned();
 const O_RDONLY_CLOEXEC: u64 = 0o2_000_000;
 
@@ -119,7 +115,11 @@ pub fn fork(
     args: [u64; 6],
 ) -> Result<i64, Errno> {
     let flags = if nr == SYS_CLONE { args[0] } else { 0 };
-    let [_, newsp, parent_tid, child_tid, tls, _] = if nr == SYS_CLONE { args } else { [0; 6] };
+    let [_, newsp, parent_tid, child_tid, tls] = if nr == SYS_CLONE {
+        super::context::clone_args(args)
+    } else {
+        [0; 5]
+    };
     if flags & CLONE_VM != 0 && flags & CLONE_VFORK == 0 {
         // A process sharing its parent's memory but not being its thread: not possible
         // here.

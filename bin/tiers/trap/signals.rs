@@ -6,12 +6,12 @@
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use kbox_arch::x86_64::trap::raw_syscall;
+use kbox_arch::trap::raw_syscall;
 use kbox_lkl::Errno;
 
 use super::entry::{SIGSYS_BIT, Trapped, with_guest_frame};
+use super::sysno::SYS_RT_SIGACTION;
 
-const SYS_RT_SIGACTION: u64 = 13;
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
 const NSIG: usize = 65;

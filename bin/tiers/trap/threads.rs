@@ -7,11 +7,13 @@
 
 use std::sync::mpsc;
 
-use kbox_arch::x86_64::trap::raw_syscall;
+use kbox_arch::trap::raw_syscall;
 use kbox_lkl::Errno;
 
+use super::context;
 use super::entry::{self, Trapped};
 use super::guest::InProcess;
+use super::sysno::SYS_SET_TID_ADDRESS;
 use crate::dispatch::Guest;
 
 pub(super) const CLONE_VM: u64 = 0x100;
@@ -21,25 +23,22 @@ pub(super) const CLONE_SETTLS: u64 = 0x8_0000;
 pub(super) const CLONE_PARENT_SETTID: u64 = 0x10_0000;
 pub(super) const CLONE_CHILD_CLEARTID: u64 = 0x20_0000;
 pub(super) const CLONE_CHILD_SETTID: u64 = 0x100_0000;
-pub(super) const SYS_SET_TID_ADDRESS: u64 = 218;
 
 /// Whether clone's `flags` ask for a thread (the rest, processes, need another design).
 pub fn is_thread(flags: u64) -> bool {
     flags & (CLONE_THREAD | CLONE_VM | CLONE_SIGHAND) == CLONE_THREAD | CLONE_VM | CLONE_SIGHAND
 }
 
-/// clone(flags, newsp, parent_tid, child_tid, tls) for a thread: the child's tid.
+/// clone(flags, newsp, parent_tid, child_tid, tls) for a thread (AArch64 swaps the last
+/// two): the child's tid.
 pub fn clone_thread(
     call: &mut Trapped<'_>,
     guest: &InProcess,
     args: [u64; 6],
 ) -> Result<i64, Errno> {
-    let [flags, newsp, parent_tid, child_tid, tls, _] = args;
+    let [flags, newsp, parent_tid, child_tid, tls] = context::clone_args(args);
     let (mut regs, uc_flags) = call.registers();
-    regs[usize::try_from(libc::REG_RAX).unwrap_or(0)] = 0;
-    if newsp != 0 {
-        regs[usize::try_from(libc::REG_RSP).unwrap_or(0)] = newsp.cast_signed();
-    }
+    context::thread_child(&mut regs, newsp);
     let tp = if flags & CLONE_SETTLS != 0 {
         tls
     } else {
@@ -56,7 +55,7 @@ pub fn clone_thread(
                 let _ = tx.send(Err(Errno::EAGAIN));
                 return;
             }
-            let tid = kbox_arch::x86_64::trap::gettid();
+            let tid = kbox_arch::trap::gettid();
             let me = InProcess::new(tid, fd_floor);
             // Both before the child's first instruction, as Linux writes them (libcs read
             // their thread's id from there: musl's gettid does).
@@ -76,7 +75,7 @@ pub fn clone_thread(
                 unsafe { raw_syscall(SYS_SET_TID_ADDRESS, [child_tid, 0, 0, 0, 0, 0]) };
             }
             let _ = tx.send(Ok(tid));
-            entry::enter_guest(regs, uc_flags, mask, tp)
+            entry::enter_guest(&regs, uc_flags, mask, tp)
         })
         .map_err(|_| Errno::EAGAIN)?;
     let tid = rx.recv().map_err(|_| Errno::EAGAIN)??;
