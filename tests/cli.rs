@@ -152,7 +152,7 @@ fn syscall_modes_are_accepted_where_their_tier_exists() {
             "/nonexistent/x.ext4",
             &format!("--syscall-mode={mode}"),
         ]));
-        let exists = cfg!(target_arch = "x86_64") || matches!(mode, "seccomp" | "auto");
+        let exists = cfg!(target_arch = "x86_64") || matches!(mode, "seccomp" | "auto" | "trap");
         assert_eq!(
             !line.contains("not available yet"),
             exists,

@@ -476,17 +476,29 @@ fn run_gate_on(prog: &[SockFilter], arch: AuditArch, ip: u64, nr: u32) -> u32 {
 /// first aarch64 run failed that count), and it decides as x86-64's does.
 #[test]
 fn ip_gate_for_aarch64_is_as_long_as_it_says() {
-    let regions = [(0x40_0000, 0x50_0000, Action::Allow), (0x7000, 0x8000, Action::Notify)];
+    let regions = [
+        (0x40_0000, 0x50_0000, Action::Allow),
+        (0x7000, 0x8000, Action::Notify),
+    ];
     let mut out = vec![SockFilter::default(); bpf::MAX_INSNS];
     let n = bpf::compile_ip_gate(AuditArch::Aarch64, &[], &regions, Action::Trap(0), &mut out)
         .expect("compiles");
     assert_eq!(n, 3 + 6 * regions.len() + 1);
     let prog = &out[..n];
     let a = AuditArch::Aarch64;
-    assert_eq!(run_gate_on(prog, a, 0x40_0010, 57), Action::Allow.ret_value());
+    assert_eq!(
+        run_gate_on(prog, a, 0x40_0010, 57),
+        Action::Allow.ret_value()
+    );
     assert_eq!(run_gate_on(prog, a, 0x7ff8, 57), Action::Notify.ret_value());
-    assert_eq!(run_gate_on(prog, a, 0x50_0000, 57), Action::Trap(0).ret_value());
-    assert_eq!(run_gate_on(prog, AuditArch::X86_64, 0x40_0010, 57), KILL_PROCESS);
+    assert_eq!(
+        run_gate_on(prog, a, 0x50_0000, 57),
+        Action::Trap(0).ret_value()
+    );
+    assert_eq!(
+        run_gate_on(prog, AuditArch::X86_64, 0x40_0010, 57),
+        KILL_PROCESS
+    );
 }
 
 proptest! {

@@ -5,7 +5,9 @@
  * call is still being made; and a program it execs starts without the alternate stack. The blocked call is a read on a socket pair, which kbox serves (not the host):
  * kbox is then waiting on the guest's behalf while the handler's calls come in, and must not
  * serve them over its own frames of the waiting call. The read is restarted (SA_RESTART)
- * and gets the byte written after the signals.
+ * and gets the byte written after the signals. The alternate stack the program set is the
+ * one sigaltstack reports afterwards, and the one its handler runs on (the trap tier once
+ * lost it when the call that set it returned).
  * Guest test convention: exit 0 means pass. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,10 +24,16 @@
 #include "check.h"
 
 static volatile sig_atomic_t handled;
+static char stack_area[64 * 1024];
+/* Handler runs that were not on stack_area. */
+static volatile sig_atomic_t off_stack;
 
 static void handler(int sig)
 {
     (void)sig;
+    char here;
+    if (&here < stack_area || &here >= stack_area + sizeof stack_area)
+        off_stack++;
     struct stat st;
     /* Calls of several kinds from the handler: one kbox serves, one the host runs. */
     if (stat("/", &st) == 0 && getpid() > 0)
@@ -43,7 +51,6 @@ static void pause_ms(long ms)
  * writes one byte. Returns 0 when the read got it and every signal was handled. */
 static int blocked_reader(int sv[2], int rounds)
 {
-    static char stack_area[64 * 1024];
     stack_t ss = {.ss_sp = stack_area, .ss_size = sizeof stack_area, .ss_flags = 0};
     if (sigaltstack(&ss, NULL) != 0)
         return 10;
@@ -51,10 +58,17 @@ static int blocked_reader(int sv[2], int rounds)
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGUSR1, &sa, NULL) != 0)
         return 11;
+    stack_t now;
+    if (sigaltstack(NULL, &now) != 0 || now.ss_sp != stack_area ||
+        now.ss_size != sizeof stack_area || now.ss_flags != 0)
+        return 14;
+    off_stack = 0;
     char c = 0;
     ssize_t n = read(sv[0], &c, 1);
     if (n != 1 || c != 'x')
         return 12;
+    if (off_stack != 0)
+        return 15;
     return handled == rounds ? 0 : 13;
 }
 
@@ -101,7 +115,7 @@ int main(int argc, char **argv)
     while (waitpid(child, &st, 0) < 0 && errno == EINTR)
         ;
     check(child > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "forked child's blocked read",
-          "status %#lx (10-13: a step failed; a signal: it crashed)%ld", st, 0);
+          "status %#lx (10-15: a step failed; a signal: it crashed)%ld", st, 0);
     /* The first process blocks; a child signals it. */
     pid_t parent = getpid();
     pid_t helper = fork();

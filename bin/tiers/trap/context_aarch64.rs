@@ -61,6 +61,10 @@ pub fn set_ip(uc: &mut libc::ucontext_t, ip: u64) {
     uc.uc_mcontext.pc = ip;
 }
 
+pub fn sp(uc: &libc::ucontext_t) -> u64 {
+    uc.uc_mcontext.sp
+}
+
 pub fn set_sp(uc: &mut libc::ucontext_t, sp: u64) {
     uc.uc_mcontext.sp = sp;
 }

@@ -64,6 +64,10 @@ pub fn set_ip(uc: &mut libc::ucontext_t, ip: u64) {
     uc.uc_mcontext.gregs[reg(libc::REG_RIP)] = ip.cast_signed();
 }
 
+pub fn sp(uc: &libc::ucontext_t) -> u64 {
+    uc.uc_mcontext.gregs[reg(libc::REG_RSP)].cast_unsigned()
+}
+
 pub fn set_sp(uc: &mut libc::ucontext_t, sp: u64) {
     uc.uc_mcontext.gregs[reg(libc::REG_RSP)] = sp.cast_signed();
 }

@@ -9,7 +9,7 @@
 //! are made as asked.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use kbox_arch::trap::{gettid, raw_syscall, set_thread_pointer, thread_pointer};
 #[cfg(target_arch = "x86_64")]
@@ -17,7 +17,7 @@ use kbox_arch::x86_64::tramp::{AFTER_CALL_LEA, Frame, RESUME_WITH_MASK, SITE_SEQ
 
 use super::context::{self, SigFrame};
 pub use super::context::{Registers, initial_registers};
-use super::sysno::SYS_RT_SIGPROCMASK;
+use super::sysno::{SYS_RT_SIGPROCMASK, SYS_SIGALTSTACK};
 
 /// Guest threads one kbox serves (the trap tier runs one guest process).
 const MAX_THREADS: usize = 64;
@@ -39,6 +39,35 @@ struct Slot {
     /// address its frames on the kbox stack use: a guest signal handler may then run (on
     /// the guest's stack, or its alternate one) and make calls, which are served below it.
     kbox_stack_busy: AtomicU64,
+    /// Where the kernel puts SIGSYS frames while the guest has no alternate signal stack
+    /// on the thread ([`SIGNAL_STACK`] bytes, kept for the slot's later threads).
+    signal_stack: AtomicU64,
+    /// The alternate signal stack the guest set on the thread (size 0: none), which is the
+    /// host's while it is set.
+    guest_alt: AltStack,
+}
+
+/// An alternate signal stack as sigaltstack takes it (flags: SS_AUTODISARM or 0).
+struct AltStack {
+    sp: AtomicU64,
+    size: AtomicU64,
+    flags: AtomicI32,
+}
+
+impl AltStack {
+    fn get(&self) -> (u64, u64, i32) {
+        (
+            self.sp.load(Ordering::Relaxed),
+            self.size.load(Ordering::Relaxed),
+            self.flags.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set(&self, (sp, size, flags): (u64, u64, i32)) {
+        self.sp.store(sp, Ordering::Relaxed);
+        self.size.store(size, Ordering::Relaxed);
+        self.flags.store(flags, Ordering::Relaxed);
+    }
 }
 
 /// Stack every guest thread gets from kbox, for kbox's code serving its calls.
@@ -54,8 +83,20 @@ static SLOTS: [Slot; MAX_THREADS] = [const {
         in_kbox: AtomicBool::new(false),
         kbox_stack: AtomicU64::new(0),
         kbox_stack_busy: AtomicU64::new(0),
+        signal_stack: AtomicU64::new(0),
+        guest_alt: AltStack {
+            sp: AtomicU64::new(0),
+            size: AtomicU64::new(0),
+            flags: AtomicI32::new(0),
+        },
     }
 }; MAX_THREADS];
+
+/// Bytes of a guest thread's own signal stack (a few SIGSYS frames: AArch64's with SVE
+/// state are the largest, about 10 KiB).
+const SIGNAL_STACK: usize = 64 << 10;
+const SS_DISABLE: i32 = 2;
+const SS_AUTODISARM: i32 = 1 << 31;
 /// rdfsbase/wrfsbase are usable (AT_HWCAP2 bit 1): no syscall to switch thread pointers.
 static FSGSBASE: AtomicBool = AtomicBool::new(false);
 
@@ -67,10 +108,12 @@ static FSGSBASE: AtomicBool = AtomicBool::new(false);
 pub fn adopt_current_thread() -> bool {
     // Below this function's frame, with room for what runs until the guest starts.
     let stack = (current_sp() - (16 << 10)) & !15;
-    adopt(stack)
+    adopt(stack, None)
 }
 
-fn adopt(kbox_stack: u64) -> bool {
+/// Takes a slot for the calling thread, with its kbox stack, and the signal stack and
+/// guest alternate stack it inherits (a forked copy), or none yet.
+fn adopt(kbox_stack: u64, inherited: Option<(u64, (u64, u64, i32))>) -> bool {
     // SAFETY: getauxval reads this process's auxiliary vector.
     let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
     FSGSBASE.store(hwcap2 & 2 != 0, Ordering::Relaxed);
@@ -87,6 +130,21 @@ fn adopt(kbox_stack: u64) -> bool {
             // Nothing of this thread's waits on the stack yet (a reused slot's mark is
             // another thread's).
             slot.kbox_stack_busy.store(0, Ordering::Relaxed);
+            match inherited {
+                Some((signal_stack, guest_alt)) => {
+                    slot.signal_stack.store(signal_stack, Ordering::Relaxed);
+                    slot.guest_alt.set(guest_alt);
+                }
+                None => {
+                    if slot.signal_stack.load(Ordering::Relaxed) == 0 {
+                        slot.signal_stack
+                            .store(new_signal_stack(), Ordering::Relaxed);
+                    }
+                    // A new thread has no alternate stack of its own (as after clone).
+                    slot.guest_alt.set((0, 0, 0));
+                }
+            }
+            set_host_altstack(&host_altstack(slot));
             slot.in_kbox.store(true, Ordering::Release);
             return true;
         }
@@ -150,15 +208,71 @@ pub fn leave_kbox() {
 pub fn adopt_after_fork() {
     // The forking thread serves this call on its kbox stack, which this copy keeps.
     let sp = current_sp();
-    let stack = SLOTS
+    let forking = SLOTS
         .iter()
-        .map(|s| s.kbox_stack.load(Ordering::Relaxed))
-        .find(|&top| within(top, sp))
-        .unwrap_or(0);
+        .find(|s| within(s.kbox_stack.load(Ordering::Relaxed), sp));
+    let stack = forking.map_or(0, |s| s.kbox_stack.load(Ordering::Relaxed));
+    // Its signal stacks too (the copy's memory has them where they were).
+    let inherited = forking.map(|s| (s.signal_stack.load(Ordering::Relaxed), s.guest_alt.get()));
     for slot in &SLOTS {
         slot.tid.store(0, Ordering::Relaxed);
     }
-    adopt(stack);
+    adopt(stack, inherited);
+}
+
+/// Maps a signal stack for a guest thread (0 when none can be had).
+fn new_signal_stack() -> u64 {
+    // SAFETY: a fresh private anonymous mapping, owned by the slot from here on.
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            SIGNAL_STACK,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .map_or(0, |p| p as u64)
+}
+
+/// The host's alternate signal stack for a guest thread: the guest's own while it has one
+/// (so its SA_ONSTACK handlers run there, as natively), else the thread's signal stack.
+/// SIGSYS is SA_ONSTACK, so its frames land on one of these and never on a stack the guest
+/// runs code on: that may be too small for one (an AArch64 frame is over 4.5 KiB, and
+/// musl's posix_spawn child runs on 5 KiB). The thread's own is SS_AUTODISARM: while a
+/// handler runs on it the host has none, so a signal kbox's wait lets through (or the
+/// guest's call of sigaltstack) finds no stack in use by kbox's frames.
+fn host_altstack(slot: &Slot) -> libc::stack_t {
+    let (sp, size, flags) = slot.guest_alt.get();
+    if size != 0 {
+        return libc::stack_t {
+            ss_sp: sp as *mut c_void,
+            ss_flags: flags,
+            ss_size: usize::try_from(size).unwrap_or(0),
+        };
+    }
+    match slot.signal_stack.load(Ordering::Relaxed) {
+        0 => libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: SS_DISABLE,
+            ss_size: 0,
+        },
+        base => libc::stack_t {
+            ss_sp: base as *mut c_void,
+            ss_flags: SS_AUTODISARM,
+            ss_size: SIGNAL_STACK,
+        },
+    }
+}
+
+/// sigaltstack on the host: the raw result.
+fn set_host_altstack(st: &libc::stack_t) -> i64 {
+    // SAFETY: sigaltstack reads the caller's stack_t and changes this thread's setting.
+    unsafe {
+        raw_syscall(
+            SYS_SIGALTSTACK,
+            [std::ptr::from_ref(st) as u64, 0, 0, 0, 0, 0],
+        )
+    }
 }
 
 /// The calling thread is no longer a guest thread (it is about to end).
@@ -186,9 +300,13 @@ pub struct Trapped<'a> {
     restart_back: i64,
     /// The call's first argument as the guest made it (AArch64's result register holds it).
     first_arg: u64,
+    /// The frame now starts a new program ([`Trapped::restart_at`]).
+    starts_over: bool,
+    /// The frame is a copy in kbox's memory ([`Trapped::detach_frame`]).
+    detached: bool,
 }
 
-impl Trapped<'_> {
+impl<'a> Trapped<'a> {
     /// The syscall number and its six arguments.
     pub fn call(&self) -> (u64, [u64; 6]) {
         context::call_of(self.uc)
@@ -217,6 +335,8 @@ impl Trapped<'_> {
     /// Returns to `ip` with stack pointer `sp` and every general register zero (a new
     /// program's start).
     pub fn restart_at(&mut self, ip: u64, sp: u64) {
+        self.starts_over = true;
+        self.detach_frame();
         context::clear_for_exec(self.uc);
         context::set_ip(self.uc, ip);
         context::set_sp(self.uc, sp);
@@ -228,13 +348,55 @@ impl Trapped<'_> {
         context::restart(self.uc, nr, self.restart_back, self.first_arg);
     }
 
-    /// The frame's alternate signal stack, which rt_sigreturn installs, is none (exec).
-    pub fn clear_alternate_stack(&mut self) {
-        self.uc.uc_stack = libc::stack_t {
-            ss_sp: std::ptr::null_mut(),
-            ss_flags: libc::SS_DISABLE,
-            ss_size: 0,
+    /// Moves the frame to memory of kbox's own (an exec is about to unmap the program, and
+    /// the kernel's frame may be in it: on its alternate signal stack). Once per call; the
+    /// copy is never freed (nothing of the handler runs again after an exec, so a few KiB
+    /// per exec).
+    pub fn detach_frame(&mut self) {
+        if self.detached {
+            return;
+        }
+        // SAFETY: an all-zero frame is valid to fill in.
+        let mut copy: Box<SigFrame> = Box::new(unsafe { std::mem::zeroed() });
+        copy.uc = *self.uc;
+        self.uc = &mut Box::leak(copy).uc;
+        self.detached = true;
+    }
+
+    /// The frame the guest resumes from.
+    #[cfg(target_arch = "x86_64")]
+    fn into_frame(self) -> &'a mut libc::ucontext_t {
+        self.uc
+    }
+
+    /// The guest's alternate signal stack on this thread: start, size (0: none) and
+    /// SS_AUTODISARM.
+    pub fn alternate_stack(&self) -> (u64, u64, i32) {
+        own_slot().map_or((0, 0, 0), |s| s.guest_alt.get())
+    }
+
+    /// Gives the guest thread a new alternate signal stack (size 0: none), checked by the
+    /// host's kernel as it would check the guest's own call; the frame's copy, which
+    /// rt_sigreturn installs, follows.
+    pub fn set_alternate_stack(&mut self, alt: (u64, u64, i32)) -> Result<(), i32> {
+        let Some(slot) = own_slot() else {
+            return Err(libc::ENOSYS);
         };
+        let before = slot.guest_alt.get();
+        slot.guest_alt.set(alt);
+        let host = host_altstack(slot);
+        let r = set_host_altstack(&host);
+        if r < 0 {
+            slot.guest_alt.set(before);
+            return Err(i32::try_from(-r).unwrap_or(libc::EINVAL));
+        }
+        self.uc.uc_stack = host;
+        Ok(())
+    }
+
+    /// The stack pointer the guest made its call with.
+    pub fn guest_sp(&self) -> u64 {
+        context::sp(self.uc)
     }
 
     /// Resumes the guest at `ip` instead of after its syscall, registers otherwise as they
@@ -272,6 +434,53 @@ impl Trapped<'_> {
     }
 
     fn as_guest_in(&mut self, slot: &Slot, make: impl FnOnce() -> i64) -> i64 {
+        let before = self.keep_signals_off_frame(slot);
+        let r = self.as_guest_masked(slot, make);
+        if let Some(before) = before {
+            set_host_altstack(&before);
+        }
+        r
+    }
+
+    /// When this call's signal frame is on the guest's alternate stack (the host took the
+    /// trap there), a guest handler for a signal let through meanwhile would start at that
+    /// stack's top, over the frame: until the call ends the host's alternate stack stops
+    /// below the frame. Returns the setting to restore when it was changed (a nested
+    /// call's restores its caller's).
+    fn keep_signals_off_frame(&self, slot: &Slot) -> Option<libc::stack_t> {
+        let (sp, size, flags) = slot.guest_alt.get();
+        let frame = std::ptr::from_ref(&*self.uc) as u64;
+        if size == 0 || !(sp..sp + size).contains(&frame) {
+            return None;
+        }
+        let mut before = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: sigaltstack writes the current setting to the local.
+        unsafe { raw_syscall(SYS_SIGALTSTACK, [0, (&raw mut before) as u64, 0, 0, 0, 0]) };
+        // The siginfo and a record or two lie below the ucontext.
+        let below = frame.saturating_sub(1024) & !15;
+        let shrunk = libc::stack_t {
+            ss_sp: sp as *mut c_void,
+            ss_flags: flags,
+            ss_size: usize::try_from(below - sp.min(below)).unwrap_or(0),
+        };
+        if set_host_altstack(&shrunk) < 0 {
+            // Too small to hold a frame: no alternate stack until the call ends.
+            set_host_altstack(&libc::stack_t {
+                ss_sp: std::ptr::null_mut(),
+                ss_flags: SS_DISABLE,
+                ss_size: 0,
+            });
+        }
+        // The kernel reports SS_ONSTACK for a stack in use; it takes only 0 or the flags.
+        before.ss_flags &= SS_DISABLE | SS_AUTODISARM;
+        Some(before)
+    }
+
+    fn as_guest_masked(&mut self, slot: &Slot, make: impl FnOnce() -> i64) -> i64 {
         let fsgs = FSGSBASE.load(Ordering::Relaxed);
         let guest_mask = self.sigmask() & !SIGSYS_BIT;
         let mut kbox_mask = 0u64;
@@ -316,7 +525,15 @@ pub fn enter_guest(regs: &Registers, uc_flags: u64, mask: u64, tp: u64) -> ! {
     let mut frame: Box<SigFrame> = Box::new(unsafe { std::mem::zeroed() });
     frame.uc.uc_flags = uc_flags;
     context::set_registers(&mut frame.uc, regs);
-    frame.uc.uc_stack.ss_flags = libc::SS_DISABLE;
+    // rt_sigreturn installs it: the one adopt gave the thread.
+    frame.uc.uc_stack = own_slot().map_or(
+        libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: SS_DISABLE,
+            ss_size: 0,
+        },
+        host_altstack,
+    );
     // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
     unsafe { *(&raw mut frame.uc.uc_sigmask).cast::<u64>() = mask & !SIGSYS_BIT };
     let uc = std::ptr::from_ref(&frame.uc) as u64;
@@ -377,12 +594,23 @@ unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut T
         guest_tp,
         restart_back: context::SYSCALL_INSN_LEN,
         first_arg,
+        starts_over: false,
+        detached: false,
     };
     serve(&mut call);
     let guest_tp = call.guest_tp;
+    // A new program starts from the frame's copy (the kernel's may be on the old
+    // program's alternate signal stack, which the exec unmapped).
+    let detached = call.detached.then(|| std::ptr::from_ref(&*call.uc) as u64);
     // Looked up again: in a child forked meanwhile, this thread has a new slot.
     if let Some(slot) = own_slot() {
         slot.in_kbox.store(false, Ordering::Release);
+    }
+    if let Some(uc) = detached {
+        // SAFETY: a complete register state for the guest in a SigFrame of kbox's, with
+        // its thread pointer; every signal is blocked until rt_sigreturn installs the
+        // frame's mask.
+        unsafe { kbox_arch::trap::resume_context(uc, guest_tp, fsgs) }
     }
     // SAFETY: back to the guest's TLS for the guest code the handler returns to.
     unsafe { set_thread_pointer(fsgs, guest_tp) };
@@ -414,7 +642,6 @@ pub use patched::init_trampolines;
 /// Calls from the rewrite tier's patched sites (x86-64's trampolines).
 #[cfg(target_arch = "x86_64")]
 mod patched {
-    use super::super::sysno::SYS_SIGALTSTACK;
     use super::context::{reg, set_fpstate, user_segments};
     use super::*;
 
@@ -533,10 +760,13 @@ mod patched {
             guest_tp,
             restart_back: i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
             first_arg: frame.rdi,
+            starts_over: false,
+            detached: false,
         };
         super::super::serve(&mut call);
         let guest_tp = call.guest_tp;
-        let uc = &mut sf.uc;
+        // The frame is still `sf`, or a copy an exec made.
+        let uc = call.into_frame();
         let g = &uc.uc_mcontext.gregs;
         let resumes_after_call = g[reg(libc::REG_RIP)] == resume_ip.cast_signed()
             && g[reg(libc::REG_RSP)] == guest_sp.cast_signed();
@@ -567,7 +797,7 @@ mod patched {
         if resumes_after_call {
             RESUME_WITH_MASK
         } else {
-            std::ptr::from_mut(&mut sf.uc) as u64
+            std::ptr::from_mut(uc) as u64
         }
     }
 }

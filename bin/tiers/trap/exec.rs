@@ -5,12 +5,10 @@
 
 use std::sync::Mutex;
 
-use kbox_arch::trap::raw_syscall;
 use kbox_lkl::Errno;
 
 use super::entry::Trapped;
 use super::guest::InProcess;
-use super::sysno::SYS_SIGALTSTACK;
 use super::{EngineFiles, brk, signals};
 use crate::dispatch::{Engine, Guest};
 use crate::loader::{self, Creds, Request};
@@ -100,6 +98,8 @@ pub fn execve(
     }
     .map_err(|e| e.errno())?;
     // Linux's point of no return: the old program goes; a failure now ends the process.
+    // The call's frame may be in it (on its alternate signal stack).
+    call.detach_frame();
     super::unmap_program_image();
     brk::release();
     let hook = super::STATE.get().map(super::State::code_hook);
@@ -121,8 +121,10 @@ pub fn execve(
     }
     close_on_exec(guest.fd_floor);
     signals::reset_on_exec();
-    disable_alternate_stack();
-    call.clear_alternate_stack();
+    // execve clears the alternate signal stack: the old program's is in memory the new one
+    // does not know (CPython's faulthandler sets one, and CPython's handlers ask for it, so
+    // a program exec'd from one got its signals delivered onto a stale stack).
+    let _ = call.set_alternate_stack((0, 0, 0));
     super::set_current_program(&path);
     let (entry, sp, brk_start) = super::replace_program(program);
     brk::reset(brk_start);
@@ -173,18 +175,4 @@ fn open_fd_list() -> Option<Vec<i32>> {
         }
     }
     Some(fds)
-}
-
-/// execve clears the alternate signal stack: the old program's is in memory the new one
-/// does not know (CPython's faulthandler sets one, and CPython's handlers ask for it, so
-/// a program exec'd from one got its signals delivered onto a stale stack).
-fn disable_alternate_stack() {
-    let off = libc::stack_t {
-        ss_sp: std::ptr::null_mut(),
-        ss_flags: libc::SS_DISABLE,
-        ss_size: 0,
-    };
-    // SAFETY: sigaltstack reads the local stack_t; it fails only while on the alternate
-    // stack (an exec from a handler running there), which then stays as it is.
-    unsafe { raw_syscall(SYS_SIGALTSTACK, [(&raw const off) as u64, 0, 0, 0, 0, 0]) };
 }

@@ -50,6 +50,7 @@ const CALLS: usize = HOST_CALLS_LEN;
 const TIER_OWN: &[u64] = &[
     super::sysno::SYS_CLOSE,
     super::sysno::SYS_RT_SIGACTION,
+    super::sysno::SYS_SIGALTSTACK,
     super::sysno::SYS_RT_SIGPROCMASK,
     super::sysno::SYS_RT_SIGRETURN,
     super::sysno::SYS_BRK,

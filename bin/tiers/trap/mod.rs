@@ -47,7 +47,7 @@ use sysno::{
     SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP, SYS_FORK, SYS_FUTEX, SYS_MADVISE,
     SYS_MINCORE, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP, SYS_MSYNC, SYS_MUNMAP, SYS_PRCTL, SYS_RSEQ,
     SYS_RT_SIGACTION, SYS_RT_SIGPENDING, SYS_RT_SIGPROCMASK, SYS_RT_SIGRETURN, SYS_SECCOMP,
-    SYS_TGKILL, SYS_VFORK,
+    SYS_SIGALTSTACK, SYS_TGKILL, SYS_VFORK,
 };
 
 const PR_SET_SECCOMP: u64 = 22;
@@ -600,6 +600,7 @@ fn tier_call(
         SYS_ARCH_PRCTL => arch_prctl(call, guest, args),
         SYS_RT_SIGPROCMASK => signals::sigprocmask(call, guest.tid, args),
         SYS_RT_SIGACTION => signals::sigaction(guest.tid, args),
+        SYS_SIGALTSTACK => signals::sigaltstack(call, guest.tid, args),
         // A filter of the guest's own would bind kbox's code on the thread too.
         SYS_SECCOMP => Err(Errno::EINVAL),
         SYS_PRCTL if args[0] == PR_SET_SECCOMP => Err(Errno::EINVAL),

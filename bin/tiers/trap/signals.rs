@@ -103,7 +103,9 @@ fn kbox_action(
     // SAFETY: an all-zero sigaction is valid (SIG_DFL, no flags, empty mask).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = handler as usize;
-    sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+    // On the thread's signal stack (or the guest's alternate one): never on a stack guest
+    // code runs on, which may be too small for a frame (entry::host_altstack).
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
     // SAFETY: sa_mask is a valid sigset to fill; nothing but SIGSYS may interrupt kbox while
     // it serves a call (guest handlers must not run on kbox's thread pointer).
     unsafe {
@@ -211,6 +213,52 @@ pub fn sigaction(tid: u32, args: [u64; 6]) -> Result<i64, Errno> {
     }
     if oldact != 0 {
         guest_write(tid, oldact, &previous.to_bytes())?;
+    }
+    Ok(0)
+}
+
+/// sigaltstack for the guest. The guest's setting is kept by kbox (entry.rs), since the
+/// host's is the thread's own signal stack while the guest has none, and the handler's
+/// return would undo a host setting made during the call: ss_sp, ss_flags, ss_size as the
+/// kernel lays out `stack_t` (24 bytes).
+pub fn sigaltstack(call: &mut Trapped<'_>, tid: u32, args: [u64; 6]) -> Result<i64, Errno> {
+    const SS_ONSTACK: i32 = 1;
+    const SS_DISABLE: i32 = 2;
+    const SS_AUTODISARM: i32 = 1 << 31;
+    let (new, old) = (args[0], args[1]);
+    let (sp, size, flags) = call.alternate_stack();
+    // As the kernel's on_sig_stack: the stack grows down from sp + size.
+    let guest_sp = call.guest_sp();
+    let on_it = size != 0 && flags & SS_AUTODISARM == 0 && guest_sp > sp && guest_sp - sp <= size;
+    let word = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+    if new != 0 {
+        let mut b = [0u8; 24];
+        guest_read(tid, new, &mut b)?;
+        let ss_flags = i32::from_ne_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+        if on_it {
+            return Err(Errno::EPERM);
+        }
+        let alt = match ss_flags & !SS_AUTODISARM {
+            SS_DISABLE => (0, 0, 0),
+            0 | SS_ONSTACK => (word(&b, 0), word(&b, 16), ss_flags & SS_AUTODISARM),
+            _ => return Err(Errno::EINVAL),
+        };
+        // The kernel checks the size (MINSIGSTKSZ) as for the guest's own call.
+        call.set_alternate_stack(alt).map_err(Errno)?;
+    }
+    if old != 0 {
+        let state = if on_it {
+            SS_ONSTACK
+        } else if size == 0 {
+            SS_DISABLE
+        } else {
+            0
+        };
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&sp.to_ne_bytes());
+        b[8..12].copy_from_slice(&(state | flags).to_ne_bytes());
+        b[16..].copy_from_slice(&size.to_ne_bytes());
+        guest_write(tid, old, &b)?;
     }
     Ok(0)
 }
