@@ -155,7 +155,7 @@ pub enum SyscallTier {
     Seccomp,
     /// SIGSYS trap: the first guest process runs in kbox's own process.
     Trap,
-    /// The trap tier with the guest's syscall sites patched to call kbox directly (x86_64).
+    /// The trap tier with the guest's syscall sites patched to call kbox directly.
     Rewrite,
     /// The fastest tier that keeps the command's semantics, chosen once its program is
     /// found in the image.
@@ -798,8 +798,7 @@ fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
         b"auto" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Auto),
         b"auto" => Ok(SyscallTier::Seccomp),
         b"trap" => Ok(SyscallTier::Trap),
-        b"rewrite" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Rewrite),
-        b"rewrite" => Err(UsageError::SyscallModeNotAvailable("rewrite")),
+        b"rewrite" => Ok(SyscallTier::Rewrite),
         _ => Err(UsageError::UnknownSyscallMode(Box::from(value))),
     }
 }
@@ -1440,20 +1439,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn syscall_mode_rewrite_is_the_rewrite_tier() {
         assert_eq!(
             config(&["-r", "i", "--syscall-mode=rewrite"]).tier,
             SyscallTier::Rewrite
-        );
-    }
-
-    #[test]
-    #[cfg(not(target_arch = "x86_64"))]
-    fn syscall_mode_when_rewrite_is_not_available() {
-        assert_eq!(
-            error(&["-r", "i", "--syscall-mode", "rewrite"]),
-            UsageError::SyscallModeNotAvailable("rewrite")
         );
     }
 

@@ -72,8 +72,6 @@ pub enum UsageError {
     BadDnsAddress(Box<OsStr>),
     /// `--dns` with no network to reach it.
     DnsWithoutNet,
-    /// `--syscall-mode` naming a tier that is not built yet.
-    SyscallModeNotAvailable(&'static str),
     /// `--shadow-limit` whose value is not a size.
     BadShadowLimit(Box<OsStr>),
     /// `--shadow-limit` outside the accepted bounds.
@@ -146,10 +144,6 @@ impl fmt::Display for UsageError {
             Self::PublishTwice(port) => write!(f, "host port {port} is published twice"),
             Self::BadDnsAddress(v) => write!(f, "--dns {} is not an IP address", Shown(v)),
             Self::DnsWithoutNet => f.write_str("--dns needs --net=user or --net=host"),
-            Self::SyscallModeNotAvailable(mode) => write!(
-                f,
-                "syscall mode '{mode}' is not available yet: only the seccomp tier is built"
-            ),
             Self::BadPreserveFds(arg) => write!(
                 f,
                 "--preserve-fds {} is not a number of FDs from 0 to 65000",
@@ -210,9 +204,6 @@ impl UsageError {
             Self::PublishTwice(_) => "give each -p its own host port",
             Self::BadDnsAddress(_) => "e.g. --dns 192.0.2.53",
             Self::DnsWithoutNet => "add --net=user or --net=host",
-            Self::SyscallModeNotAvailable(_) => {
-                "use --syscall-mode=seccomp (or auto, which picks it)"
-            }
             Self::BadShadowLimit(_) | Self::ShadowLimitOutOfRange(_) => {
                 "e.g. --shadow-limit 512M; the default is 256M"
             }

@@ -527,18 +527,12 @@ fn run_in_process(
         counted: observe::enabled(),
         code: None,
     };
-    #[cfg(target_arch = "x86_64")]
     let exit = if tier == crate::cli::SyscallTier::Rewrite {
         crate::tiers::rewrite::run(Arc::clone(engine), launch)
     } else {
         crate::tiers::trap::run(Arc::clone(engine), launch)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let exit = {
-        let _ = tier;
-        crate::tiers::trap::run(Arc::clone(engine), launch)
-    };
-    let exit = exit.map_err(RuntimeError::Trap)?;
+    }
+    .map_err(RuntimeError::Trap)?;
     web::guest_ended();
     trace::flush();
     if let Some(format) = config.stats {

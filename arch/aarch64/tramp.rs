@@ -2,9 +2,17 @@
 //!
 //! On entry x16 holds the site id and x30 the return address into the per-site trampoline
 //! (both saved by the trampoline and restored after). The stub saves x0-x30, NZCV, FPSR and
-//! FPCR on the guest stack (AArch64 Linux has no red zone), moves to a kbox stack, saves
-//! q0-q31 there and calls [`entry`]. It contains no `svc`: host calls happen in kbox's Rust
-//! code after the registry has accepted the site id and return address.
+//! FPCR on the guest stack (AArch64 Linux has no red zone). It contains no `svc`: host calls
+//! happen in kbox's code after the registry has accepted the site id and return address.
+//!
+//! With a frame handler ([`set_frame_handler`], the rewrite tier's) the stub saves q0-q31
+//! below the frame, on the guest's own stack as a signal handler would run, and the
+//! handler answers how the guest resumes: [`RESUME_PLAIN`] (the saved registers, as the
+//! handler left them), [`RESUME_WITH_MASK`] (the same, after `kbox_trap_restore_mask`
+//! installs the signal mask left in the frame's x16 slot, so a signal it unblocks is
+//! delivered on the guest's stack with the guest's registers saved) or the address of an
+//! rt_sigframe's ucontext, which `kbox_trap_sigreturn` loads whole. Without one (arch/'s
+//! own tests) it moves to one of a pool of kbox stacks and calls [`entry`].
 
 use crate::entry::{self, SiteKind, SyscallRequest};
 use core::arch::global_asm;
@@ -26,10 +34,82 @@ pub struct Frame {
     pub fpcr: u64,
 }
 
+/// Resume with the registers in the frame.
+pub const RESUME_PLAIN: u64 = 0;
+/// Resume with the registers in the frame after installing the mask in its x16 slot
+/// (the trampoline reloads the guest's x16 itself).
+pub const RESUME_WITH_MASK: u64 = 1;
+/// Bytes the stub saves the SIMD registers in, below the frame.
+pub const SCRATCH: usize = 512;
+/// Where the trampoline keeps the guest's x16 and x30, just above the frame.
+const TRAMPOLINE_SAVE: u64 = 32;
+
+impl Frame {
+    /// The guest's x16 and x30, which the trampoline saved above the frame (the frame's
+    /// own hold the site id and the return address).
+    pub fn guest_x16_x30(&mut self) -> &mut [u64; 2] {
+        let at = core::ptr::from_mut(self) as u64 + core::mem::size_of::<Self>() as u64;
+        // SAFETY: the trampoline stored the two words right above the frame the stub
+        // pushed, on the same stack, for the duration of the call.
+        unsafe { &mut *(at as *mut [u64; 2]) }
+    }
+
+    /// The guest's stack pointer at its site: above the frame and the trampoline's save.
+    pub fn guest_sp(&self) -> u64 {
+        core::ptr::from_ref(self) as u64 + core::mem::size_of::<Self>() as u64 + TRAMPOLINE_SAVE
+    }
+}
+
+/// The stub's scratch area: q0-q31 as the guest had them.
+#[derive(Debug)]
+pub struct Scratch {
+    base: *mut u8,
+}
+
+impl Scratch {
+    /// The SIMD registers the stub saved (and restores on a plain resume), 16 bytes each.
+    pub fn vregs(&mut self) -> &mut [u8; SCRATCH] {
+        // SAFETY: the stub saved SCRATCH bytes at `base`, 16-byte aligned, for this call.
+        unsafe { &mut *self.base.cast::<[u8; SCRATCH]>() }
+    }
+}
+
+/// Serves a genuine entry with the whole frame; returns how the guest resumes. For a
+/// promoted cancel-wrapper call the frame's x8 already holds the number (from x6): the
+/// `bl` it replaces would have clobbered x8 anyway.
+pub type FrameHandler = fn(&mut Frame, Scratch) -> u64;
+
+static FRAME_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the handler genuine entries go to instead of [`entry::set_handler`]'s.
+pub fn set_frame_handler(h: FrameHandler) {
+    FRAME_HANDLER.store(h as usize, Ordering::Release);
+}
+
+/// Called by the stub, on the guest's stack, when a frame handler is installed.
+extern "C" fn frame_entry(frame: &mut Frame, scratch: *mut u8) -> u64 {
+    let fh = FRAME_HANDLER.load(Ordering::Acquire);
+    match entry::admit(frame.x[16], frame.x[30]) {
+        Ok((_, kind)) if fh != 0 => {
+            if kind == SiteKind::Cancel {
+                frame.x[8] = frame.x[6];
+            }
+            // SAFETY: FRAME_HANDLER only ever holds 0 or a `FrameHandler` stored above.
+            let handler: FrameHandler = unsafe { core::mem::transmute::<usize, FrameHandler>(fh) };
+            handler(frame, Scratch { base: scratch })
+        }
+        _ => {
+            frame.x[0] = entry::ENOSYS.cast_unsigned();
+            RESUME_PLAIN
+        }
+    }
+}
+
 global_asm!(
     ".pushsection .text.kbox_aarch64_entry,\"ax\",@progbits",
     ".globl kbox_aarch64_common_entry",
     ".globl kbox_aarch64_common_entry_end",
+    ".globl kbox_aarch64_entry_exit",
     ".p2align 4",
     "kbox_aarch64_common_entry:",
     "sub sp, sp, #272",
@@ -44,6 +124,9 @@ global_asm!(
     "mrs x11, fpcr",
     "stp x10, x11, [sp, #256]",
     "mov x19, sp",
+    "adrp x9, {handler}",
+    "ldr x9, [x9, :lo12:{handler}]",
+    "cbnz x9, 6f",
     "2:",
     "adrp x20, {tops}",
     "add x20, x20, :lo12:{tops}",
@@ -94,12 +177,61 @@ global_asm!(
     "ldp x24, x25, [sp, #192]", "ldp x26, x27, [sp, #208]", "ldp x28, x29, [sp, #224]",
     "add sp, sp, #272",
     "ret",
+    // The frame handler's path, all on the guest's stack.
+    "6:",
+    "sub sp, sp, #{scratch}",
+    "stp q0, q1, [sp, #0]", "stp q2, q3, [sp, #32]", "stp q4, q5, [sp, #64]",
+    "stp q6, q7, [sp, #96]", "stp q8, q9, [sp, #128]", "stp q10, q11, [sp, #160]",
+    "stp q12, q13, [sp, #192]", "stp q14, q15, [sp, #224]", "stp q16, q17, [sp, #256]",
+    "stp q18, q19, [sp, #288]", "stp q20, q21, [sp, #320]", "stp q22, q23, [sp, #352]",
+    "stp q24, q25, [sp, #384]", "stp q26, q27, [sp, #416]", "stp q28, q29, [sp, #448]",
+    "stp q30, q31, [sp, #480]",
+    "mov x0, x19",
+    "mov x1, sp",
+    "bl {frame_entry}",
+    "cmp x0, #{with_mask}",
+    "b.hi 7f",
+    "ldp q0, q1, [sp, #0]", "ldp q2, q3, [sp, #32]", "ldp q4, q5, [sp, #64]",
+    "ldp q6, q7, [sp, #96]", "ldp q8, q9, [sp, #128]", "ldp q10, q11, [sp, #160]",
+    "ldp q12, q13, [sp, #192]", "ldp q14, q15, [sp, #224]", "ldp q16, q17, [sp, #256]",
+    "ldp q18, q19, [sp, #288]", "ldp q20, q21, [sp, #320]", "ldp q22, q23, [sp, #352]",
+    "ldp q24, q25, [sp, #384]", "ldp q26, q27, [sp, #416]", "ldp q28, q29, [sp, #448]",
+    "ldp q30, q31, [sp, #480]",
+    "mov sp, x19",
+    "cbz x0, kbox_aarch64_entry_exit",
+    "b kbox_trap_restore_mask",
+    "kbox_aarch64_entry_exit:",
+    "ldp x10, x11, [sp, #256]",
+    "msr fpsr, x10",
+    "msr fpcr, x11",
+    "ldp x30, x9, [sp, #240]",
+    "msr nzcv, x9",
+    "ldp x0, x1, [sp, #0]", "ldp x2, x3, [sp, #16]", "ldp x4, x5, [sp, #32]",
+    "ldp x6, x7, [sp, #48]", "ldp x8, x9, [sp, #64]", "ldp x10, x11, [sp, #80]",
+    "ldp x12, x13, [sp, #96]", "ldp x14, x15, [sp, #112]", "ldp x16, x17, [sp, #128]",
+    "ldp x18, x19, [sp, #144]", "ldp x20, x21, [sp, #160]", "ldp x22, x23, [sp, #176]",
+    "ldp x24, x25, [sp, #192]", "ldp x26, x27, [sp, #208]", "ldp x28, x29, [sp, #224]",
+    "add sp, sp, #272",
+    "ret",
+    // x0 is a ucontext the handler left below the stack pointer; nothing here writes
+    // there. rt_sigreturn wants the stack pointer at the rt_sigframe (siginfo first).
+    "7:",
+    "sub x0, x0, #{siginfo}",
+    "mov sp, x0",
+    "b kbox_trap_sigreturn",
     "kbox_aarch64_common_entry_end:",
     ".popsection",
     tops = sym STACK_TOPS,
     n = const STACKS,
     entry = sym entry,
+    handler = sym FRAME_HANDLER,
+    frame_entry = sym frame_entry,
+    scratch = const SCRATCH,
+    with_mask = const RESUME_WITH_MASK,
+    siginfo = const super::trap::SIGINFO_SIZE,
 );
+
+const _: () = assert!(core::mem::size_of::<Frame>() == 272);
 
 unsafe extern "C" {
     fn kbox_aarch64_common_entry();

@@ -27,6 +27,27 @@ global_asm!(
     ".popsection",
 );
 
+// The tail of a trampoline entry whose frame handler asked for the guest's signal mask:
+// the stack pointer is at the saved registers (tramp::Frame) on the guest's stack, the mask
+// in the frame's x16 slot. A signal the mask unblocks is delivered right here, on the
+// guest's stack, with the guest's registers saved above it; nothing of kbox's is left
+// running. The clobbered registers are all reloaded from the frame afterwards.
+global_asm!(
+    ".pushsection .text.kbox_trap,\"ax\",@progbits",
+    ".globl kbox_trap_restore_mask",
+    ".type kbox_trap_restore_mask,%function",
+    "kbox_trap_restore_mask:",
+    "mov x8, #135",
+    "mov x0, #2",
+    "add x1, sp, #128",
+    "mov x2, #0",
+    "mov x3, #8",
+    "svc #0",
+    "b kbox_aarch64_entry_exit",
+    ".size kbox_trap_restore_mask, . - kbox_trap_restore_mask",
+    ".popsection",
+);
+
 unsafe extern "C" {
     fn kbox_trap_sigreturn();
 }

@@ -186,7 +186,6 @@ pub fn map_program(
 
 impl Region {
     /// Takes over memory someone else mapped for the program (unmapped when dropped).
-    #[cfg(target_arch = "x86_64")]
     pub fn adopt(start: u64, len: usize) -> Self {
         Region {
             start,

@@ -152,6 +152,9 @@ const PLATFORM: &[u8] = if cfg!(target_arch = "aarch64") {
 /// before its protection is set (the rewrite tier patches syscall sites there). Returns
 /// memory to keep, and unmap, with the program.
 pub trait CodeHook {
+    /// The program about to be mapped, whole (not its interpreter, which follows it).
+    fn program(&mut self, _bytes: &[u8]) {}
+
     fn code(&mut self, vaddr: u64, code: &mut [u8]) -> Vec<Region>;
 }
 
@@ -224,6 +227,7 @@ pub fn prepare(files: &mut dyn Files, req: &Request) -> Result<Prepared, LoadErr
 /// on failure.
 pub fn map(p: &Prepared, hook: &mut dyn CodeHook) -> Result<Loaded, LoadError> {
     let plan = checked_plan(p.program.as_slice())?;
+    hook.program(p.program.as_slice());
     let (bias, program, extra) = map_program(&plan, p.program.as_slice(), hook)?;
     let mut image = vec![program];
     image.extend(extra);

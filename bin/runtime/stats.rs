@@ -177,6 +177,30 @@ fn rows() -> Vec<Row> {
         .collect()
 }
 
+/// The rows and the latency histogram of one moment: calls keep being counted while they
+/// are read, and a call counted in one and not yet in the other made the dashboard's
+/// histogram disagree with its total (seen under qemu's TCG). Read again until the
+/// histogram did not move while the rows were read and adds up to their calls (a few
+/// tries at most: counting one call takes nanoseconds).
+fn consistent_counts() -> (Vec<Row>, [u64; BUCKETS]) {
+    let histogram =
+        || -> [u64; BUCKETS] { std::array::from_fn(|i| TABLE.latency[i].load(Ordering::Acquire)) };
+    let mut last = (rows(), histogram());
+    for _ in 0..100 {
+        let before = histogram();
+        let rows = rows();
+        let after = histogram();
+        let calls: u64 = rows.iter().map(|r| r.calls).sum();
+        let settled = before == after && after.iter().sum::<u64>() == calls;
+        last = (rows, after);
+        if settled {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    last
+}
+
 /// (errno name, count) for every errno answered, most frequent first. Errno 0 collects
 /// values beyond the table.
 fn errors() -> Vec<(String, u64)> {
@@ -201,14 +225,14 @@ fn errors() -> Vec<(String, u64)> {
 
 /// The report, in `format`.
 pub fn report(format: StatsFormat) -> String {
-    let mut rows = rows();
+    let (mut rows, latency) = consistent_counts();
     rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.name.cmp(&b.name)));
     let errors = errors();
     let overhead = overhead_ns();
     match format {
         StatsFormat::Json => {
             let mut s = String::from("{");
-            write_counts(&mut s, &rows, &errors);
+            write_counts(&mut s, &rows, &latency, &errors);
             let _ = writeln!(s, ",\"overhead_ns\":{overhead:.1}}}");
             s
         }
@@ -219,14 +243,14 @@ pub fn report(format: StatsFormat) -> String {
 /// The counters as JSON object members (no braces), for the dashboard's snapshots: totals,
 /// `syscalls` (by count), `errors` and the `latency` histogram.
 pub fn write_json_members(s: &mut String) {
-    let mut rows = rows();
+    let (mut rows, latency) = consistent_counts();
     rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.name.cmp(&b.name)));
-    write_counts(s, &rows, &errors());
+    write_counts(s, &rows, &latency, &errors());
     let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_millis());
     let _ = write!(s, ",\"uptime_ms\":{uptime}");
 }
 
-fn write_counts(s: &mut String, rows: &[Row], errors: &[(String, u64)]) {
+fn write_counts(s: &mut String, rows: &[Row], latency: &[u64; BUCKETS], errors: &[(String, u64)]) {
     let sum = |f: fn(&Row) -> u64| rows.iter().map(f).sum::<u64>();
     let _ = write!(
         s,
@@ -261,7 +285,7 @@ fn write_counts(s: &mut String, rows: &[Row], errors: &[(String, u64)]) {
     }
     s.push_str("},\"latency\":[");
     let ns = ticks::converter();
-    for (i, b) in TABLE.latency.iter().enumerate() {
+    for (i, b) in latency.iter().enumerate() {
         let le = if i + 1 == BUCKETS {
             u64::MAX
         } else {
@@ -271,7 +295,7 @@ fn write_counts(s: &mut String, rows: &[Row], errors: &[(String, u64)]) {
             s,
             "{}{{\"le_ns\":{le},\"count\":{}}}",
             if i > 0 { "," } else { "" },
-            b.load(Ordering::Relaxed)
+            b
         );
     }
     s.push(']');

@@ -3,6 +3,5 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod auto;
-#[cfg(target_arch = "x86_64")]
 pub mod rewrite;
 pub mod trap;

@@ -1,6 +1,6 @@
-//! The binary-rewriting tier (x86_64): the trap tier, with the guest's syscall sites patched
-//! as its code is mapped. Each patched site jumps to a trampoline that calls kbox's entry
-//! stub on the guest's own stack; the call is served there, as the trap tier serves a
+//! The binary-rewriting tier: the trap tier, with the guest's syscall sites patched as its
+//! code is mapped. Each patched site jumps to a trampoline that calls kbox's entry stub on
+//! the guest's own stack; the call is served there, as the trap tier serves a
 //! SIGSYS, without a signal. Sites the planner refuses, code kbox did not see mapped (JIT
 //! code, the vDSO) and the rt_sigreturn restorers stay on the trap path: the gate filter
 //! still turns every syscall instruction outside kbox's code into SIGSYS.
@@ -10,6 +10,9 @@
 //! private and executable itself (the dynamic linker loading a library).
 
 mod patch;
+#[cfg_attr(target_arch = "x86_64", path = "sites_x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "sites_aarch64.rs")]
+mod sites;
 
 use std::sync::{Arc, Mutex};
 

@@ -105,12 +105,26 @@ pub fn clone_args(args: [u64; 6]) -> [u64; 5] {
     [flags, newsp, parent_tid, child_tid, tls]
 }
 
-/// The reserved area holds one zeroed FP/SIMD record (FPSR and FPCR zero, as a new
-/// process starts), then the terminating empty record.
-fn initial_fp_state(m: &mut libc::mcontext_t) {
+/// The reserved area holds one FP/SIMD record with these registers (32 of 16 bytes), then
+/// the terminating empty record.
+pub fn set_fp_state(m: &mut libc::mcontext_t, fpsr: u64, fpcr: u64, vregs: &[u8; 512]) {
     let mut record = [0u8; FPSIMD_SIZE + 8];
     record[..4].copy_from_slice(&FPSIMD_MAGIC.to_ne_bytes());
     record[4..8].copy_from_slice(&u32::try_from(FPSIMD_SIZE).unwrap_or(0).to_ne_bytes());
+    record[8..12].copy_from_slice(&u32::try_from(fpsr & 0xffff_ffff).unwrap_or(0).to_ne_bytes());
+    record[12..16].copy_from_slice(&u32::try_from(fpcr & 0xffff_ffff).unwrap_or(0).to_ne_bytes());
+    record[16..FPSIMD_SIZE].copy_from_slice(vregs);
+    write_records(m, &record);
+}
+
+/// The reserved area holds one zeroed FP/SIMD record (FPSR and FPCR zero, as a new
+/// process starts), then the terminating empty record.
+fn initial_fp_state(m: &mut libc::mcontext_t) {
+    set_fp_state(m, 0, 0, &[0; 512]);
+}
+
+/// Writes `record` (records and their terminator) at the start of the reserved area.
+fn write_records(m: &mut libc::mcontext_t, record: &[u8; FPSIMD_SIZE + 8]) {
     // SAFETY: the reserved area starts RESERVED_OFFSET bytes into the mcontext (asserted
     // above) and is 4096 bytes long, more than the record and its terminator.
     unsafe {

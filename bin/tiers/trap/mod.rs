@@ -283,7 +283,6 @@ fn own_text() -> Option<(u64, u64)> {
 pub use process::marker;
 
 /// Serves calls from patched sites (the rewrite tier's trampolines) as trapped ones.
-#[cfg(target_arch = "x86_64")]
 pub fn accept_trampolines() {
     entry::init_trampolines();
 }
