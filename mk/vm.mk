@@ -35,7 +35,7 @@ check-vm-x86_64: deps-vm
 # checkout shared at its own path, so the cross-built test binaries find what they were
 # built against.
 check-vm-aarch64: deps-vm
-	@$(MAKE) --no-print-directory ARCH=aarch64 lkl rootfs rootfs-debian guest-tests
+	@$(MAKE) --no-print-directory ARCH=aarch64 lkl rootfs rootfs-debian guest-tests kbox
 	@mkdir -p $(VM_OUT)
 	KBOX_LKL_DIR=$(BUILD)/lkl-aarch64 \
 	  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
@@ -46,6 +46,7 @@ check-vm-aarch64: deps-vm
 	  KBOX_GUEST_BINS=$(BUILD)/guest-aarch64 HOME=/root \
 	  "--skip=$(VM_BROWSER_TEST):chromium is not in the arm64 Debian image; $(VM_BROWSER_WHY)" \
 	  >$(VM_OUT)/aarch64.list
+	@echo "bench $(TOP)/target/aarch64-unknown-linux-musl/release/kbox $(BUILD)/rootfs-aarch64.ext4 $(BUILD)/guest-aarch64" >>$(VM_OUT)/aarch64.list
 	@$(TOP)/scripts/vm/run-vm.sh aarch64 $(VM_OUT)/aarch64.list $(VM_OUT) $(BUILD)/debian-aarch64.ext4 | tee -a $(VM_OUT)/results
 
 # The logic of check-vm without a VM (part of make check).

@@ -5,8 +5,11 @@
 # lines), leaving out the tests of its "skip TEST REASON" lines (libtest's --skip, a
 # substring match), each announced with its reason. It prints each binary's counts and a
 # closing "kbox-vm: suite: P passed, F failed", and exits non-zero if anything failed or
-# did not finish. Written for busybox sh as well as dash.
+# did not finish. A "bench KBOX IMAGE GUESTS" line runs scripts/vm/bench.sh after the
+# tests (a failed run counts as a binary that did not finish). Written for busybox sh as
+# well as dash.
 list=$1
+here=$(cd "$(dirname "$0")" && pwd)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 passed=0
 failed=0
@@ -42,6 +45,11 @@ while read -r kind name path args; do
     [ "$f" -ne 0 ] || broken=$((broken + 1))
   fi
   echo "kbox-vm: $name: $p passed, $f failed (exit $rc, ${took}s)"
+done <"$list"
+while read -r kind kbox image guests; do
+  [ "$kind" = bench ] || continue
+  echo "kbox-vm: running bench"
+  sh "$here/bench.sh" "$kbox" "$image" "$guests" || broken=$((broken + 1))
 done <"$list"
 echo "kbox-vm: suite: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$broken" -eq 0 ]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test-scripts.sh: make check-vm's own logic, without a VM: suite.sh's counting of libtest
-# output (passes, failures, a binary that dies without a result, skips), summary.sh's
-# verdict, test-list.py's list, and run-vm.sh's refusal of bad arguments. One line per
-# check; exits 1 if any failed.
+# output (passes, failures, a binary that dies without a result, skips) and its benchmark
+# rows (bench.sh), summary.sh's verdict, test-list.py's list, and run-vm.sh's refusal of
+# bad arguments. One line per check; exits 1 if any failed.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 vm=$top/scripts/vm
@@ -54,6 +54,32 @@ if [ $rc -ne 0 ] && grep -q "kbox-vm: suite: 3 passed, 0 failed" <<<"$out"; then
   ok "suite.sh: a binary that dies without a result fails the suite"
 else
   bad "suite.sh with a dead binary (exit $rc): $out"
+fi
+
+# bench.sh through suite.sh: a row per call with each tier's ratio to native, the rewrite
+# tier's totals; a kbox run that fails fails the suite.
+mkdir -p "$tmp/guests"
+printf '#!/bin/sh\nprintf "stat 2.0\\nopen+close 4.0\\nlseek+read64 1.0\\ngetpid 0.5\\n"\n' >"$tmp/guests/bench"
+printf '#!/bin/sh\necho "kbox: rewrite: 9 sites patched (0 promoted cancel-wrapper calls), 0 refused" >&2\nprintf "stat 6.0\\nopen+close 8.0\\nlseek+read64 3.0\\ngetpid 1.0\\n"\n' >"$tmp/kbox"
+printf '#!/bin/sh\nexit 1\n' >"$tmp/badkbox"
+touch "$tmp/image"
+chmod +x "$tmp/guests/bench" "$tmp/kbox" "$tmp/badkbox"
+{ list good; echo "bench $tmp/kbox $tmp/image $tmp/guests"; } >"$tmp/l4"
+out=$(sh "$vm/suite.sh" "$tmp/l4" 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && grep -q "bench: stat: native 2.0 us, seccomp 6.0 us (3.0x), trap 6.0 us (3.0x), rewrite 6.0 us (3.0x)" <<<"$out" &&
+  grep -q "bench: rewrite of the bench program: 9 sites patched (0 promoted" <<<"$out"; then
+  ok "suite.sh: a bench line gives each call's ratios and the rewrite totals"
+else
+  bad "suite.sh with a bench line (exit $rc): $out"
+fi
+{ list good; echo "bench $tmp/badkbox $tmp/image $tmp/guests"; } >"$tmp/l5"
+out=$(sh "$vm/suite.sh" "$tmp/l5" 2>&1)
+rc=$?
+if [ $rc -ne 0 ] && grep -q "bench: seccomp failed" <<<"$out"; then
+  ok "suite.sh: a benchmark run that fails fails the suite"
+else
+  bad "suite.sh with a failing benchmark (exit $rc): $out"
 fi
 
 # summary.sh: both machines, nothing failed.

@@ -440,16 +440,31 @@ impl<'a> Trapped<'a> {
     }
 
     /// When this call's signal frame is on the guest's alternate stack (the host took the
-    /// trap there), a guest handler for a signal let through meanwhile would start at that
-    /// stack's top, over the frame: until the call ends the host's alternate stack stops
-    /// below the frame. Returns the setting to restore when it was changed (a nested
-    /// call's restores its caller's).
+    /// trap there), or the guest made it from there (a handler on that stack; a patched
+    /// call's saves are there), a guest handler for a signal let through meanwhile would
+    /// start at that stack's top, over them, since kbox's code waits on another stack:
+    /// until the call ends the host's alternate stack stops below them (found by the
+    /// aarch64 VM: altstack's timer handler ran over a SIGUSR1 handler's patched getpid).
+    /// Returns the setting to restore when it was changed (a nested call's restores its
+    /// caller's).
     fn keep_signals_off_frame(&self, slot: &Slot) -> Option<libc::stack_t> {
+        /// Below a patched call's guest stack pointer: the trampoline's and the entry
+        /// stub's saves and the Rust frames that ran there before the stack switch.
+        const STUB_ROOM: u64 = 8 << 10;
         let (sp, size, flags) = slot.guest_alt.get();
+        let on_alt = |at: u64| size != 0 && (sp..sp + size).contains(&at);
+        // The kernel's frame (a trap taken there), and the guest's own stack pointer (a
+        // handler running there made the call: a patched call's frames are below it, and
+        // natively a signal would nest below them, not start at the top).
         let frame = std::ptr::from_ref(&*self.uc) as u64;
-        if size == 0 || !(sp..sp + size).contains(&frame) {
-            return None;
-        }
+        let guest_sp = context::sp(self.uc);
+        let in_use = [
+            on_alt(frame).then(|| frame.saturating_sub(1024)),
+            on_alt(guest_sp).then(|| guest_sp.saturating_sub(STUB_ROOM)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         let mut before = libc::stack_t {
             ss_sp: std::ptr::null_mut(),
             ss_flags: SS_DISABLE,
@@ -457,8 +472,8 @@ impl<'a> Trapped<'a> {
         };
         // SAFETY: sigaltstack writes the current setting to the local.
         unsafe { raw_syscall(SYS_SIGALTSTACK, [0, (&raw mut before) as u64, 0, 0, 0, 0]) };
-        // The siginfo and a record or two lie below the ucontext.
-        let below = frame.saturating_sub(1024) & !15;
+        // The siginfo and a record or two lie below a ucontext.
+        let below = in_use & !15;
         let shrunk = libc::stack_t {
             ss_sp: sp as *mut c_void,
             ss_flags: flags,
