@@ -86,6 +86,11 @@ pub fn set_frame_handler(h: FrameHandler) {
     FRAME_HANDLER.store(h as usize, Ordering::Release);
 }
 
+/// Goes back to [`entry::set_handler`]'s handler on a pool stack (arch/'s tests use both).
+pub fn clear_frame_handler() {
+    FRAME_HANDLER.store(0, Ordering::Release);
+}
+
 /// Called by the stub, on the guest's stack, when a frame handler is installed.
 extern "C" fn frame_entry(frame: &mut Frame, scratch: *mut u8) -> u64 {
     let fh = FRAME_HANDLER.load(Ordering::Acquire);

@@ -31,9 +31,10 @@ fn getpid() -> i64 {
 }
 
 /// Functions at 64-byte slots: f0 wrapper, f1 bare, f2 cancel caller (helper at slot 3),
-/// f4 seven-argument caller (callee at slot 5), f6 a site entered with a forged id.
+/// f4 seven-argument caller (callee at slot 5), f6 a site entered with a forged id, f7 a
+/// wrapper that keeps its argument in d0 across the call.
 fn program() -> Vec<u32> {
-    let mut w = vec![0xD420_0000u32; 7 * 16]; // brk #0 filler
+    let mut w = vec![0xD420_0000u32; 8 * 16]; // brk #0 filler
     let mut put =
         |slot: usize, words: &[u32]| w[slot * 16..slot * 16 + words.len()].copy_from_slice(words);
     let svc = 0xD400_0001;
@@ -65,6 +66,8 @@ fn program() -> Vec<u32> {
     );
     put(5, &[0x8B06_0000, ret]); // add x0,x0,x6
     put(6, &[0xD280_1588, svc, ret]);
+    // fmov d0,x0; mov x8,#172; svc; fmov x0,d0; ret
+    put(7, &[0x9E67_0000, 0xD280_1588, svc, 0x9E66_0000, ret]);
     w
 }
 
@@ -170,6 +173,70 @@ fn svc_sites_and_promoted_cancel_call_reach_the_handler() {
     );
     assert_eq!(p.call(4, 1, 0, 0), 8, "7-argument call untouched");
     assert_eq!(HANDLED.load(Ordering::SeqCst) - before, 3);
+}
+
+/// The rewrite tier's path: a frame handler gets the saved registers on the guest's stack
+/// (x8 holds the number, x6's for a promoted call) and the SIMD registers in the scratch
+/// area, and what it leaves there is what the code resumes with, plainly or after the
+/// mask in the x16 slot is installed.
+fn frame_handler(frame: &mut tramp::Frame, mut scratch: tramp::Scratch) -> u64 {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+    let x = frame.x;
+    frame.x[0] = match x[8] {
+        GETPID => getpid(),
+        FAKE_NR => (x[0] * 3 + x[1]).cast_signed(),
+        _ => ENOSYS,
+    }
+    .cast_unsigned();
+    // d0 (q0's low half) comes back one more than it went in.
+    let q0 = &mut scratch.vregs()[..8];
+    let d0 = u64::from_le_bytes(q0.try_into().expect("8 bytes"));
+    q0.copy_from_slice(&(d0 + 1).to_le_bytes());
+    // The guest's x16 and x30 are the trampoline's to restore; its stack pointer is above.
+    let [_, guest_x30] = *frame.guest_x16_x30();
+    assert_ne!(
+        guest_x30, x[30],
+        "the frame's x30 is the way back into the trampoline"
+    );
+    if x[0].is_multiple_of(2) {
+        tramp::RESUME_PLAIN
+    } else {
+        // An empty mask, as the test thread has.
+        frame.x[16] = 0;
+        tramp::RESUME_WITH_MASK
+    }
+}
+
+#[test]
+fn frame_handler_gets_and_gives_back_the_registers() {
+    let _g = SERIAL.lock().expect("lock");
+    let p = patch(u32::MAX);
+    tramp::set_frame_handler(frame_handler);
+    let before = HANDLED.load(Ordering::SeqCst);
+    let results = [
+        p.call(0, 0, 0, 0),
+        p.call(1, FAKE_NR, 5, 7),
+        p.call(1, FAKE_NR, 6, 7),
+        p.call(2, 0, 0, 0),
+        p.call(7, 41, 0, 0),
+    ];
+    let (rejected, forged) = (entry::rejected_count(), patch(0));
+    let refused = forged.call(6, 0, 0, 0);
+    tramp::clear_frame_handler();
+    assert_eq!(results[0], getpid(), "wrapper svc");
+    assert_eq!(results[1], 22, "bare svc, resume with the mask");
+    assert_eq!(results[2], 25, "bare svc, plain resume");
+    assert_eq!(results[3], getpid(), "promoted: the number from x6");
+    assert_eq!(
+        results[4], 42,
+        "d0 as the handler left it in the scratch area"
+    );
+    assert_eq!(HANDLED.load(Ordering::SeqCst) - before, 5);
+    assert_eq!(
+        refused, ENOSYS,
+        "a forged id never reaches the frame handler"
+    );
+    assert_eq!(entry::rejected_count() - rejected, 1);
 }
 
 #[test]
