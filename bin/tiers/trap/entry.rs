@@ -305,6 +305,20 @@ pub struct Trapped<'a> {
 }
 
 impl<'a> Trapped<'a> {
+    /// A call whose registers are in `uc`, made on thread pointer `guest_tp`; a restart
+    /// goes `restart_back` bytes back from where it resumes.
+    fn new(uc: &'a mut libc::ucontext_t, guest_tp: u64, restart_back: i64) -> Self {
+        let first_arg = context::call_of(uc).1[0];
+        Trapped {
+            uc,
+            guest_tp,
+            restart_back,
+            first_arg,
+            starts_over: false,
+            detached: false,
+        }
+    }
+
     /// The syscall number and its six arguments.
     pub fn call(&self) -> (u64, [u64; 6]) {
         context::call_of(self.uc)
@@ -600,15 +614,7 @@ unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut T
     slot.in_kbox.store(true, Ordering::Release);
     // SAFETY: the caller passes the kernel's ucontext, valid for the handler's duration.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let first_arg = context::call_of(uc).1[0];
-    let mut call = Trapped {
-        uc,
-        guest_tp,
-        restart_back: context::SYSCALL_INSN_LEN,
-        first_arg,
-        starts_over: false,
-        detached: false,
-    };
+    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN);
     serve(&mut call);
     let guest_tp = call.guest_tp;
     // A new program starts from the frame's copy (the kernel's may be on the old
@@ -649,6 +655,83 @@ pub extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
 }
 
 pub use patched::init_trampolines;
+
+/// Signals kbox blocks while it serves a patched call: all but SIGSYS and the signal kbox
+/// interrupts its own waits with (set by [`prepare_patched_calls`]).
+static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
+
+/// Before the first patched call: kbox's interrupt signal stays deliverable.
+fn prepare_patched_calls() {
+    let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
+    KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
+}
+
+/// A patched call's first step, on the guest's stack: blocks every signal kbox does not
+/// need and returns the guest's mask. Until kbox's thread pointer is in place only raw
+/// syscalls and atomics run.
+fn block_for_patched_call() -> u64 {
+    let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
+    let mut guest_mask = 0u64;
+    // SAFETY: rt_sigprocmask on local 8-byte sets.
+    unsafe {
+        raw_syscall(
+            SYS_RT_SIGPROCMASK,
+            [
+                SIG_SETMASK,
+                (&raw const blocked) as u64,
+                (&raw mut guest_mask) as u64,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
+    guest_mask
+}
+
+/// kbox's thread pointer in place, and the thread marked as running kbox's code, to serve
+/// a patched call; returns the guest's thread pointer.
+fn enter_patched_call(slot: &Slot) -> u64 {
+    let fsgs = FSGSBASE.load(Ordering::Relaxed);
+    let guest_tp = thread_pointer(fsgs);
+    // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
+    unsafe { set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed)) };
+    slot.in_kbox.store(true, Ordering::Release);
+    guest_tp
+}
+
+/// A patched call's service ends: `resume` when the guest goes on after its call (the
+/// stub restores the frame's registers and mask), else the address of `uc`, which the stub
+/// loads whole by rt_sigreturn, with the thread's alternate stack kept (rt_sigreturn also
+/// installs the frame's). The guest's thread pointer is back either way; every signal is
+/// still blocked.
+fn leave_patched_call(
+    uc: &mut libc::ucontext_t,
+    resumes_after_call: bool,
+    resume: u64,
+    guest_tp: u64,
+) -> u64 {
+    if !resumes_after_call {
+        // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
+        unsafe {
+            raw_syscall(
+                SYS_SIGALTSTACK,
+                [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
+            )
+        };
+    }
+    // Looked up again: in a child forked meanwhile, this thread has a new slot.
+    if let Some(slot) = own_slot() {
+        slot.in_kbox.store(false, Ordering::Release);
+    }
+    // SAFETY: back to the guest's TLS for the guest code the stub returns to.
+    unsafe { set_thread_pointer(FSGSBASE.load(Ordering::Relaxed), guest_tp) };
+    if resumes_after_call {
+        resume
+    } else {
+        std::ptr::from_mut(uc) as u64
+    }
+}
 
 /// Calls from the rewrite tier's patched sites (the trampolines' entry stub).
 #[cfg_attr(target_arch = "x86_64", path = "patched_x86_64.rs")]

@@ -10,16 +10,12 @@ use kbox_arch::aarch64::tramp::{Frame, RESUME_WITH_MASK, Scratch};
 
 use super::*;
 
-/// Signals kbox blocks while its code runs on a guest thread: all but SIGSYS and the
-/// signal kbox interrupts its own waits with (set by [`init_trampolines`]).
-static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
 /// NZCV's bits in PSTATE.
 const NZCV: u64 = 0xF000_0000;
 
 /// Prepares for calls from patched sites ([`on_trampoline`]).
 pub fn init_trampolines() {
-    let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
-    KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
+    prepare_patched_calls();
     kbox_arch::aarch64::tramp::set_frame_handler(on_trampoline);
 }
 
@@ -28,23 +24,7 @@ pub fn init_trampolines() {
 /// small. Every signal is blocked, then the call is served on the thread's kbox stack
 /// ([`serve_patched`]).
 fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
-    let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
-    let mut guest_mask = 0u64;
-    // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place
-    // only raw syscalls and atomics run.
-    unsafe {
-        raw_syscall(
-            SYS_RT_SIGPROCMASK,
-            [
-                SIG_SETMASK,
-                (&raw const blocked) as u64,
-                (&raw mut guest_mask) as u64,
-                8,
-                0,
-                0,
-            ],
-        )
-    };
+    let guest_mask = block_for_patched_call();
     // The x16 slot: the trampoline reloads the guest's x16 itself.
     frame.x[16] = guest_mask & !SIGSYS_BIT;
     let Some(slot) = own_slot() else {
@@ -82,10 +62,7 @@ fn after_site(return_addr: u64) -> u64 {
 /// kernel reads it.
 #[inline(never)]
 fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
-    let guest_tp = thread_pointer(false);
-    // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
-    unsafe { set_thread_pointer(false, slot.kbox_tp.load(Ordering::Relaxed)) };
-    slot.in_kbox.store(true, Ordering::Release);
+    let guest_tp = enter_patched_call(slot);
 
     let resume_pc = after_site(frame.x[30]);
     let guest_sp = frame.guest_sp();
@@ -103,15 +80,7 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
     context::set_fp_state(m, frame.fpsr, frame.fpcr, scratch.vregs());
     // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
     unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
-    let first_arg = frame.x[0];
-    let mut call = Trapped {
-        uc,
-        guest_tp,
-        restart_back: context::SYSCALL_INSN_LEN,
-        first_arg,
-        starts_over: false,
-        detached: false,
-    };
+    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN);
     super::super::serve(&mut call);
     let guest_tp = call.guest_tp;
     // The frame is still `sf`, or a copy an exec made.
@@ -126,27 +95,6 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
         frame.nzcv = m.pstate & NZCV;
         // SAFETY: as above.
         frame.x[16] = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
-    } else {
-        // rt_sigreturn also restores the alternate signal stack from the frame: keep the
-        // thread's own.
-        // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
-        unsafe {
-            raw_syscall(
-                SYS_SIGALTSTACK,
-                [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
-            )
-        };
     }
-    // Looked up again: in a child forked meanwhile, this thread has a new slot.
-    if let Some(slot) = own_slot() {
-        slot.in_kbox.store(false, Ordering::Release);
-    }
-    // SAFETY: back to the guest's TLS for the guest code the stub returns to; every signal
-    // is still blocked.
-    unsafe { set_thread_pointer(false, guest_tp) };
-    if resumes_after_call {
-        RESUME_WITH_MASK
-    } else {
-        std::ptr::from_mut(uc) as u64
-    }
+    leave_patched_call(uc, resumes_after_call, RESUME_WITH_MASK, guest_tp)
 }

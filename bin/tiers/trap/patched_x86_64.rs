@@ -7,14 +7,9 @@ use kbox_arch::x86_64::tramp::{AFTER_CALL_LEA, Frame, RESUME_WITH_MASK, SITE_SEQ
 use super::context::{reg, set_fpstate, user_segments};
 use super::*;
 
-/// Signals kbox blocks while its code runs on a guest thread: all but SIGSYS and the
-/// signal kbox interrupts its own waits with (set by [`init_trampolines`]).
-static KBOX_BLOCKED: AtomicU64 = AtomicU64::new(!SIGSYS_BIT);
-
 /// Prepares for calls from patched sites ([`on_trampoline`]).
 pub fn init_trampolines() {
-    let kick = u32::try_from(crate::dispatch::kick_signal() - 1).unwrap_or(63);
-    KBOX_BLOCKED.store(!SIGSYS_BIT & !(1u64 << kick), Ordering::Relaxed);
+    prepare_patched_calls();
     kbox_arch::x86_64::tramp::set_frame_handler(on_trampoline);
 }
 
@@ -45,23 +40,7 @@ fn frame_registers(f: &mut Frame) -> [(&mut u64, i32); 16] {
 /// small. Every signal is blocked, then the call is served on the thread's kbox stack
 /// ([`serve_patched`]).
 fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
-    let blocked = KBOX_BLOCKED.load(Ordering::Relaxed);
-    let mut guest_mask = 0u64;
-    // SAFETY: rt_sigprocmask on local 8-byte sets. Until kbox's thread pointer is in place
-    // only raw syscalls and atomics run.
-    unsafe {
-        raw_syscall(
-            SYS_RT_SIGPROCMASK,
-            [
-                SIG_SETMASK,
-                (&raw const blocked) as u64,
-                (&raw mut guest_mask) as u64,
-                8,
-                0,
-                0,
-            ],
-        )
-    };
+    let guest_mask = block_for_patched_call();
     frame.site = guest_mask & !SIGSYS_BIT;
     let Some(slot) = own_slot() else {
         // Not a thread kbox runs guest code on: nothing to serve it with.
@@ -87,11 +66,7 @@ fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
 /// reads it.
 #[inline(never)]
 fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
-    let fsgs = FSGSBASE.load(Ordering::Relaxed);
-    let guest_tp = thread_pointer(fsgs);
-    // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
-    unsafe { set_thread_pointer(fsgs, slot.kbox_tp.load(Ordering::Relaxed)) };
-    slot.in_kbox.store(true, Ordering::Release);
+    let guest_tp = enter_patched_call(slot);
 
     let resume_ip = frame.return_addr + AFTER_CALL_LEA;
     let guest_sp = frame.guest_sp();
@@ -112,14 +87,11 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
     set_fpstate(uc, fx_at);
     // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
     unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
-    let mut call = Trapped {
+    let mut call = Trapped::new(
         uc,
         guest_tp,
-        restart_back: i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
-        first_arg: frame.rdi,
-        starts_over: false,
-        detached: false,
-    };
+        i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
+    );
     super::super::serve(&mut call);
     let guest_tp = call.guest_tp;
     // The frame is still `sf`, or a copy an exec made.
@@ -133,27 +105,6 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
         }
         // SAFETY: as above.
         frame.site = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
-    } else {
-        // rt_sigreturn also restores the alternate signal stack from the frame: keep the
-        // thread's own.
-        // SAFETY: sigaltstack changes nothing and writes the current setting to uc_stack.
-        unsafe {
-            raw_syscall(
-                SYS_SIGALTSTACK,
-                [0, (&raw mut uc.uc_stack) as u64, 0, 0, 0, 0],
-            )
-        };
     }
-    // Looked up again: in a child forked meanwhile, this thread has a new slot.
-    if let Some(slot) = own_slot() {
-        slot.in_kbox.store(false, Ordering::Release);
-    }
-    // SAFETY: back to the guest's TLS for the guest code the stub returns to; every signal
-    // is still blocked.
-    unsafe { set_thread_pointer(fsgs, guest_tp) };
-    if resumes_after_call {
-        RESUME_WITH_MASK
-    } else {
-        std::ptr::from_mut(uc) as u64
-    }
+    leave_patched_call(uc, resumes_after_call, RESUME_WITH_MASK, guest_tp)
 }
