@@ -90,6 +90,14 @@ static SLOTS: [Slot; MAX_THREADS] = [const {
     }
 }; MAX_THREADS];
 
+/// kbox's SIGSYS (and fatal-signal) handler runs on an alternate stack: on AArch64, whose
+/// frames (over 4.5 KiB) overran the 5 KiB stacks musl's posix_spawn children run on. On
+/// x86-64 the frames fit there (`smallstack`), and with SA_ONSTACK Debian's 6.1 kernel
+/// under TCG (AVX2, PKU) killed `altstack` with a SIGSEGV at a SIGSYS nested on the
+/// guest's alternate stack (the signal frame did not fit, it said); not root-caused, so
+/// x86-64 keeps its frames on the stack the guest runs on.
+pub const SIGNALS_ON_SIGNAL_STACK: bool = cfg!(target_arch = "aarch64");
+
 /// Bytes of a guest thread's own signal stack (a few SIGSYS frames: AArch64's with SVE
 /// state are the largest, about 10 KiB).
 const SIGNAL_STACK: usize = 64 << 10;
@@ -134,7 +142,7 @@ fn adopt(kbox_stack: u64, inherited: Option<(u64, (u64, u64, i32))>) -> bool {
                     slot.guest_alt.set(guest_alt);
                 }
                 None => {
-                    if slot.signal_stack.load(Ordering::Relaxed) == 0 {
+                    if SIGNALS_ON_SIGNAL_STACK && slot.signal_stack.load(Ordering::Relaxed) == 0 {
                         slot.signal_stack
                             .store(new_signal_stack(), Ordering::Relaxed);
                     }
@@ -233,12 +241,12 @@ fn new_signal_stack() -> u64 {
 }
 
 /// The host's alternate signal stack for a guest thread: the guest's own while it has one
-/// (so its SA_ONSTACK handlers run there, as natively), else the thread's signal stack.
-/// SIGSYS is SA_ONSTACK, so its frames land on one of these and never on a stack the guest
-/// runs code on: that may be too small for one (an AArch64 frame is over 4.5 KiB, and
-/// musl's posix_spawn child runs on 5 KiB). The thread's own is SS_AUTODISARM: while a
-/// handler runs on it the host has none, so a signal kbox's wait lets through (or the
-/// guest's call of sigaltstack) finds no stack in use by kbox's frames.
+/// (so its SA_ONSTACK handlers run there, as natively), else the thread's signal stack
+/// where SIGSYS is SA_ONSTACK ([`SIGNALS_ON_SIGNAL_STACK`]: its frames then land on one of
+/// these and never on a stack the guest runs code on), else none. The thread's own is
+/// SS_AUTODISARM: while a handler runs on it the host has none, so a signal kbox's wait
+/// lets through (or the guest's call of sigaltstack) finds no stack in use by kbox's
+/// frames.
 fn host_altstack(slot: &Slot) -> libc::stack_t {
     let (sp, size, flags) = slot.guest_alt.get();
     if size != 0 {

@@ -103,9 +103,12 @@ fn kbox_action(
     // SAFETY: an all-zero sigaction is valid (SIG_DFL, no flags, empty mask).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = handler as usize;
-    // On the thread's signal stack (or the guest's alternate one): never on a stack guest
-    // code runs on, which may be too small for a frame (entry::host_altstack).
-    sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
+    // Where the architecture's frames are too big for a guest's small stacks, on the
+    // thread's signal stack or the guest's alternate one (entry::host_altstack).
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+    if super::entry::SIGNALS_ON_SIGNAL_STACK {
+        sa.sa_flags |= libc::SA_ONSTACK;
+    }
     // SAFETY: sa_mask is a valid sigset to fill; nothing but SIGSYS may interrupt kbox while
     // it serves a call (guest handlers must not run on kbox's thread pointer).
     unsafe {
