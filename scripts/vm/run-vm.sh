@@ -104,7 +104,7 @@ if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   exit 1
 fi
 # The benchmark's rows, when the list asked for them.
-sed -n 's/^kbox-vm: bench: /vm '"$arch"' bench: /p' "$log" | tr -d '\r'
+sed -n 's/^kbox-vm: bench: /bench '"$arch"': /p' "$log" | tr -d '\r'
 if [ "$exit_line" = 0 ] && [ -n "$result" ]; then
   echo "vm $what: $result in ${took}s"
   exit 0
