@@ -6,12 +6,45 @@
 //! pushes; an entry whose id or return address does not match is refused before any
 //! handler runs, and no trampoline contains a syscall instruction of its own.
 
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Capacity of the site registry.
 pub const MAX_SITES: usize = 1 << 15;
 /// Returned to the guest for a refused entry.
 pub const ENOSYS: i64 = -38;
+
+/// Syscall numbers [`set_host_call`] covers (x86-64's and AArch64's are below 512).
+pub const HOST_CALLS_LEN: usize = 512;
+/// The calls a genuine entry makes on the host straight from the stub (one byte each, read
+/// by x86-64's stub's fast path; AArch64's stub has none yet, so there only the runtime's
+/// trap path asks).
+pub(crate) static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
+    [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
+
+/// Whether a patched site's call `nr` is made on the host as it was made, by the stub
+/// alone (the runtime decides which calls may: its policy allows them whatever their
+/// arguments and it has nothing of its own to do for them).
+pub fn set_host_call(nr: usize, straight: bool) {
+    if let Some(b) = HOST_CALLS.get(nr) {
+        b.store(straight, Ordering::Release);
+    }
+}
+
+/// Whether [`set_host_call`] made `nr` a straight call.
+pub fn is_host_call(nr: u64) -> bool {
+    usize::try_from(nr)
+        .ok()
+        .and_then(|i| HOST_CALLS.get(i))
+        .is_some_and(|b| b.load(Ordering::Acquire))
+}
+
+/// No call is made straight any more (the process is ending: every thread's next call must
+/// reach the runtime).
+pub fn clear_host_calls() {
+    for b in &HOST_CALLS {
+        b.store(false, Ordering::Release);
+    }
+}
 
 /// One intercepted syscall, decoded from the registers the site's ABI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -275,14 +275,14 @@ fn forged_site_ids_are_rejected_before_the_handler() {
     assert_eq!(entry::rejected_count() - rejected, 2);
 }
 
-/// A call marked to run straight (tramp::set_host_call) is made on the host by the stub
+/// A call marked to run straight (entry::set_host_call) is made on the host by the stub
 /// alone for a genuine entry, and still refused for a forged one: the fast path makes the
 /// registry's checks too, so it is no gadget.
 #[test]
 fn straight_host_calls_need_a_genuine_entry_too() {
     let _g = SERIAL.lock().expect("lock");
     let p = patch_sites();
-    tramp::set_host_call(39, true);
+    entry::set_host_call(39, true);
     let (handled, rejected) = (HANDLED.load(Ordering::SeqCst), entry::rejected_count());
     assert_eq!(
         call(&p, 0, 0, 0, 0),
@@ -302,7 +302,7 @@ fn straight_host_calls_need_a_genuine_entry_too() {
     assert_eq!(run_forged(0), ENOSYS, "registered id, wrong return address");
     assert_eq!(run_forged(30_000), ENOSYS, "unregistered id");
     assert_eq!(entry::rejected_count() - rejected, 2);
-    tramp::set_host_call(39, false);
+    entry::set_host_call(39, false);
     assert_eq!(call(&p, 0, 0, 0, 0), getpid());
     assert_eq!(
         HANDLED.load(Ordering::SeqCst),

@@ -18,7 +18,7 @@
 
 use crate::entry::{self, SiteKind, SyscallRequest};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of scratch the stub reserves below the saved registers: the FXSAVE area. It is on
 /// the guest's stack, which may be small.
@@ -143,41 +143,9 @@ global_asm!(
     rax = const core::mem::offset_of!(Frame, rax),
     max_sites = const entry::MAX_SITES,
     return_addrs = sym entry::RETURN_ADDRS,
-    host_calls = sym HOST_CALLS,
-    host_calls_len = const HOST_CALLS_LEN,
+    host_calls = sym entry::HOST_CALLS,
+    host_calls_len = const entry::HOST_CALLS_LEN,
 );
-
-/// Syscall numbers [`set_host_call`] covers (x86-64's are below 512).
-pub const HOST_CALLS_LEN: usize = 512;
-/// The calls a genuine entry makes on the host straight from the stub (one byte each, read
-/// by the stub's fast path).
-static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
-    [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
-
-/// Whether a patched site's call `nr` is made on the host as it was made, by the stub
-/// alone (the runtime decides which calls may: its policy allows them whatever their
-/// arguments and it has nothing of its own to do for them).
-pub fn set_host_call(nr: usize, straight: bool) {
-    if let Some(b) = HOST_CALLS.get(nr) {
-        b.store(straight, Ordering::Release);
-    }
-}
-
-/// Whether [`set_host_call`] made `nr` a straight call.
-pub fn is_host_call(nr: u64) -> bool {
-    usize::try_from(nr)
-        .ok()
-        .and_then(|i| HOST_CALLS.get(i))
-        .is_some_and(|b| b.load(Ordering::Acquire))
-}
-
-/// No call is made straight any more (the process is ending: every thread's next call must
-/// reach the runtime).
-pub fn clear_host_calls() {
-    for b in &HOST_CALLS {
-        b.store(false, Ordering::Release);
-    }
-}
 
 const _: () = assert!(
     SITE_SLOT == 136,

@@ -306,8 +306,6 @@ pub struct Trapped<'a> {
     restart_back: i64,
     /// The call's first argument as the guest made it (AArch64's result register holds it).
     first_arg: u64,
-    /// The frame now starts a new program ([`Trapped::restart_at`]).
-    starts_over: bool,
     /// The frame is a copy in kbox's memory ([`Trapped::detach_frame`]).
     detached: bool,
 }
@@ -322,7 +320,6 @@ impl<'a> Trapped<'a> {
             guest_tp,
             restart_back,
             first_arg,
-            starts_over: false,
             detached: false,
         }
     }
@@ -355,7 +352,6 @@ impl<'a> Trapped<'a> {
     /// Returns to `ip` with stack pointer `sp` and every general register zero (a new
     /// program's start).
     pub fn restart_at(&mut self, ip: u64, sp: u64) {
-        self.starts_over = true;
         self.detach_frame();
         context::clear_for_exec(self.uc);
         context::set_ip(self.uc, ip);

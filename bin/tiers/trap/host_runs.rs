@@ -7,40 +7,7 @@
 
 use kbox_core::bpf::{Action, ArgRule, Rule};
 
-#[cfg(target_arch = "x86_64")]
-use kbox_arch::x86_64::tramp::{self, HOST_CALLS_LEN};
-
-/// Without trampolines of its own (AArch64 has no rewrite tier yet) the table is only the
-/// trap path's.
-#[cfg(not(target_arch = "x86_64"))]
-mod tramp {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    pub const HOST_CALLS_LEN: usize = 512;
-    static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
-        [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
-
-    pub fn set_host_call(nr: usize, runs: bool) {
-        if let Some(c) = HOST_CALLS.get(nr) {
-            c.store(runs, Ordering::Relaxed);
-        }
-    }
-
-    pub fn clear_host_calls() {
-        for c in &HOST_CALLS {
-            c.store(false, Ordering::Relaxed);
-        }
-    }
-
-    pub fn is_host_call(nr: u64) -> bool {
-        usize::try_from(nr)
-            .ok()
-            .and_then(|i| HOST_CALLS.get(i))
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-    }
-}
-#[cfg(not(target_arch = "x86_64"))]
-use tramp::HOST_CALLS_LEN;
+use kbox_arch::entry::{self, HOST_CALLS_LEN};
 
 /// Syscall numbers the table covers (x86_64's and AArch64's are below 512).
 const CALLS: usize = HOST_CALLS_LEN;
@@ -84,13 +51,13 @@ const TIER_OWN: &[u64] = &[
 /// Fills the table (the trampoline stub's) from the policy's rules and argument checks.
 pub fn init(rules: &[Rule], checks: &[ArgRule]) {
     for (nr, runs) in table(rules, checks).iter().enumerate() {
-        tramp::set_host_call(nr, *runs);
+        entry::set_host_call(nr, *runs);
     }
 }
 
 /// The guest process is ending: every call reaches the tier again, which ends the thread.
 pub fn stop() {
-    tramp::clear_host_calls();
+    entry::clear_host_calls();
 }
 
 fn table(rules: &[Rule], checks: &[ArgRule]) -> [bool; CALLS] {
@@ -107,7 +74,7 @@ fn table(rules: &[Rule], checks: &[ArgRule]) -> [bool; CALLS] {
 
 /// Whether call `nr` runs on the host as the guest made it.
 pub fn contains(nr: u64) -> bool {
-    tramp::is_host_call(nr)
+    entry::is_host_call(nr)
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
