@@ -51,8 +51,8 @@ Options:
   -0, --root-id           run the guest as root (uid 0, gid 0)
       --change-id UID:GID run the guest as UID:GID
       --syscall-mode MODE seccomp (default), trap, rewrite or auto; trap and rewrite
-                          (x86_64) run the guest in kbox's own process, for speed,
-                          not for code you distrust; auto picks rewrite for a static
+                          run the guest in kbox's own process, for speed, not for
+                          code you distrust; auto picks rewrite for a static
                           program that starts no processes, else seccomp
       --shadow-limit BYTES files up to this size are mapped from a host copy
                           (suffix K, M or G; default 256M; 4K to 4G)
@@ -169,7 +169,6 @@ const DEFAULT_TIER: SyscallTier = SyscallTier::Seccomp;
 
 impl SyscallTier {
     /// The name `--syscall-mode` takes.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn name(self) -> &'static str {
         match self {
             Self::Seccomp => "seccomp",
@@ -794,9 +793,7 @@ fn parse_publish(value: &OsStr) -> Result<Publish, UsageError> {
 fn parse_syscall_mode(value: &OsStr) -> Result<SyscallTier, UsageError> {
     match value.as_bytes() {
         b"seccomp" => Ok(SyscallTier::Seccomp),
-        // Without an in-process tier, auto has one choice.
-        b"auto" if cfg!(target_arch = "x86_64") => Ok(SyscallTier::Auto),
-        b"auto" => Ok(SyscallTier::Seccomp),
+        b"auto" => Ok(SyscallTier::Auto),
         b"trap" => Ok(SyscallTier::Trap),
         b"rewrite" => Ok(SyscallTier::Rewrite),
         _ => Err(UsageError::UnknownSyscallMode(Box::from(value))),
@@ -1413,13 +1410,11 @@ mod tests {
     }
 
     #[test]
-    fn syscall_mode_auto_is_chosen_later_where_there_is_a_choice() {
-        let want = if cfg!(target_arch = "x86_64") {
+    fn syscall_mode_auto_is_chosen_later_from_the_program() {
+        assert_eq!(
+            config(&["-r", "i", "--syscall-mode=auto"]).tier,
             SyscallTier::Auto
-        } else {
-            SyscallTier::Seccomp
-        };
-        assert_eq!(config(&["-r", "i", "--syscall-mode=auto"]).tier, want);
+        );
     }
 
     #[test]

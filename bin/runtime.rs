@@ -306,14 +306,10 @@ fn run_booted(
             return Ok(exit);
         }
     };
-    #[cfg(target_arch = "x86_64")]
     let tier = match config.tier {
         crate::cli::SyscallTier::Auto => auto_tier(&root, &command, config.verbose),
         t => t,
     };
-    // No auto here: the command line already made it seccomp.
-    #[cfg(not(target_arch = "x86_64"))]
-    let tier = config.tier;
     let settings = dispatch::Settings {
         verbose: config.verbose,
         shadow_limit: config.shadow_limit,
@@ -462,7 +458,6 @@ fn run_booted(
 /// `--syscall-mode=auto`: the tier for the program `command` names (its file, as the
 /// first guest process would read it). When that is not an in-process tier, what kbox did
 /// for one before it booted the kernel library is undone.
-#[cfg(target_arch = "x86_64")]
 fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::SyscallTier {
     use crate::tiers::auto;
     // A script's or a dynamic program's start is enough; a static one is read whole.
@@ -495,7 +490,6 @@ fn auto_tier(root: &Task, command: &CString, verbose: bool) -> crate::cli::Sysca
 }
 
 /// Empties the calling thread's signal mask.
-#[cfg(target_arch = "x86_64")]
 fn unblock_signals() {
     // SAFETY: an empty set, applied to this thread's mask.
     unsafe {

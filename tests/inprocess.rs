@@ -3,8 +3,7 @@
 //! forks are served by that process's kernel), `--syscall-mode=rewrite` (the same, with the
 //! guest's syscall sites patched to call kbox directly) and `auto` (which picks rewrite for
 //! a static program that starts no processes). Each guest program runs natively first, then
-//! under the seccomp tier and each of these, and must give the same result in all. On
-//! AArch64 `auto` is the seccomp tier, so it is not among them there.
+//! under the seccomp tier and each of these, and must give the same result in all.
 
 mod common;
 
@@ -47,14 +46,11 @@ fn verdict(out: &std::process::Output, what: &str) -> (i32, BTreeSet<String>) {
 }
 
 /// The in-process tiers, as `--syscall-mode` names them, and auto.
-#[cfg(target_arch = "x86_64")]
 const IN_PROCESS: &[&str] = &[
     "--syscall-mode=trap",
     "--syscall-mode=rewrite",
     "--syscall-mode=auto",
 ];
-#[cfg(target_arch = "aarch64")]
-const IN_PROCESS: &[&str] = &["--syscall-mode=trap", "--syscall-mode=rewrite"];
 
 /// The in-process tiers, as `--syscall-mode` names them.
 const EXPLICIT: &[&str] = &["--syscall-mode=trap", "--syscall-mode=rewrite"];
@@ -159,7 +155,6 @@ fn programs_started_by_exec_make_calls_on_small_stacks() {
 /// static program that starts no processes, seccomp for busybox's shell (it forks). Without
 /// `--syscall-mode` the guest stays out of kbox's process.
 #[test]
-#[cfg(target_arch = "x86_64")]
 fn verbose_output_says_what_was_patched_and_which_tier_auto_chose() {
     let img = Image::default("trap-verbose");
     let out = img.run(

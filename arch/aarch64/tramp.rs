@@ -3,7 +3,9 @@
 //! On entry x16 holds the site id and x30 the return address into the per-site trampoline
 //! (both saved by the trampoline and restored after). The stub saves x0-x30, NZCV, FPSR and
 //! FPCR on the guest stack (AArch64 Linux has no red zone). It contains no `svc`: host calls
-//! happen in kbox's code after the registry has accepted the site id and return address.
+//! happen in kbox's code after the registry has accepted the site id and return address:
+//! for a call that runs on the host as it was made (`entry::set_host_call`), the stub's own
+//! fast path checks the registry and branches to `kbox_trap_host_call`, in kbox's text.
 //!
 //! With a frame handler ([`set_frame_handler`], the rewrite tier's) the stub saves q0-q31
 //! below the frame, on the guest's own stack as a signal handler would run, and the
@@ -170,6 +172,32 @@ global_asm!(
     "mrs x11, fpcr",
     "stp x10, x11, [sp, #256]",
     "mov x19, sp",
+    // Fast path: a genuine entry (the registry's checks, as entry::validate makes them) of
+    // a plain svc site for a call that runs on the host as made (HOST_CALLS) goes straight
+    // to kbox_trap_host_call, with no Rust code and no SIMD state to keep. x0-x8 are still
+    // the guest's.
+    "cmp x16, #{max_sites}",
+    "b.hs 8f",
+    "adrp x9, {return_addrs}",
+    "add x9, x9, :lo12:{return_addrs}",
+    "add x9, x9, x16, lsl #3",
+    // Acquire: the kind was stored before the return address was published.
+    "ldar x9, [x9]",
+    "cbz x9, 8f",
+    "cmp x9, x30",
+    "b.ne 8f",
+    "adrp x9, {kinds}",
+    "add x9, x9, :lo12:{kinds}",
+    "ldrb w9, [x9, x16]",
+    "cmp w9, #{plain_kind}",
+    "b.ne 8f",
+    "cmp x8, #{host_calls_len}",
+    "b.hs 8f",
+    "adrp x9, {host_calls}",
+    "add x9, x9, :lo12:{host_calls}",
+    "ldrb w9, [x9, x8]",
+    "cbnz w9, kbox_trap_host_call",
+    "8:",
     "adrp x9, {handler}",
     "ldr x9, [x9, :lo12:{handler}]",
     "cbnz x9, 6f",
@@ -255,6 +283,17 @@ global_asm!(
     scratch = const SCRATCH,
     with_mask = const RESUME_WITH_MASK,
     siginfo = const super::trap::SIGINFO_SIZE,
+    max_sites = const entry::MAX_SITES,
+    return_addrs = sym entry::RETURN_ADDRS,
+    kinds = sym entry::KINDS,
+    plain_kind = const SiteKind::Syscall as u8,
+    host_calls = sym entry::HOST_CALLS,
+    host_calls_len = const entry::HOST_CALLS_LEN,
+);
+
+const _: () = assert!(
+    entry::MAX_SITES == 8 << 12 && entry::HOST_CALLS_LEN < 4096,
+    "the fast path compares with immediates AArch64 can encode"
 );
 
 const _: () = assert!(core::mem::size_of::<Frame>() == 272);

@@ -48,6 +48,26 @@ global_asm!(
     ".popsection",
 );
 
+// The tail of a trampoline entry whose call runs on the host as the guest made it: the
+// stack pointer is at the saved registers (tramp::Frame), nothing of the guest's state was
+// changed. A signal during the call is delivered here, on the guest's stack, as natively;
+// SA_RESTART re-runs this svc with x0 as it was (the kernel keeps the original x0).
+global_asm!(
+    ".pushsection .text.kbox_trap,\"ax\",@progbits",
+    ".globl kbox_trap_host_call",
+    ".type kbox_trap_host_call,%function",
+    "kbox_trap_host_call:",
+    "ldp x0, x1, [sp, #0]",
+    "ldp x2, x3, [sp, #16]",
+    "ldp x4, x5, [sp, #32]",
+    "ldr x8, [sp, #64]",
+    "svc #0",
+    "str x0, [sp, #0]",
+    "b kbox_aarch64_entry_exit",
+    ".size kbox_trap_host_call, . - kbox_trap_host_call",
+    ".popsection",
+);
+
 unsafe extern "C" {
     fn kbox_trap_sigreturn();
 }

@@ -16,8 +16,7 @@ pub const ENOSYS: i64 = -38;
 /// Syscall numbers [`set_host_call`] covers (x86-64's and AArch64's are below 512).
 pub const HOST_CALLS_LEN: usize = 512;
 /// The calls a genuine entry makes on the host straight from the stub (one byte each, read
-/// by x86-64's stub's fast path; AArch64's stub has none yet, so there only the runtime's
-/// trap path asks).
+/// by both stubs' fast paths).
 pub(crate) static HOST_CALLS: [AtomicBool; HOST_CALLS_LEN] =
     [const { AtomicBool::new(false) }; HOST_CALLS_LEN];
 
@@ -73,9 +72,10 @@ pub enum Rejected {
     NoHandler,
 }
 
-/// Read by the x86-64 stub's fast path too (tramp.rs), with the same checks as [`validate`].
+/// Read by the stubs' fast paths too (tramp.rs), with the same checks as [`validate`].
 pub(crate) static RETURN_ADDRS: [AtomicU64; MAX_SITES] = [const { AtomicU64::new(0) }; MAX_SITES];
-static KINDS: [AtomicU8; MAX_SITES] = [const { AtomicU8::new(0) }; MAX_SITES];
+/// Read by the AArch64 stub's fast path (a promoted cancel site never runs straight).
+pub(crate) static KINDS: [AtomicU8; MAX_SITES] = [const { AtomicU8::new(0) }; MAX_SITES];
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 static HANDLER: AtomicUsize = AtomicUsize::new(0);

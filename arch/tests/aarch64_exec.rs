@@ -269,3 +269,34 @@ fn trampolines_and_entry_stub_contain_no_svc() {
         assert_eq!(svcs, 0, "{name}");
     }
 }
+
+/// A call marked to run straight (entry::set_host_call) is made on the host by the stub
+/// alone for a genuine plain svc site, and still refused for a forged one: the fast path
+/// makes the registry's checks too, so it is no gadget. A promoted cancel site takes its
+/// number from x6, so it always goes through the handler.
+#[test]
+fn straight_host_calls_need_a_genuine_entry_too() {
+    let _g = SERIAL.lock().expect("lock");
+    let p = patch(u32::MAX);
+    entry::set_host_call(usize::try_from(GETPID).expect("small"), true);
+    let (handled, rejected) = (HANDLED.load(Ordering::SeqCst), entry::rejected_count());
+    let straight = [p.call(0, 0, 0, 0), p.call(1, GETPID, 0, 0)];
+    let straight_handled = HANDLED.load(Ordering::SeqCst) - handled;
+    let promoted = p.call(2, 0, 0, 0);
+    let promoted_handled = HANDLED.load(Ordering::SeqCst) - handled;
+    let forged = [patch(0).call(6, 0, 0, 0), patch(30_000).call(6, 0, 0, 0)];
+    entry::set_host_call(usize::try_from(GETPID).expect("small"), false);
+    let after = p.call(0, 0, 0, 0);
+    let after_handled = HANDLED.load(Ordering::SeqCst) - handled;
+    assert_eq!(straight, [getpid(), getpid()], "wrapper and bare sites");
+    assert_eq!(straight_handled, 0, "the handler never ran");
+    assert_eq!(promoted, getpid(), "promoted cancel call");
+    assert_eq!(
+        promoted_handled, 1,
+        "a promoted call goes through the handler"
+    );
+    assert_eq!(forged, [ENOSYS, ENOSYS], "forged ids");
+    assert_eq!(entry::rejected_count() - rejected, 2);
+    assert_eq!(after, getpid());
+    assert_eq!(after_handled, 2, "the handler again");
+}

@@ -69,7 +69,6 @@ fn io_errno(e: &std::io::Error) -> Errno {
 /// The whole executable file `path` names, as `task` sees it (auto's look at a program
 /// before any guest process exists).
 /// At most `limit` bytes of it.
-#[cfg(target_arch = "x86_64")]
 pub fn read_program(task: &Task, path: &CString, limit: usize) -> Result<Vec<u8>, Errno> {
     read_kernel_file(task, AT_FDCWD, path, true, limit)
 }

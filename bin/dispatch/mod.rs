@@ -41,7 +41,6 @@ use kbox_core::sysno::generic as g;
 use kbox_lkl::{Errno, Task};
 
 pub use hostio::{lift as lift_fd, set_fd_floor};
-#[cfg(target_arch = "x86_64")]
 pub use inprocess::read_program;
 pub use interrupt::{interrupt_waits_of, kick_signal, set_guest_mask};
 pub use procs::{Procs, descendants, fork_helper};

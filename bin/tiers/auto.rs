@@ -1,4 +1,4 @@
-//! `--syscall-mode=auto` (x86_64, the only machine with in-process tiers so far): the tier for the program a command starts, from the program
+//! `--syscall-mode=auto`: the tier for the program a command starts, from the program
 //! itself. The rewrite tier serves a call without a notification or a signal, but a
 //! process the guest forks pays for the copy of kbox it gets and for a notification per
 //! call; so it is chosen only for a program kbox can see will not start processes: a
@@ -9,6 +9,11 @@ use kbox_arch::elf::{self, Machine};
 use kbox_arch::site;
 
 use crate::cli::SyscallTier;
+
+#[cfg(target_arch = "x86_64")]
+const HOST_MACHINE: Machine = Machine::X86_64;
+#[cfg(target_arch = "aarch64")]
+const HOST_MACHINE: Machine = Machine::Aarch64;
 
 /// How much of a program's start [`choose`] needs to tell a script or a dynamically
 /// linked program (its PT_INTERP header) apart; a static program is read whole.
@@ -55,7 +60,7 @@ pub fn choose(program: &[u8]) -> (SyscallTier, &'static str) {
     let Ok(image) = elf::parse(program) else {
         return (fallback, "not an ELF program kbox can read");
     };
-    if image.machine != Machine::X86_64 {
+    if image.machine != HOST_MACHINE {
         return (fallback, "a program for another machine");
     }
     if !image.is_static() {

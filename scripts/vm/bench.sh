@@ -5,7 +5,7 @@
 # patched and promoted (its -v totals). One "kbox-vm: bench: ..." line per row: under
 # TCG only the ratios mean anything. Exits non-zero when a run fails.
 kbox=$1 image=$2 guests=$3 calls=${4:-3000}
-ops="stat open+close lseek+read64 getpid"
+ops="stat fstat open+close lseek+read64 write64 getpid"
 work=$(mktemp -d "${TMPDIR:-/tmp}/kbox-vm-bench.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/native"

@@ -59,8 +59,8 @@ fi
 # bench.sh through suite.sh: a row per call with each tier's ratio to native, the rewrite
 # tier's totals; a kbox run that fails fails the suite.
 mkdir -p "$tmp/guests"
-printf '#!/bin/sh\nprintf "stat 2.0\\nopen+close 4.0\\nlseek+read64 1.0\\ngetpid 0.5\\n"\n' >"$tmp/guests/bench"
-printf '#!/bin/sh\necho "kbox: rewrite: 9 sites patched (0 promoted cancel-wrapper calls), 0 refused" >&2\nprintf "stat 6.0\\nopen+close 8.0\\nlseek+read64 3.0\\ngetpid 1.0\\n"\n' >"$tmp/kbox"
+printf '#!/bin/sh\nprintf "stat 2.0\\nfstat 1.0\\nopen+close 4.0\\nlseek+read64 1.0\\nwrite64 1.0\\ngetpid 0.5\\n"\n' >"$tmp/guests/bench"
+printf '#!/bin/sh\necho "kbox: rewrite: 9 sites patched (0 promoted cancel-wrapper calls), 0 refused" >&2\nprintf "stat 6.0\\nfstat 2.0\\nopen+close 8.0\\nlseek+read64 3.0\\nwrite64 1.0\\ngetpid 1.0\\n"\n' >"$tmp/kbox"
 printf '#!/bin/sh\nexit 1\n' >"$tmp/badkbox"
 touch "$tmp/image"
 chmod +x "$tmp/guests/bench" "$tmp/kbox" "$tmp/badkbox"

@@ -220,7 +220,6 @@ pub fn reserve_fds(floor: i32) {
 
 /// Undoes [`reserve_fds`] when no in-process tier runs after all (auto chose another):
 /// the numbers are free again and kbox's FDs need no floor.
-#[cfg(target_arch = "x86_64")]
 pub fn unreserve_fds() {
     lock(&RESERVED).clear();
     crate::dispatch::set_fd_floor(0);
