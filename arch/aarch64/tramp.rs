@@ -196,7 +196,9 @@ global_asm!(
     "adrp x9, {host_calls}",
     "add x9, x9, :lo12:{host_calls}",
     "ldrb w9, [x9, x8]",
-    "cbnz w9, kbox_trap_host_call",
+    // A plain branch: kbox_trap_host_call is in another section, maybe beyond cbnz's 1 MiB.
+    "cbz w9, 8f",
+    "b kbox_trap_host_call",
     "8:",
     "adrp x9, {handler}",
     "ldr x9, [x9, :lo12:{handler}]",

@@ -202,6 +202,17 @@ fn own_slot() -> Option<&'static Slot> {
     SLOTS.iter().find(|s| s.tid.load(Ordering::Acquire) == tid)
 }
 
+/// The calling thread's slot once kbox has served a call on `slot` as thread `tid`: the
+/// same one, unless the call forked this process, whose one thread has a slot of its own
+/// (and another tid). Saves a gettid per call.
+fn slot_after_call(slot: &'static Slot, tid: u32) -> Option<&'static Slot> {
+    if slot.tid.load(Ordering::Acquire) == tid {
+        Some(slot)
+    } else {
+        own_slot()
+    }
+}
+
 /// The calling guest thread is about to run guest code.
 pub fn leave_kbox() {
     if let Some(s) = own_slot() {
@@ -308,12 +319,14 @@ pub struct Trapped<'a> {
     first_arg: u64,
     /// The frame is a copy in kbox's memory ([`Trapped::detach_frame`]).
     detached: bool,
+    /// The calling thread's tid.
+    tid: u32,
 }
 
 impl<'a> Trapped<'a> {
-    /// A call whose registers are in `uc`, made on thread pointer `guest_tp`; a restart
-    /// goes `restart_back` bytes back from where it resumes.
-    fn new(uc: &'a mut libc::ucontext_t, guest_tp: u64, restart_back: i64) -> Self {
+    /// A call whose registers are in `uc`, made on thread pointer `guest_tp` by the thread
+    /// of `slot`; a restart goes `restart_back` bytes back from where it resumes.
+    fn new(uc: &'a mut libc::ucontext_t, guest_tp: u64, restart_back: i64, slot: &Slot) -> Self {
         let first_arg = context::call_of(uc).1[0];
         Trapped {
             uc,
@@ -321,7 +334,13 @@ impl<'a> Trapped<'a> {
             restart_back,
             first_arg,
             detached: false,
+            tid: slot.tid.load(Ordering::Relaxed),
         }
+    }
+
+    /// The calling thread's tid (the thread's own, not a copy's after a fork it made).
+    pub fn tid(&self) -> u32 {
+        self.tid
     }
 
     /// The syscall number and its six arguments.
@@ -610,7 +629,11 @@ pub unsafe fn with_guest_frame(ctx: *mut c_void, serve: impl FnOnce(&mut Trapped
 /// # Safety
 /// As [`with_guest_frame`].
 #[inline(never)]
-unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut Trapped<'_>)) {
+unsafe fn serve_trapped(
+    slot: &'static Slot,
+    ctx: *mut c_void,
+    serve: impl FnOnce(&mut Trapped<'_>),
+) {
     let fsgs = FSGSBASE.load(Ordering::Relaxed);
     let guest_tp = thread_pointer(fsgs);
     // SAFETY: this thread's kbox thread pointer, recorded by adopt_current_thread.
@@ -618,14 +641,13 @@ unsafe fn serve_trapped(slot: &Slot, ctx: *mut c_void, serve: impl FnOnce(&mut T
     slot.in_kbox.store(true, Ordering::Release);
     // SAFETY: the caller passes the kernel's ucontext, valid for the handler's duration.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN);
+    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN, slot);
     serve(&mut call);
-    let guest_tp = call.guest_tp;
+    let (guest_tp, tid) = (call.guest_tp, call.tid);
     // A new program starts from the frame's copy (the kernel's may be on the old
     // program's alternate signal stack, which the exec unmapped).
     let detached = call.detached.then(|| std::ptr::from_ref(&*call.uc) as u64);
-    // Looked up again: in a child forked meanwhile, this thread has a new slot.
-    if let Some(slot) = own_slot() {
+    if let Some(slot) = slot_after_call(slot, tid) {
         slot.in_kbox.store(false, Ordering::Release);
     }
     if let Some(uc) = detached {
@@ -704,12 +726,14 @@ fn enter_patched_call(slot: &Slot) -> u64 {
     guest_tp
 }
 
-/// A patched call's service ends: `resume` when the guest goes on after its call (the
+/// A patched call's service on `slot` for thread `tid` ends: `resume` when the guest goes
+/// on after its call (the
 /// stub restores the frame's registers and mask), else the address of `uc`, which the stub
 /// loads whole by rt_sigreturn, with the thread's alternate stack kept (rt_sigreturn also
 /// installs the frame's). The guest's thread pointer is back either way; every signal is
 /// still blocked.
 fn leave_patched_call(
+    (slot, tid): (&'static Slot, u32),
     uc: &mut libc::ucontext_t,
     resumes_after_call: bool,
     resume: u64,
@@ -724,8 +748,7 @@ fn leave_patched_call(
             )
         };
     }
-    // Looked up again: in a child forked meanwhile, this thread has a new slot.
-    if let Some(slot) = own_slot() {
+    if let Some(slot) = slot_after_call(slot, tid) {
         slot.in_kbox.store(false, Ordering::Release);
     }
     // SAFETY: back to the guest's TLS for the guest code the stub returns to.

@@ -502,7 +502,7 @@ fn serve(call: &mut entry::Trapped<'_>) {
         call.set_result(r);
         return;
     }
-    let guest = InProcess::new(gettid(), st.fd_floor);
+    let guest = InProcess::new(call.tid(), st.fd_floor);
     if nr == SYS_RT_SIGRETURN {
         // On the guest's own stack, where its signal frame is.
         call.resume_at(sigreturn_stub());

@@ -61,7 +61,12 @@ fn after_site(return_addr: u64) -> u64 {
 /// blocked, and none of them writes below the stack pointer, so it is intact when the
 /// kernel reads it.
 #[inline(never)]
-fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
+fn serve_patched(
+    slot: &'static Slot,
+    frame: &mut Frame,
+    scratch: &mut Scratch,
+    guest_mask: u64,
+) -> u64 {
     let guest_tp = enter_patched_call(slot);
 
     let resume_pc = after_site(frame.x[30]);
@@ -80,9 +85,9 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
     context::set_fp_state(m, frame.fpsr, frame.fpcr, scratch.vregs());
     // SAFETY: the kernel's sigset is the first 8 bytes of libc's.
     unsafe { *(&raw mut uc.uc_sigmask).cast::<u64>() = guest_mask };
-    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN);
+    let mut call = Trapped::new(uc, guest_tp, context::SYSCALL_INSN_LEN, slot);
     super::super::serve(&mut call);
-    let guest_tp = call.guest_tp;
+    let (guest_tp, tid) = (call.guest_tp, call.tid());
     // The frame is still `sf`, or a copy an exec made.
     let uc = call.into_frame();
     let m = &uc.uc_mcontext;
@@ -96,5 +101,11 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
         // SAFETY: as above.
         frame.x[16] = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
     }
-    leave_patched_call(uc, resumes_after_call, RESUME_WITH_MASK, guest_tp)
+    leave_patched_call(
+        (slot, tid),
+        uc,
+        resumes_after_call,
+        RESUME_WITH_MASK,
+        guest_tp,
+    )
 }

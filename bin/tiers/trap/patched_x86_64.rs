@@ -65,7 +65,12 @@ fn on_trampoline(frame: &mut Frame, mut scratch: Scratch) -> u64 {
 /// blocked, and none of them writes below the stack pointer, so it is intact when the kernel
 /// reads it.
 #[inline(never)]
-fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_mask: u64) -> u64 {
+fn serve_patched(
+    slot: &'static Slot,
+    frame: &mut Frame,
+    scratch: &mut Scratch,
+    guest_mask: u64,
+) -> u64 {
     let guest_tp = enter_patched_call(slot);
 
     let resume_ip = frame.return_addr + AFTER_CALL_LEA;
@@ -91,9 +96,10 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
         uc,
         guest_tp,
         i64::try_from(AFTER_CALL_LEA + SITE_SEQUENCE).unwrap_or(0),
+        slot,
     );
     super::super::serve(&mut call);
-    let guest_tp = call.guest_tp;
+    let (guest_tp, tid) = (call.guest_tp, call.tid());
     // The frame is still `sf`, or a copy an exec made.
     let uc = call.into_frame();
     let g = &uc.uc_mcontext.gregs;
@@ -106,5 +112,11 @@ fn serve_patched(slot: &Slot, frame: &mut Frame, scratch: &mut Scratch, guest_ma
         // SAFETY: as above.
         frame.site = unsafe { *(&raw const uc.uc_sigmask).cast::<u64>() } & !SIGSYS_BIT;
     }
-    leave_patched_call(uc, resumes_after_call, RESUME_WITH_MASK, guest_tp)
+    leave_patched_call(
+        (slot, tid),
+        uc,
+        resumes_after_call,
+        RESUME_WITH_MASK,
+        guest_tp,
+    )
 }
