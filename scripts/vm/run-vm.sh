@@ -4,8 +4,9 @@
 # Boots Debian's own kernel for ARCH (x86_64: linux-image-amd64, KVM when /dev/kvm works,
 # TCG otherwise; aarch64: linux-image-arm64 on qemu-system-aarch64 -M virt, TCG) and runs
 # suite.sh on LIST (test-list.py's output) inside it. x86_64 runs in the host's own / (shared
-# read-only over 9p); aarch64 runs in DISK, an ext4 tree of aarch64 programs, with the
-# checkout shared over 9p at its own path. Everything the VM prints goes to
+# read-only over 9p); aarch64 runs in DISK, an ext4 tree of aarch64 programs; in both the
+# checkout is shared over 9p at its own path (the VM's /tmp is its own, and a checkout
+# may be under the host's). Everything the VM prints goes to
 # OUTDIR/ARCH.log; the one line this prints is the machine's result. No network device:
 # the VM has its loopback only. A VM that does not end within KBOX_VM_TIMEOUT seconds
 # (default 1800) is killed and fails.
@@ -76,8 +77,9 @@ case $arch in
       fi
     fi
     qemu=(qemu-system-x86_64 -M q35 -accel "$accel" -cpu "$cpu"
-      -virtfs "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap")
-    append="console=ttyS0 kbox.root=host $append"
+      -virtfs "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap"
+      -virtfs "local,path=$top,mount_tag=work,security_model=none,readonly=on,multidevs=remap")
+    append="console=ttyS0 kbox.root=host kbox.work=$top $append"
     ;;
   aarch64)
     accel=tcg
