@@ -79,9 +79,23 @@ else
   # the host /proc onto it would then loop. A plain directory is what the image wants anyway.
   if [ -L "$target/proc" ]; then rm -f "$target/proc" && mkdir -m 0755 "$target/proc"; fi
   step "[1/4] second stage under proot -q qemu-$arch-static (slow: every program is emulated)"
-  proot -q "qemu-$arch-static" -0 -r "$target" -b /proc -b /sys -b /dev -w / \
+  # The second stage mounts and, as it ends, unmounts /proc, /dev/pts and /dev/shm. proot
+  # passes mount and umount to the kernel with the host's paths (/dev is the host's), so
+  # run as root it unmounted the host's /dev/pts: the machine lost its pseudo-terminals.
+  # In a mount namespace of its own those calls change nothing outside. (Not root: they
+  # fail, and change nothing either.)
+  ns=()
+  if [ "$(id -u)" -eq 0 ]; then
+    unshare --mount --propagation private true 2>/dev/null \
+      || die "cannot make a mount namespace (unshare -m) for debootstrap's second stage, whose unmounts would otherwise be the host's"
+    ns=(unshare --mount --propagation private)
+  fi
+  mounts_before=$(awk '{ print $5 }' /proc/self/mountinfo | sort)
+  "${ns[@]}" proot -q "qemu-$arch-static" -0 -r "$target" -b /proc -b /sys -b /dev -w / \
     env DEBOOTSTRAP_DIR=/debootstrap /debootstrap/debootstrap --second-stage >>"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "debootstrap second stage under qemu-$arch-static failed (see above)"; }
+  gone=$(comm -23 <(echo "$mounts_before") <(awk '{ print $5 }' /proc/self/mountinfo | sort))
+  [ -z "$gone" ] || die "debootstrap's second stage unmounted the host's $(echo $gone)"
 fi
 for d in proc sys dev tmp; do
   [ -d "$target/$d" ] && [ ! -L "$target/$d" ] || die "the bootstrapped tree's /$d is not a directory"
