@@ -82,12 +82,11 @@ else
   # The second stage mounts and, as it ends, unmounts /proc, /dev/pts and /dev/shm. proot
   # passes mount and umount to the kernel with the host's paths (/dev is the host's), so
   # run as root it unmounted the host's /dev/pts: the machine lost its pseudo-terminals.
-  # In a mount namespace of its own those calls change nothing outside. (Not root: they
-  # fail, and change nothing either.)
+  # In a mount namespace of its own those calls change nothing outside. Where none can be
+  # made (not root, or a container without CAP_SYS_ADMIN) they fail and change nothing
+  # either; the check after the stage catches any host mount that went away all the same.
   ns=()
-  if [ "$(id -u)" -eq 0 ]; then
-    unshare --mount --propagation private true 2>/dev/null \
-      || die "cannot make a mount namespace (unshare -m) for debootstrap's second stage, whose unmounts would otherwise be the host's"
+  if unshare --mount --propagation private true 2>/dev/null; then
     ns=(unshare --mount --propagation private)
   fi
   mounts_before=$(awk '{ print $5 }' /proc/self/mountinfo | sort)

@@ -727,11 +727,10 @@ fn enter_patched_call(slot: &Slot) -> u64 {
 }
 
 /// A patched call's service on `slot` for thread `tid` ends: `resume` when the guest goes
-/// on after its call (the
-/// stub restores the frame's registers and mask), else the address of `uc`, which the stub
-/// loads whole by rt_sigreturn, with the thread's alternate stack kept (rt_sigreturn also
-/// installs the frame's). The guest's thread pointer is back either way; every signal is
-/// still blocked.
+/// on after its call (the stub restores the frame's registers and mask), else the address
+/// of `uc`, which the stub loads whole by rt_sigreturn, with the thread's alternate stack
+/// kept (rt_sigreturn also installs the frame's). The guest's thread pointer is back
+/// either way; every signal is still blocked.
 fn leave_patched_call(
     (slot, tid): (&'static Slot, u32),
     uc: &mut libc::ucontext_t,
