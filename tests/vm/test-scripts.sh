@@ -123,4 +123,16 @@ if ! "$vm/run-vm.sh" sparc "$tmp/list" "$tmp/out" 2>"$tmp/err" && grep -q "ARCH 
 else
   bad "run-vm.sh accepted bad arguments: $(cat "$tmp/err")"
 fi
+# A checkout under the host's /tmp: the VM's root gets a /tmp of its own, so the checkout is
+# shared on both machines (kbox.work) and mounted only after that /tmp. Before, aarch64
+# mounted it first and x86_64 not at all, and a fresh clone under /tmp failed at once on
+# both machines.
+tmp_at=$(grep -n '^ *mount -t tmpfs [a-z]* /newroot/tmp$' "$vm/init" | cut -d: -f1)
+work_at=$(grep -n '^ *mount .*overlay "/newroot\$work"' "$vm/init" | cut -d: -f1)
+works=$(grep -c 'kbox.work=\$top' "$vm/run-vm.sh")
+if [ -n "$tmp_at" ] && [ -n "$work_at" ] && [ "$tmp_at" -lt "$work_at" ] && [ "$works" -eq 2 ]; then
+  ok "init/run-vm.sh: both machines share the checkout, mounted after the VM's /tmp"
+else
+  bad "init/run-vm.sh: /tmp mounted on line ${tmp_at:-none}, the checkout on line ${work_at:-none}; kbox.work on $works machines"
+fi
 exit $fail
