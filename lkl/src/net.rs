@@ -5,13 +5,14 @@
 //!
 //! Frames the kernel sends are written to the socket on the thread that kicked the
 //! transmit queue. Frames from the socket are read by a thread of the device's own,
-//! which puts them in the receive buffers the driver posted and raises the interrupt;
-//! when the driver has no buffers left it waits for more (the peer's frames wait in the
-//! socket meanwhile).
+//! which puts them in the receive buffers the driver posted and raises the interrupt.
+//! A large frame already whole in the socket is read straight into the driver's
+//! buffers; anything else is drained at once into a buffer of the thread's (see
+//! [`Inbox`]) and copied from there.
 use crate::kernel;
 use crate::virtio_mmio::{self, Chain, Device};
 use std::fmt;
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -36,6 +37,12 @@ const MAX_FRAME: usize = 14 + 65535;
 const READ_CHUNK: usize = 256 << 10;
 /// Most bytes of frames kept for a kernel that has no buffers for them (see [`Inbox`]).
 const INBOX_MAX: usize = 32 << 20;
+/// Frames from this size up are read straight into the driver's buffers when they can be:
+/// for them the copy through the inbox costs more than the two extra syscalls (the
+/// socket's queue length, and the frame's own read) that reading them alone takes.
+const DIRECT_MIN: usize = 16 << 10;
+/// The length prefix in front of every frame on the socket.
+const PREFIX: usize = 4;
 
 /// How the device presents itself to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +191,39 @@ impl Inbox {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The next frame's length, when the inbox holds its prefix and nothing after it: the
+    /// frame itself is still in the socket.
+    fn lone_prefix(&self) -> Option<usize> {
+        let have = self.buf.get(self.start..self.end)?;
+        let prefix: [u8; PREFIX] = have.try_into().ok()?;
+        Some(u32::from_be_bytes(prefix) as usize)
+    }
+
+    /// Reads the next frame's length prefix alone, into an empty inbox; false at the end of
+    /// the stream. Whether the frame then goes straight to the driver is decided once its
+    /// length is known.
+    fn read_prefix(&mut self, peer: &UnixStream) -> bool {
+        debug_assert!(self.is_empty());
+        self.start = 0;
+        self.end = 0;
+        loop {
+            match rustix::io::read(peer, &mut self.buf[..PREFIX]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.end = n;
+                    return true;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// A length prefix no device could take: the peer is not speaking the protocol.
     fn garbled(&self) -> bool {
         self.buf
@@ -213,9 +253,9 @@ impl Inbox {
     }
 
     /// Reads what the socket has without blocking; false at the end of the stream.
-    fn read_available(&mut self, peer: &mut UnixStream) -> bool {
+    fn read_available(&mut self, peer: &UnixStream) -> bool {
         while self.make_room() {
-            match rustix::io::read(&*peer, &mut self.buf[self.end..]) {
+            match rustix::io::read(peer, &mut self.buf[self.end..]) {
                 Ok(0) => return false,
                 Ok(n) => self.end += n,
                 Err(rustix::io::Errno::INTR) => {}
@@ -227,6 +267,15 @@ impl Inbox {
     }
 }
 
+/// The header in front of a received frame. flags: DATA_VALID (see [`F_GUEST_CSUM`]);
+/// num_buffers: the frame is in this one chain.
+fn received_header() -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[0] = 2;
+    header[10] = 1;
+    header
+}
+
 /// Copies `frame` behind a header into the chain's writable buffers; `None` when they
 /// cannot hold it.
 fn put_frame(chain: &mut Chain<'_>, frame: &[u8]) -> Option<u32> {
@@ -234,10 +283,7 @@ fn put_frame(chain: &mut Chain<'_>, frame: &[u8]) -> Option<u32> {
     if room < HEADER + frame.len() {
         return None;
     }
-    let mut header = [0u8; HEADER];
-    // flags: DATA_VALID (see F_GUEST_CSUM); num_buffers: the frame is in this one chain.
-    header[0] = 2;
-    header[10] = 1;
+    let header = received_header();
     let mut sources = [&header[..], frame];
     let mut written = 0usize;
     for buf in &mut chain.writable {
@@ -256,33 +302,140 @@ fn put_frame(chain: &mut Chain<'_>, frame: &[u8]) -> Option<u32> {
     u32::try_from(written).ok()
 }
 
-/// Hands the kernel every buffered frame its posted buffers can take; true when frames
-/// are left over for want of buffers.
-fn deliver(inbox: &mut Inbox, device: usize, shared: &Shared) -> bool {
-    if inbox.peek().is_none() || !kernel::booted() {
-        return inbox.peek().is_some();
+/// Reads the frame whose prefix the inbox holds, `len` bytes that are all in the socket
+/// already, straight into the chain behind its header; the next frame's prefix comes in
+/// the same read when the socket has it (`queued` bytes in all). `None` if the socket
+/// gave less than it said it had: the stream can no longer be cut into frames.
+fn read_into_chain(
+    inbox: &mut Inbox,
+    peer: &UnixStream,
+    chain: &mut Chain<'_>,
+    len: usize,
+    queued: usize,
+) -> Option<u32> {
+    let header = received_header();
+    let mut header_left = &header[..];
+    let mut body_left = len;
+    let mut parts: Vec<IoSliceMut<'_>> = Vec::with_capacity(chain.writable.len() + 1);
+    for buf in &mut chain.writable {
+        let n = header_left.len().min(buf.len());
+        buf[..n].copy_from_slice(&header_left[..n]);
+        header_left = &header_left[n..];
+        let rest = &mut buf[n..];
+        let take = body_left.min(rest.len());
+        if take > 0 {
+            parts.push(IoSliceMut::new(&mut rest[..take]));
+            body_left -= take;
+        }
+        if header_left.is_empty() && body_left == 0 {
+            break;
+        }
     }
-    let filled = virtio_mmio::fill(device, RX_QUEUE, &mut |chain| loop {
-        let frame = inbox.peek()?;
-        match put_frame(chain, frame) {
-            Some(written) => {
-                inbox.consume();
-                shared.counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                return Some(written);
+    if body_left > 0 || !header_left.is_empty() {
+        return None;
+    }
+    let next = if queued >= len + PREFIX { PREFIX } else { 0 };
+    inbox.start = 0;
+    inbox.end = 0;
+    parts.push(IoSliceMut::new(&mut inbox.buf[..next]));
+    let want = len + next;
+    let mut got = 0usize;
+    let mut slices = &mut parts[..];
+    while got < want {
+        match rustix::io::readv(peer, slices) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                IoSliceMut::advance_slices(&mut slices, n);
             }
-            None => {
-                // Larger than the driver's buffers (its MTU): the kernel would drop it too.
-                inbox.consume();
-                shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    drop(parts);
+    if got < len {
+        return None;
+    }
+    inbox.end = got - len;
+    u32::try_from(HEADER + len).ok()
+}
+
+/// What one round of handing frames to the kernel came to.
+#[derive(Default)]
+struct Delivery {
+    /// Frames wait in the inbox for want of buffers.
+    left_over: bool,
+    /// The driver had no buffer left.
+    starved: bool,
+    /// The stream cannot be read as frames any more, or it ended.
+    broken: bool,
+}
+
+/// The length of a frame that should be read straight into the driver's buffers: its
+/// prefix alone is in the inbox, it is large, and it is all in the socket already.
+fn direct_candidate(inbox: &Inbox, peer: &UnixStream) -> Option<(usize, usize)> {
+    let len = inbox.lone_prefix().filter(|&len| len >= DIRECT_MIN)?;
+    let queued = usize::try_from(rustix::io::ioctl_fionread(peer).ok()?).ok()?;
+    (queued >= len).then_some((len, queued))
+}
+
+/// Hands the kernel every frame its posted buffers can take: those in the inbox, and
+/// large ones straight from the socket.
+fn deliver(inbox: &mut Inbox, peer: &UnixStream, device: usize, shared: &Shared) -> Delivery {
+    let mut delivery = Delivery::default();
+    let has_work =
+        inbox.peek().is_some() || inbox.lone_prefix().is_some_and(|len| len >= DIRECT_MIN);
+    if !has_work || !kernel::booted() {
+        delivery.left_over = inbox.peek().is_some();
+        return delivery;
+    }
+    let mut broken = false;
+    let filled = virtio_mmio::fill(device, RX_QUEUE, &mut |chain| loop {
+        if let Some(frame) = inbox.peek() {
+            match put_frame(chain, frame) {
+                Some(written) => {
+                    inbox.consume();
+                    shared.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                    return Some(written);
+                }
+                None => {
+                    // Larger than the driver's buffers (its MTU): the kernel would drop it too.
+                    inbox.consume();
+                    shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
         }
+        let (len, queued) = direct_candidate(inbox, peer)?;
+        let room: usize = chain.writable.iter().map(|b| b.len()).sum();
+        if room < HEADER + len {
+            // Through the inbox, which drops it (above).
+            if !inbox.read_available(peer) {
+                broken = true;
+                return None;
+            }
+            continue;
+        }
+        return match read_into_chain(inbox, peer, chain, len, queued) {
+            Some(written) => {
+                shared.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                Some(written)
+            }
+            None => {
+                broken = true;
+                None
+            }
+        };
     });
-    filled.starved && inbox.peek().is_some()
+    delivery.starved = filled.starved;
+    delivery.broken = broken;
+    delivery.left_over = filled.starved && inbox.peek().is_some();
+    delivery
 }
 
 /// The receive thread: socket → receive queue, until the stream ends or the device
 /// is removed.
-fn receive(mut peer: UnixStream, device: usize, shared: &Shared) {
+fn receive(peer: UnixStream, device: usize, shared: &Shared) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let mut inbox = Inbox {
         buf: vec![0; READ_CHUNK * 2],
@@ -300,12 +453,15 @@ fn receive(mut peer: UnixStream, device: usize, shared: &Shared) {
         if shared.stop.load(Ordering::Acquire) || inbox.garbled() {
             return;
         }
-        let waiting = deliver(&mut inbox, device, shared);
+        let delivery = deliver(&mut inbox, &peer, device, shared);
+        if delivery.broken {
+            return;
+        }
         let mut fds = [
             PollFd::new(&peer, PollFlags::IN),
             PollFd::new(&shared.posted, PollFlags::IN),
         ];
-        let timeout = (waiting || inbox.peek().is_some()).then_some(&retry);
+        let timeout = (delivery.left_over || inbox.peek().is_some()).then_some(&retry);
         if poll(&mut fds, timeout).is_err() {
             continue;
         }
@@ -314,9 +470,23 @@ fn receive(mut peer: UnixStream, device: usize, shared: &Shared) {
             let mut count = [0u8; 8];
             let _ = rustix::io::read(&shared.posted, &mut count);
         }
-        if readable && !inbox.read_available(&mut peer) {
+        if !readable {
+            continue;
+        }
+        let mut open = true;
+        if inbox.is_empty() {
+            open = inbox.read_prefix(&peer);
+        }
+        // A large frame whose prefix alone is read, and which is all in the socket, waits
+        // there for the next round to read it into the driver's buffers, unless the driver
+        // had none: the socket is drained at once otherwise.
+        let direct_next = open && !delivery.starved && direct_candidate(&inbox, &peer).is_some();
+        if open && !direct_next {
+            open = inbox.read_available(&peer);
+        }
+        if !open {
             // The peer is gone; what was read still reaches the kernel if it can.
-            let _ = deliver(&mut inbox, device, shared);
+            let _ = deliver(&mut inbox, &peer, device, shared);
             return;
         }
     }
@@ -462,6 +632,79 @@ mod tests {
         inbox.buf[4..8].copy_from_slice(&0x0010_0000u32.to_be_bytes());
         inbox.start = 4;
         assert!(inbox.garbled());
+    }
+
+    #[test]
+    fn a_large_frame_whole_in_the_socket_is_read_straight_into_the_chain() {
+        use std::io::Write;
+        let (mut a, b) = UnixStream::pair().expect("socket pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        let frame: Vec<u8> = (0..DIRECT_MIN + 100)
+            .map(|i| u8::try_from(i % 251).unwrap_or(0))
+            .collect();
+        let len = u32::try_from(frame.len()).expect("len").to_be_bytes();
+        a.write_all(&len).expect("prefix");
+        a.write_all(&frame[..100]).expect("part of the frame");
+        let mut inbox = Inbox {
+            buf: vec![0; READ_CHUNK * 2],
+            start: 0,
+            end: 0,
+        };
+        assert!(inbox.read_prefix(&b));
+        assert_eq!(inbox.lone_prefix(), Some(frame.len()));
+        // Not all of it is in the socket yet.
+        assert_eq!(direct_candidate(&inbox, &b), None);
+        a.write_all(&frame[100..]).expect("rest of the frame");
+        a.write_all(&[0, 0]).expect("half the next prefix");
+        let (got_len, queued) = direct_candidate(&inbox, &b).expect("a candidate");
+        assert_eq!((got_len, queued), (frame.len(), frame.len() + 2));
+        let mut first = vec![0xffu8; 10];
+        let mut second = vec![0xffu8; DIRECT_MIN + 200];
+        let mut chain = Chain {
+            readable: Vec::new(),
+            writable: vec![&mut first[..], &mut second[..]],
+        };
+        let written = read_into_chain(&mut inbox, &b, &mut chain, got_len, queued);
+        assert_eq!(
+            written,
+            Some(u32::try_from(HEADER + frame.len()).expect("size"))
+        );
+        let mut all = first.clone();
+        all.extend_from_slice(&second);
+        assert_eq!(&all[..HEADER], &received_header());
+        assert_eq!(&all[HEADER..HEADER + frame.len()], &frame[..]);
+        // Half a prefix is left in the socket, for the next round.
+        assert!(inbox.is_empty());
+        // A small frame is never a candidate: it goes through the inbox.
+        a.write_all(&[0, 8]).expect("the rest of the prefix");
+        assert!(inbox.read_prefix(&b));
+        assert_eq!(inbox.lone_prefix(), Some(8));
+        assert_eq!(direct_candidate(&inbox, &b), None);
+    }
+
+    #[test]
+    fn the_next_prefix_comes_in_the_same_read_when_it_is_all_there() {
+        use std::io::Write;
+        let (mut a, b) = UnixStream::pair().expect("socket pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        a.write_all(&[1, 2, 3, 4, 0, 0, 0, 9, 7])
+            .expect("a frame, a prefix, a byte");
+        let mut inbox = Inbox {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: PREFIX,
+        };
+        inbox.buf[..PREFIX].copy_from_slice(&[0, 0, 0, 4]);
+        let mut room = [0u8; HEADER + 4];
+        let mut chain = Chain {
+            readable: Vec::new(),
+            writable: vec![&mut room[..]],
+        };
+        assert_eq!(read_into_chain(&mut inbox, &b, &mut chain, 4, 9), Some(16));
+        assert_eq!(&room[HEADER..], &[1, 2, 3, 4]);
+        assert_eq!(inbox.lone_prefix(), Some(9));
+        // The next frame's own bytes stay in the socket.
+        assert_eq!(rustix::io::ioctl_fionread(&b).expect("queued"), 1);
     }
 
     #[test]
