@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kbox needs to build and test, idempotently. Quick when nothing is missing:
-# it only asks dpkg and rustup, and calls apt-get only for packages that are absent.
+# it only asks dpkg and rustup, calls apt-get only for packages that are absent, and
+# builds passt only once (scripts/passt.sh).
 # Debian packages named as arguments are installed too (make deps-vm's).
 set -euo pipefail
 
@@ -12,7 +13,7 @@ apt_pkgs=(
   binutils                                   # objdump: the decoder's reference
   proot hyperfine                            # make bench
   chromium fonts-liberation                  # make check: the --web dashboard in a real browser
-  passt                                      # --net=user's network stack (found on PATH at run time)
+  curl xz-utils                              # scripts/passt.sh: --net=user's network stack, from source
   docker-registry skopeo                     # make check: kbox image pull from a registry on 127.0.0.1
 )
 apt_pkgs+=("$@")
@@ -38,3 +39,6 @@ done
 for c in rustfmt clippy; do
   rustup component list --installed | grep -q "^$c" || rustup component add "$c"
 done
+
+# passt, found on PATH by --net=user: a newer one than bookworm's package (the script says why).
+"$(dirname "$0")/passt.sh"
