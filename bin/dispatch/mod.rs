@@ -32,6 +32,7 @@ mod rights;
 mod shadow;
 mod signals;
 mod sockets;
+mod workers;
 
 use std::ffi::CString;
 use std::io::Write;

@@ -22,6 +22,7 @@ use super::linux::{
 };
 use super::listeners::{self, Readiness};
 use super::rights;
+use super::workers::Workers;
 use super::{Answer, Engine, Guest, Reply, fd_arg, fdv, hostio, interrupt, lkl, procs, ptr};
 
 /// Largest socket address (sizeof(struct sockaddr_storage)).
@@ -35,12 +36,12 @@ const PUMP_CHUNK: usize = 256 << 10;
 pub struct Pumps {
     controls: Arc<Mutex<std::collections::HashMap<u64, (Task, i32)>>>,
     next: Arc<std::sync::atomic::AtomicU64>,
-    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    workers: Workers,
 }
 
 impl Pumps {
     /// Shuts every kernel socket kbox pumps or accepts on down and waits (a little) for the
-    /// threads to end, so that no task of theirs keeps the image busy at unmount.
+    /// jobs on them to end, so that no task of theirs keeps the image busy at unmount.
     pub fn shutdown_all(&self) {
         let controls =
             std::mem::take(&mut *self.controls.lock().unwrap_or_else(PoisonError::into_inner));
@@ -48,19 +49,11 @@ impl Pumps {
             let _ = lkl(task, g::SHUTDOWN, [fdv(*fd), SHUT_RDWR, 0, 0, 0, 0]);
         }
         drop(controls);
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        for t in threads {
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            // A thread still blocked after the deadline is left behind: its task may keep
-            // the image busy, and the unmount then reports it.
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
+        // A job still blocked after the deadline is left behind: its task may keep the
+        // image busy, and the unmount then reports it.
+        let _ = self
+            .workers
+            .wait_finished(std::time::Instant::now() + std::time::Duration::from_secs(2));
     }
 
     /// Keeps a task holding socket `kfd` of `owner`, for `shutdown_all`, until `release`.
@@ -83,15 +76,8 @@ impl Pumps {
         drop(removed);
     }
 
-    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Errno> {
-        let t = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map_err(|_| Errno::EAGAIN)?;
-        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        threads.retain(|t| !t.is_finished());
-        threads.push(t);
-        Ok(())
+    fn spawn(&self, name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), Errno> {
+        self.workers.run(name, f)
     }
 
     /// Starts the two pump threads between host socket `host` and kernel socket `kfd`,
