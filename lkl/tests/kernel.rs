@@ -166,11 +166,13 @@ fn an_interrupted_task_leaves_its_blocking_read_and_then_reads_on() {
     let [rd, wr] = fds;
     // The writer, forked now: a task busy in a syscall cannot be forked.
     let writer = task.fork(TaskKind::Process).expect("writer");
+    // Timed from before the reader starts, as the sleep below is: timed from inside the
+    // thread, the read could end a little under 100 ms after it began (seen once, 99.97 ms).
+    let started = Instant::now();
     let reader = {
         let task = task.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
-            let started = Instant::now();
             let r = task.read(rd, &mut buf);
             (r, started.elapsed())
         })
