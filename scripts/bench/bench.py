@@ -152,18 +152,12 @@ def workloads(env, runs, scale):
 NET_MODES = (("kbox --net=host", "--net=host", "127.0.0.1"), ("kbox --net=user", "--net=user", "10.0.2.2"))
 
 
-def net_startup(kbox, image, flag, runs):
-    """kbox's whole start-up and exit with network mode `flag` (passt's start included)."""
-    home = dict(os.environ, HOME=os.path.dirname(image))
-    return statistics.median(run([kbox, flag, "-S", image, "--", "/bin/true"], env=home)[0]
-                             for _ in range(runs))
-
-
 def http_throughput(kbox, image, tree, runs, megabytes):
     """MB/s of busybox wget fetching a file from an HTTP server on the host's 127.0.0.1:
     natively, and in kbox with --net=host (at 127.0.0.1) and --net=user (at 10.0.2.2, the
-    host's loopback through passt); the server is the same for all. kbox's time has its
-    start-up in that mode (measured apart) taken off: the transfer is what is compared."""
+    host's loopback through passt); the server is the same for all. Each way's time for a
+    one-byte file (programs and kbox starting, passt included, the connection, the
+    request) is taken off its time for the large one: the transfer is what is compared."""
     import http.server
     import threading
 
@@ -172,6 +166,8 @@ def http_throughput(kbox, image, tree, runs, megabytes):
         chunk = os.urandom(1 << 20)
         for _ in range(megabytes):
             f.write(chunk)
+    with open(os.path.join(served, "byte"), "wb") as f:
+        f.write(b"k")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
@@ -184,23 +180,23 @@ def http_throughput(kbox, image, tree, runs, megabytes):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        native = [tree + "/bin/busybox", "wget", "-q", "-O", "/dev/null",
-                  f"http://127.0.0.1:{port}/blob"]
         home = dict(os.environ, HOME=os.path.dirname(image))
-        argvs = {name: [kbox, flag, "-S", image, "--", "wget", "-q", "-O", "/dev/null",
-                        f"http://{host}:{port}/blob"] for name, flag, host in NET_MODES}
-        startups = {name: net_startup(kbox, image, flag, runs) for name, flag, _ in NET_MODES}
-        # Rounds of one download each, native and every mode in turn: the server's own
-        # speed drifts between runs by more than the modes differ, and this way each
-        # mode's runs meet the same drift.
-        secs = {"native": [], **{name: [] for name in argvs}}
+        ways = {"native": ([tree + "/bin/busybox"], "127.0.0.1", None)}
+        for name, flag, host in NET_MODES:
+            ways[name] = ([kbox, flag, "-S", image, "--"], host, home)
+        # Rounds of one download of each file each way, in turn: the server's own speed
+        # drifts between runs by more than the ways differ, and kbox's start-up varies by
+        # more than a tenth of a 100 MB transfer; this way every way meets the same drift.
+        secs = {name: {"blob": [], "byte": []} for name in ways}
         for _ in range(runs):
-            secs["native"].append(run(native)[0])
-            for name, argv in argvs.items():
-                secs[name].append(run(argv, env=home)[0])
-        out = {"native": megabytes / statistics.median(secs["native"])}
-        for name in argvs:
-            out[name] = megabytes / max(statistics.median(secs[name]) - startups[name], 1e-6)
+            for name, (prefix, host, env) in ways.items():
+                for f in ("blob", "byte"):
+                    argv = prefix + ["wget", "-q", "-O", "/dev/null", f"http://{host}:{port}/{f}"]
+                    secs[name][f].append(run(argv, env=env)[0])
+        out = {}
+        for name, s in secs.items():
+            transfer = statistics.median(s["blob"]) - statistics.median(s["byte"])
+            out[name] = megabytes / max(transfer, 1e-6)
         return out
     finally:
         server.shutdown()
@@ -405,7 +401,7 @@ def main():
         f"--stats bookkeeping: {stats_cost:.0f} ns per answered call (kbox's own timing of "
         f"100000 rounds at exit; the --stats column is the same calls end to end)",
         f"HTTP download of {megabytes} MB from a server on the host's 127.0.0.1 (busybox wget, "
-        f"median of {max(a.runs, 5)}, kbox's start-up in that mode taken off): native "
+        f"medians of {max(a.runs, 5)}, each way's time for a one-byte file taken off): native "
         f"{http['native']:.0f} MB/s, "
         + ", ".join(f"{name} {http[name]:.0f} MB/s ({http[name] / http['native']:.2f}×)"
                     for name, _, _ in NET_MODES),
