@@ -214,9 +214,12 @@ pub fn summary(config: &Config) -> String {
         NetMode::User => {
             let upstream = upstream_dns(config)
                 .map_or_else(|| "nowhere (no resolver)".to_string(), |d| d.to_string());
+            // Which passt matters: some have bugs kbox cannot work around (docs/network.md).
+            let passt = passt::find()
+                .map_or_else(|| "not on PATH".to_string(), |p| p.display().to_string());
             let mut line = format!(
-                "user (passt): {INTERFACE} {GUEST}/{PREFIX} mtu {MTU}, gateway and host loopback \
-                 {GATEWAY}, DNS {DNS_FORWARDER} -> {upstream}"
+                "user (passt at {passt}): {INTERFACE} {GUEST}/{PREFIX} mtu {MTU}, gateway and \
+                 host loopback {GATEWAY}, DNS {DNS_FORWARDER} -> {upstream}"
             );
             for p in &config.publish {
                 let proto = match p.proto {

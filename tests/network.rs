@@ -410,7 +410,7 @@ fn verbose_names_the_mode_the_address_and_the_published_ports() {
         .find(|l| l.starts_with("kbox: network:"))
         .unwrap_or_else(|| panic!("no network line in:\n{stderr}"));
     for part in [
-        "user",
+        "user (passt at /",
         "10.0.2.15/24",
         "10.0.2.2",
         "10.0.2.3",

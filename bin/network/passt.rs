@@ -67,7 +67,8 @@ pub struct Passt {
 }
 
 /// Finds `passt` on PATH.
-fn find() -> Option<PathBuf> {
+/// The passt kbox runs: the first on PATH.
+pub fn find() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("passt"))
