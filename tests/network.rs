@@ -485,6 +485,14 @@ fn ifconfig_shows_and_sets_the_guests_interfaces_not_the_hosts() {
     );
 }
 
+/// The 8 MB both transfer tests send: each byte a hash of its offset, so a piece lost,
+/// doubled or moved does not compare equal.
+fn transfer_bytes() -> Vec<u8> {
+    (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
 /// Accepts one connection on 127.0.0.1 and returns its port and a handle yielding every
 /// byte the peer sent.
 fn tcp_sink() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
@@ -502,9 +510,7 @@ fn tcp_sink() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
 #[test]
 fn user_mode_uploads_arrive_whole() {
     let img = Image::default("net-upload");
-    let data: Vec<u8> = (0..8_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = transfer_bytes();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(token("upload"));
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("blob"), &data).expect("blob");
@@ -560,9 +566,7 @@ fn tcp_source(data: Vec<u8>) -> (u16, std::thread::JoinHandle<()>) {
 #[test]
 fn user_mode_downloads_arrive_whole() {
     let img = Image::default("net-download");
-    let data: Vec<u8> = (0..8_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = transfer_bytes();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(token("download"));
     std::fs::create_dir_all(&dir).expect("dir");
     // Natively first: the host's busybox nc receives the file.
