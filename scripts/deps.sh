@@ -13,7 +13,7 @@ apt_pkgs=(
   binutils                                   # objdump: the decoder's reference
   proot hyperfine                            # make bench
   chromium fonts-liberation                  # make check: the --web dashboard in a real browser
-  curl xz-utils                              # scripts/passt.sh: --net=user's network stack, from source
+  curl xz-utils make gcc libc6-dev           # scripts/passt.sh: --net=user's network stack, from source
   docker-registry skopeo                     # make check: kbox image pull from a registry on 127.0.0.1
 )
 apt_pkgs+=("$@")
