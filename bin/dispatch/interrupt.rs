@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use kbox_core::sysno::generic as g;
-use kbox_lkl::Errno;
+use kbox_lkl::{Errno, Task};
 
 /// How often waiting guest threads are looked at: the longest a signal waits to interrupt.
 const TICK: Duration = Duration::from_millis(10);
@@ -117,12 +117,7 @@ pub fn watch_this_thread(tid: u32) -> Watch {
 /// Runs syscall `nr` on `task` (a task of kbox's own for this wait, never the guest's, which
 /// the engine uses meanwhile) while watching guest thread `tid`: a signal the guest takes
 /// ends the call with ERESTARTSYS.
-pub fn lkl_call(
-    task: &Arc<super::helpers::Helper>,
-    tid: u32,
-    nr: u32,
-    args: [u64; 6],
-) -> Result<i64, Errno> {
+pub fn lkl_call(task: &Arc<Task>, tid: u32, nr: u32, args: [u64; 6]) -> Result<i64, Errno> {
     let target = Arc::clone(task);
     let watch = watch(tid, move || {
         let _ = target.interrupt();

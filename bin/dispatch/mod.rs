@@ -17,7 +17,6 @@ mod exec;
 mod fdlist;
 mod files;
 mod forward;
-mod helpers;
 mod hostio;
 mod ifioctl;
 mod inprocess;
@@ -144,10 +143,6 @@ impl Engine {
     pub fn new(root: Task, settings: Settings) -> Result<Engine, std::io::Error> {
         let image_dev = files::lkl_stat_path(&root, c"/").map_or(0, |st| st.st_dev);
         let exec = exec::ExecDir::create(&settings.image, image_dev)?;
-        let pumps = sockets::Pumps::default();
-        // Without it, every socket job forks its task from the socket's owner (slower,
-        // but the same behaviour).
-        let _ = pumps.set_helper_origin(&root);
         let mut binds = settings.binds.clone();
         if settings.shared_memory {
             binds.push((exec.shm_dir()?, std::path::PathBuf::from("/dev/shm")));
@@ -159,7 +154,7 @@ impl Engine {
             binds: binds::Binds::new(&binds)?,
             settings,
             restore: None,
-            pumps,
+            pumps: sockets::Pumps::default(),
             pid_calls: policy::pid_targeted().filter_map(policy::host_nr).collect(),
             adopted: sockets::Adoptions::default(),
         })

@@ -588,7 +588,12 @@ static HELPER_PIDS: AtomicU32 = AtomicU32::new(PID_MAX - 2);
 /// parent's: a copy of the whole table would keep every other file open after the guest
 /// closed it (a closed socket's port stayed bound).
 pub fn fork_helper(parent: &Task, keep: i32) -> Result<Task, Errno> {
-    let task = fork_with_helper_pid(parent)?;
+    let pid = HELPER_PIDS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            Some(if p <= PID_MAX / 2 { PID_MAX - 2 } else { p - 1 })
+        })
+        .unwrap_or(PID_MAX - 2);
+    let task = parent.fork_with_pid(TaskKind::Process, PidWish::Exact(pid))?;
     let keep = u32::try_from(keep).map_err(|_| Errno::EBADF)?;
     let close = |first: u32, last: u32| {
         task.syscall(
@@ -603,28 +608,8 @@ pub fn fork_helper(parent: &Task, keep: i32) -> Result<Task, Errno> {
     Ok(task)
 }
 
-fn fork_with_helper_pid(parent: &Task) -> Result<Task, Errno> {
-    let pid = HELPER_PIDS
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-            Some(if p <= PID_MAX / 2 { PID_MAX - 2 } else { p - 1 })
-        })
-        .unwrap_or(PID_MAX - 2);
-    parent.fork_with_pid(TaskKind::Process, PidWish::Exact(pid))
-}
-
-/// A task forked from `parent` for kbox's own work, with a pid out of the guests' way and
-/// no FD at all (helpers.rs keeps such tasks).
-pub(super) fn fork_bare(parent: &Task) -> Result<Task, Errno> {
-    let task = fork_with_helper_pid(parent)?;
-    task.syscall(
-        kbox_core::sysno::generic::CLOSE_RANGE,
-        [0, u32::MAX as usize, 0, 0, 0, 0],
-    )?;
-    Ok(task)
-}
-
 /// A duplicate, in task `to`, of kernel FD `fd` of task `from` (the same open file).
-pub(super) fn take_kernel_fd(to: &Task, from: &Task, fd: i32) -> Result<i32, Errno> {
+fn take_kernel_fd(to: &Task, from: &Task, fd: i32) -> Result<i32, Errno> {
     let call = |task: &Task, nr: u32, a: [usize; 3]| task.syscall(nr, [a[0], a[1], a[2], 0, 0, 0]);
     let pid = call(from, g::GETPID, [0; 3])?;
     let pidfd = call(to, g::PIDFD_OPEN, [pid, 0, 0])?;

@@ -16,7 +16,6 @@ use kbox_lkl::{Errno, Task};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::datagrams::{self, Datagrams};
-use super::helpers::{Helper, Kept};
 use super::linux::{
     AF_INET, AF_INET6, AF_UNIX, SHUT_RDWR, SHUT_WR, SO_ACCEPTCONN, SO_TYPE, SOCK_CLOEXEC,
     SOCK_DGRAM, SOCK_NONBLOCK, SOCK_SEQPACKET, SOCK_STREAM, SOCK_TYPE_MASK, SOL_SOCKET,
@@ -35,10 +34,9 @@ const PUMP_CHUNK: usize = 256 << 10;
 /// shut it down (and so release both pump threads) when it exits.
 #[derive(Default, Clone)]
 pub struct Pumps {
-    controls: Arc<Mutex<std::collections::HashMap<u64, Helper>>>,
+    controls: Arc<Mutex<std::collections::HashMap<u64, (Task, i32)>>>,
     next: Arc<std::sync::atomic::AtomicU64>,
     workers: Workers,
-    kept: Kept,
 }
 
 impl Pumps {
@@ -47,8 +45,8 @@ impl Pumps {
     pub fn shutdown_all(&self) {
         let controls =
             std::mem::take(&mut *self.controls.lock().unwrap_or_else(PoisonError::into_inner));
-        for h in controls.values() {
-            let _ = lkl(h, g::SHUTDOWN, [fdv(h.fd()), SHUT_RDWR, 0, 0, 0, 0]);
+        for (task, fd) in controls.values() {
+            let _ = lkl(task, g::SHUTDOWN, [fdv(*fd), SHUT_RDWR, 0, 0, 0, 0]);
         }
         drop(controls);
         // A job still blocked after the deadline is left behind: its task may keep the
@@ -56,27 +54,16 @@ impl Pumps {
         let _ = self
             .workers
             .wait_finished(std::time::Instant::now() + std::time::Duration::from_secs(2));
-        self.kept.close();
-    }
-
-    /// Where helpers for internet sockets are forked from (helpers.rs).
-    pub fn set_helper_origin(&self, root: &Task) -> Result<(), Errno> {
-        self.kept.set_origin(root)
-    }
-
-    /// A task holding socket `kfd` of `owner` for a job (helpers.rs).
-    fn hold(&self, owner: &Task, kfd: i32, internet: bool) -> Result<Helper, Errno> {
-        self.kept.hold(owner, kfd, internet)
     }
 
     /// Keeps a task holding socket `kfd` of `owner`, for `shutdown_all`, until `release`.
-    fn control(&self, owner: &Task, kfd: i32, internet: bool) -> Result<u64, Errno> {
-        let control = self.hold(owner, kfd, internet)?;
+    fn control(&self, owner: &Task, kfd: i32) -> Result<u64, Errno> {
+        let control = super::procs::fork_helper(owner, kfd)?;
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.controls
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, control);
+            .insert(id, (control, kfd));
         Ok(id)
     }
 
@@ -94,31 +81,28 @@ impl Pumps {
     }
 
     /// Starts the two pump threads between host socket `host` and kernel socket `kfd`,
-    /// which `owner` holds (`internet`: an AF_INET or AF_INET6 one); `notes` for a datagram
-    /// socket (datagrams.rs).
+    /// which `owner` holds; `notes` for a datagram socket (datagrams.rs).
     fn start(
         &self,
         owner: &Task,
         kfd: i32,
-        internet: bool,
         host: OwnedFd,
         notes: Option<Notes>,
     ) -> Result<(), Errno> {
-        let to_kernel = self.hold(owner, kfd, internet)?;
-        let to_host = self.hold(owner, kfd, internet)?;
+        let to_kernel = super::procs::fork_helper(owner, kfd)?;
+        let to_host = super::procs::fork_helper(owner, kfd)?;
         let host2 = host
             .try_clone()
             .map(hostio::lift)
             .map_err(|_| Errno::EMFILE)?;
-        let id = self.control(owner, kfd, internet)?;
+        let id = self.control(owner, kfd)?;
         let datagrams = notes.is_some();
         self.spawn("kbox-sock-out", move || {
-            pump_to_kernel(&to_kernel, to_kernel.fd(), &host, datagrams)
+            pump_to_kernel(&to_kernel, kfd, &host, datagrams)
         })?;
         let me = self.clone();
         // The connection is over once the peer's data has all reached the guest.
         self.spawn("kbox-sock-in", move || {
-            let kfd = to_host.fd();
             match notes {
                 Some(notes) => datagrams::pump_to_host(&to_host, kfd, &host2, &notes),
                 None => pump_to_host(&to_host, kfd, &host2),
@@ -129,26 +113,26 @@ impl Pumps {
 }
 
 impl Pumps {
-    /// After a blocking connect on `task` (a helper holding the stream socket, with
+    /// After a blocking connect on `task` (a helper holding stream socket `kfd`, with
     /// `control` registered for it): starts the kernel-to-guest pump on a new task and
     /// thread, answers the guest, and pumps guest-to-kernel on the calling thread until
     /// the guest's end of stream.
     fn continue_connected(
         &self,
-        task: Helper,
+        task: Task,
         control: u64,
-        internet: bool,
+        kfd: i32,
         host: OwnedFd,
         answer: Box<dyn Answer>,
     ) {
-        let started = self.hold(&task, task.fd(), internet).and_then(|to_host| {
+        let started = super::procs::fork_helper(&task, kfd).and_then(|to_host| {
             let host2 = host
                 .try_clone()
                 .map(hostio::lift)
                 .map_err(|_| Errno::EMFILE)?;
             let me = self.clone();
             self.spawn("kbox-sock-in", move || {
-                pump_to_host(&to_host, to_host.fd(), &host2);
+                pump_to_host(&to_host, kfd, &host2);
                 me.release(control);
             })
         });
@@ -157,7 +141,7 @@ impl Pumps {
             return answer.fail(e);
         }
         answer.value(0);
-        pump_to_kernel(&task, task.fd(), &host, false);
+        pump_to_kernel(&task, kfd, &host, false);
     }
 }
 
@@ -257,19 +241,12 @@ pub struct SockEnd {
     pub datagram: Option<Datagrams>,
     /// For a listening socket: its readiness on the guest's end (listeners.rs).
     listening: std::sync::OnceLock<Arc<Readiness>>,
-    /// An AF_INET or AF_INET6 socket, whose jobs go to kept tasks (helpers.rs).
-    internet: bool,
 }
 
 type Notes = Arc<Mutex<std::collections::VecDeque<datagrams::Note>>>;
 
 impl SockEnd {
-    fn new(
-        fd: Option<OwnedFd>,
-        pumping: bool,
-        datagram: Option<Datagrams>,
-        internet: bool,
-    ) -> SockEnd {
+    fn new(fd: Option<OwnedFd>, pumping: bool, datagram: Option<Datagrams>) -> SockEnd {
         let cell = std::sync::OnceLock::new();
         if let Some(fd) = fd {
             let _ = cell.set(fd);
@@ -280,7 +257,6 @@ impl SockEnd {
             pumping: std::sync::atomic::AtomicBool::new(pumping),
             datagram,
             listening: std::sync::OnceLock::new(),
-            internet,
         }
     }
 
@@ -332,13 +308,13 @@ struct Adopted {
     fd: i32,
     cloexec: bool,
     /// The task that accepted it, holding the kernel socket at `kfd`.
-    from: Arc<Helper>,
+    from: Arc<Task>,
     kfd: i32,
     end: Arc<SockEnd>,
 }
 
 /// A waiting call's task, control id and deferred answer (Engine::prepare_wait).
-type Waiting = (Arc<Helper>, u64, Box<dyn Answer>);
+type Waiting = (Arc<Task>, u64, Box<dyn Answer>);
 
 /// Accepted sockets waiting for the engine (filled by accept threads).
 #[derive(Default, Clone)]
@@ -436,7 +412,7 @@ impl Engine {
         p.fds.insert_at(gfd, entry).map_err(|_| Errno::EMFILE)?;
         p.sockets.insert(
             n,
-            std::sync::Arc::new(SockEnd::new(pump_end, false, datagram, domain != AF_UNIX)),
+            std::sync::Arc::new(SockEnd::new(pump_end, false, datagram)),
         );
         Ok(i64::from(n))
     }
@@ -505,7 +481,7 @@ impl Engine {
         }
         let notes = end.datagram.as_ref().map(Datagrams::notes);
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
-        self.pumps.start(&p.task, fd, end.internet, host, notes)
+        self.pumps.start(&p.task, fd, host, notes)
     }
 
     /// A stream connect may wait (for room in a unix listener's backlog, for a TCP
@@ -538,8 +514,7 @@ impl Engine {
         let Some(p) = self.procs.get(pid) else {
             return Reply::Fail(Errno::ESRCH);
         };
-        let internet = end.internet;
-        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd, internet) {
+        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd) {
             Ok(v) => v,
             Err(e) => return Reply::Fail(e),
         };
@@ -547,7 +522,7 @@ impl Engine {
         let tid = guest.tid();
         // On failure the deferred answer is dropped, which answers ENOSYS.
         let _ = self.pumps.clone().spawn("kbox-connect", move || {
-            let args = [fdv(waiter.fd()), ptr(addr.as_ptr()), len as u64, 0, 0, 0];
+            let args = [fdv(fd), ptr(addr.as_ptr()), len as u64, 0, 0, 0];
             if let Err(e) = interrupt::lkl_call(&waiter, tid, g::CONNECT, args) {
                 pumps.release(control);
                 return answer.fail(e);
@@ -560,9 +535,9 @@ impl Engine {
             // and this thread its guest-to-kernel pump: a connect then costs one task
             // fork and one thread fewer each (a fork and end is ~58 µs).
             match Arc::try_unwrap(waiter) {
-                Ok(task) => pumps.continue_connected(task, control, internet, host, answer),
+                Ok(task) => pumps.continue_connected(task, control, fd, host, answer),
                 Err(waiter) => {
-                    let started = pumps.start(&waiter, waiter.fd(), internet, host, None);
+                    let started = pumps.start(&waiter, fd, host, None);
                     pumps.release(control);
                     match started {
                         Ok(()) => answer.value(0),
@@ -628,12 +603,11 @@ impl Engine {
     fn finish_connect_later(&mut self, pid: u32, fd: i32) -> Result<(), Errno> {
         let p = self.procs.get(pid).ok_or(Errno::ESRCH)?;
         let end = p.sockets.get(&fd).cloned().ok_or(Errno::EBADF)?;
-        let waiter = self.pumps.hold(&p.task, fd, end.internet)?;
-        let control = self.pumps.control(&p.task, fd, end.internet)?;
+        let waiter = super::procs::fork_helper(&p.task, fd)?;
+        let control = self.pumps.control(&p.task, fd)?;
         let pumps = self.pumps.clone();
         self.pumps.clone().spawn("kbox-connect", move || {
             const POLLOUT: i16 = 4;
-            let fd = waiter.fd();
             let _ = listeners::poll_one(&waiter, fd, POLLOUT, true);
             // Connected once it has a peer (reading SO_ERROR here would take the error
             // away from the guest).
@@ -656,9 +630,7 @@ impl Engine {
                     || end
                         .fd()
                         .and_then(|f| f.try_clone().ok().map(hostio::lift))
-                        .is_some_and(|host| {
-                            pumps.start(&waiter, fd, end.internet, host, None).is_ok()
-                        }));
+                        .is_some_and(|host| pumps.start(&waiter, fd, host, None).is_ok()));
             if !started && let Some(f) = end.fd() {
                 let _ = rustix::net::shutdown(f, rustix::net::Shutdown::Both);
             }
@@ -670,15 +642,9 @@ impl Engine {
     /// task forked from the caller's (it holds the socket), a control task for
     /// shutdown_all (so a wait still going on when kbox exits is woken), and the deferred
     /// answer, taken last so that a failure before it still answers now.
-    fn prepare_wait(
-        &self,
-        guest: &dyn Guest,
-        owner: &Task,
-        fd: i32,
-        internet: bool,
-    ) -> Result<Waiting, Errno> {
-        let waiter = Arc::new(self.pumps.hold(owner, fd, internet)?);
-        let control = self.pumps.control(owner, fd, internet)?;
+    fn prepare_wait(&self, guest: &dyn Guest, owner: &Task, fd: i32) -> Result<Waiting, Errno> {
+        let waiter = Arc::new(super::procs::fork_helper(owner, fd)?);
+        let control = self.pumps.control(owner, fd)?;
         let Some(answer) = guest.defer() else {
             self.pumps.release(control);
             return Err(Errno::ENOSYS);
@@ -755,7 +721,7 @@ impl Engine {
             return Ok(());
         }
         let task = super::procs::fork_helper(&p.task, fd)?;
-        let control = self.pumps.control(&p.task, fd, end.internet)?;
+        let control = self.pumps.control(&p.task, fd)?;
         let pump_end = self.linked_end(pid, fd, &end)?;
         let pumps = self.pumps.clone();
         let readiness = listeners::start(task, fd, guest_end, pump_end, |watch| {
@@ -789,14 +755,13 @@ impl Engine {
             return Reply::Fail(Errno::ESRCH);
         };
         let readiness = p.sockets.get(&fd).and_then(|e| e.listening.get().cloned());
-        let internet = p.sockets.get(&fd).is_some_and(|e| e.internet);
         if nonblocking && listeners::has_connection(&p.task, fd, false) == Some(false) {
             if let Some(r) = &readiness {
                 r.settle(&p.task, fd);
             }
             return Reply::Fail(Errno::EAGAIN);
         }
-        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd, internet) {
+        let (waiter, control, answer) = match self.prepare_wait(guest, &p.task, fd) {
             Ok(v) => v,
             Err(e) => return Reply::Fail(e),
         };
@@ -804,7 +769,7 @@ impl Engine {
         let adoptions = self.adopted.clone();
         let call = Accept {
             pid,
-            internet,
+            fd,
             tid: guest.tid(),
             addr_ptr: args[1],
             len_ptr: args[2],
@@ -917,8 +882,7 @@ impl Engine {
 /// One guest accept/accept4, run on a thread of its own.
 struct Accept {
     pid: u32,
-    /// The listening socket is an internet one (helpers.rs).
-    internet: bool,
+    fd: i32,
     tid: u32,
     addr_ptr: u64,
     len_ptr: u64,
@@ -928,13 +892,13 @@ struct Accept {
 impl Accept {
     fn run(
         &self,
-        task: &Arc<Helper>,
+        task: &Arc<Task>,
         pumps: &Pumps,
         readiness: Option<&Readiness>,
         adoptions: &Adoptions,
         answer: Box<dyn Answer>,
     ) {
-        let (fd, tid) = (task.fd(), self.tid);
+        let (fd, tid) = (self.fd, self.tid);
         let mut addr = [0u8; ADDR_MAX];
         let mut len: u32 = ADDR_MAX_U32;
         let accepted = interrupt::lkl_call(
@@ -955,7 +919,7 @@ impl Accept {
             let ty = lkl_sock_type(task, kfd);
             let (a, b) = host_pair(ty, self.flags)?;
             let pump_end = b.try_clone().map(hostio::lift).map_err(|_| Errno::EMFILE)?;
-            pumps.start(task, kfd, self.internet, b, None)?;
+            pumps.start(task, kfd, b, None)?;
             if self.addr_ptr != 0 && self.len_ptr != 0 {
                 let mut cap = [0u8; 4];
                 crate::seccomp::guest_mem::read(tid, self.len_ptr, &mut cap)
@@ -995,7 +959,7 @@ impl Accept {
                 cloexec,
                 from: Arc::clone(task),
                 kfd,
-                end: Arc::new(SockEnd::new(Some(pump_end), true, None, self.internet)),
+                end: Arc::new(SockEnd::new(Some(pump_end), true, None)),
             });
         answer.value(i64::from(fd));
     }
