@@ -703,6 +703,28 @@ print('ok')
     img.assert_clean();
 }
 
+/// The guest's /proc lists the guest's processes, not kbox's own tasks: with a TCP
+/// connection open (each end pumped on tasks of kbox's), `ls /proc` names only the python
+/// process, its `ls` child and the kernel library's init, where kbox used to list eight
+/// more tasks, with pids near the top of the range.
+#[test]
+fn proc_lists_the_guests_processes_and_not_kboxs_tasks() {
+    let img = Image::copy_of("KBOX_DEBIAN", "proc-listing");
+    let script = "\
+import os, socket, subprocess
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+a.sendall(b'k'); assert c.recv(1) == b'k'
+listed = subprocess.run(['ls', '/proc'], capture_output=True, text=True, check=True).stdout
+pids = sorted(int(n) for n in listed.split() if n.isdigit())
+print(os.getpid() in pids, len(pids), max(pids) < 2097152)
+";
+    let out = expect(&img.run(&["-S"], &["/usr/bin/python3", "-c", script]), 0);
+    // init, python, and ls itself.
+    assert_eq!(out, "True 3 True\n");
+    img.assert_clean();
+}
+
 /// A peer that closes with data unread resets the connection: a sender waiting in select
 /// for room to write wakes up and its send fails (ConnectionError), natively first (the
 /// host's python3), then in the Debian image. kbox used to leave it waiting for ever: the

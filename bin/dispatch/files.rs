@@ -923,13 +923,21 @@ impl Engine {
             return r.into();
         }
         let mut buf = vec![0u8; len];
-        let r = lkl(
-            &p.task,
-            g::GETDENTS64,
-            [fdv(fd), ptr(buf.as_mut_ptr()), len as u64, 0, 0, 0],
-        )
-        .and_then(|n| {
+        let mut read = || loop {
+            let n = lkl(
+                &p.task,
+                g::GETDENTS64,
+                [fdv(fd), ptr(buf.as_mut_ptr()), len as u64, 0, 0, 0],
+            )?;
             let n = usize::try_from(n).unwrap_or(0).min(len);
+            let kept = super::own_tasks::hide_from_proc_listing(&p.task, fd, &mut buf[..n]);
+            // A read of kbox's tasks alone is not the end of the directory.
+            if n == 0 || kept > 0 {
+                return Ok(kept);
+            }
+        };
+        let got = read();
+        let r = got.and_then(|n| {
             if legacy {
                 to_legacy_dirents(&mut buf[..n]);
             }

@@ -24,6 +24,7 @@ mod interrupt;
 mod linux;
 mod listeners;
 pub mod overview;
+mod own_tasks;
 mod pidview;
 pub mod policy;
 mod proc_files;
