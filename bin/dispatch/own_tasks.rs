@@ -2,13 +2,15 @@
 //! processes in the guest's pid namespace, with pids above `PID_MAX / 2` (procs.rs
 //! `HELPER_PIDS` counts down from the top to there; the guests' count up from 1). A
 //! listing of `/proc` leaves them out, so `ps`, `pgrep` and `pkill` in the guest see the
-//! guest's processes only, not two or three more per open connection.
+//! guest's processes only, not several more per open connection (eight for one listener
+//! and one TCP connection in a python process: each end's pumps and control, and the
+//! listener's watch and control).
 
+use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{PID_MAX, Task};
 
 use super::{fdv, lkl, ptr};
-use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 
 /// Offsets in `struct linux_dirent64`.
 const RECLEN: usize = 16;
