@@ -6,15 +6,12 @@
 //! and one TCP connection in a python process: each end's pumps and control, and the
 //! listener's watch and control).
 
+use kbox_core::abi::dirent::dirent64_records;
 use kbox_core::abi::stat::{GENERIC_STAT_SIZE, GenericStat};
 use kbox_core::sysno::generic as g;
 use kbox_lkl::{PID_MAX, Task};
 
 use super::{fdv, lkl, ptr};
-
-/// Offsets in `struct linux_dirent64`.
-const RECLEN: usize = 16;
-const NAME: usize = 19;
 
 /// procfs's root inode (PROC_ROOT_INO).
 const PROC_ROOT_INO: u64 = 1;
@@ -30,34 +27,23 @@ fn is_own_task(name: &[u8]) -> bool {
         .is_some_and(|pid| pid > u64::from(PID_MAX / 2))
 }
 
-/// The records of a getdents64 buffer: (start, length, name).
-fn records(buf: &[u8]) -> impl Iterator<Item = (usize, usize, &[u8])> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at + NAME > buf.len() {
-            return None;
-        }
-        let reclen = usize::from(u16::from_ne_bytes([buf[at + RECLEN], buf[at + RECLEN + 1]]));
-        if reclen <= NAME || at + reclen > buf.len() {
-            return None;
-        }
-        let field = &buf[at + NAME..at + reclen];
-        let name = &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())];
-        let record = (at, reclen, name);
-        at += reclen;
-        Some(record)
-    })
-}
-
 /// Removes the records that name kbox's own tasks, moving the rest down; the new length.
+/// Records after a malformed one (the kernel writes none) are dropped.
 fn drop_own_tasks(buf: &mut [u8]) -> usize {
-    let keep: Vec<(usize, usize)> = records(buf)
-        .filter(|(_, _, name)| !is_own_task(name))
-        .map(|(at, len, _)| (at, len))
-        .collect();
+    let mut keep = Vec::new();
+    let mut records = dirent64_records(buf);
+    loop {
+        let start = records.offset();
+        match records.next() {
+            Some(Ok(e)) if is_own_task(e.name) => {}
+            Some(Ok(_)) => keep.push(start..records.offset()),
+            _ => break,
+        }
+    }
     let mut to = 0;
-    for (at, len) in keep {
-        buf.copy_within(at..at + len, to);
+    for record in keep {
+        let len = record.len();
+        buf.copy_within(record, to);
         to += len;
     }
     to
@@ -67,7 +53,7 @@ fn drop_own_tasks(buf: &mut [u8]) -> usize {
 /// is `/proc` and it names kbox's own tasks, they are taken out. The new length (0 only
 /// when every record was one of them: the caller reads on).
 pub(super) fn hide_from_proc_listing(task: &Task, fd: i32, buf: &mut [u8]) -> usize {
-    if !records(buf).any(|(_, _, name)| is_own_task(name)) {
+    if !dirent64_records(buf).flatten().any(|e| is_own_task(e.name)) {
         return buf.len();
     }
     let mut st = [0u8; GENERIC_STAT_SIZE];
@@ -82,19 +68,19 @@ pub(super) fn hide_from_proc_listing(task: &Task, fd: i32, buf: &mut [u8]) -> us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kbox_core::abi::dirent::DIRENT64_NAME;
 
     fn record(name: &str) -> Vec<u8> {
-        let len = (NAME + name.len() + 1).div_ceil(8) * 8;
+        let len = (DIRENT64_NAME + name.len() + 1).div_ceil(8) * 8;
         let mut r = vec![0u8; len];
-        r[RECLEN..RECLEN + 2]
-            .copy_from_slice(&u16::try_from(len).expect("short record").to_ne_bytes());
-        r[NAME..NAME + name.len()].copy_from_slice(name.as_bytes());
+        r[16..18].copy_from_slice(&u16::try_from(len).expect("short record").to_ne_bytes());
+        r[DIRENT64_NAME..DIRENT64_NAME + name.len()].copy_from_slice(name.as_bytes());
         r
     }
 
     fn names(buf: &[u8]) -> Vec<String> {
-        records(buf)
-            .map(|(_, _, n)| String::from_utf8_lossy(n).into_owned())
+        dirent64_records(buf)
+            .map(|e| String::from_utf8_lossy(e.expect("well formed").name).into_owned())
             .collect()
     }
 

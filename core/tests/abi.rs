@@ -282,6 +282,27 @@ fn dirent64_records_parse_a_real_getdents64_buffer() {
     assert_eq!(got, names);
 }
 
+#[test]
+fn dirent64_offset_steps_by_each_records_length() {
+    let (dir, f, _) = sample_dir();
+    let buf = getdents(libc::SYS_getdents64, &f);
+    std::fs::remove_dir_all(dir).expect("cleanup");
+    let mut records = dirent::dirent64_records(&buf);
+    let mut starts = Vec::new();
+    while let Some(r) = records.next() {
+        r.expect("well formed");
+        starts.push(records.offset());
+    }
+    assert!(starts.len() > 2, "{starts:?}");
+    let mut at = 0;
+    for end in starts {
+        // Each record's d_reclen, read from the buffer itself, reaches the next start.
+        at += usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+        assert_eq!(at, end);
+    }
+    assert_eq!(at, buf.len());
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn legacy_records_equal_what_the_kernels_getdents_writes() {

@@ -47,6 +47,13 @@ pub struct Dirent64Records<'a> {
     at: usize,
 }
 
+impl Dirent64Records<'_> {
+    /// Where the next record starts (after the last, the end of the records read).
+    pub fn offset(&self) -> usize {
+        self.at
+    }
+}
+
 impl<'a> Iterator for Dirent64Records<'a> {
     type Item = Result<DirEntry<'a>, BadRecord>;
 
