@@ -66,7 +66,6 @@ pub struct Passt {
     said: Arc<Mutex<Vec<String>>>,
 }
 
-/// Finds `passt` on PATH.
 /// The passt kbox runs: the first on PATH.
 pub fn find() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
