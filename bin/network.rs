@@ -37,6 +37,8 @@ pub const MTU: u16 = 65520;
 /// A locally administered address in qemu's range, as slirp users expect.
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const INTERFACE: &str = "eth0";
+/// Send buffer asked for on each end of the socket pair to passt.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 #[derive(Debug)]
 pub enum NetError {
@@ -65,17 +67,16 @@ impl NetError {
             Self::Passt(PasstError::NotFound) => {
                 Some("install passt (Debian and Ubuntu: apt-get install passt), or use --net=host")
             }
-            Self::Passt(PasstError::Exited(_)) => Some(
-                "a published port may be in use on the host, or passt is older than 2024-11 \
-                 (no --vhost-user; Debian 13 has a new enough one); -v shows passt's messages",
-            ),
+            Self::Passt(PasstError::Exited(_)) => {
+                Some("a published port may be in use on the host; -v shows passt's messages")
+            }
             _ => None,
         }
     }
 }
 
 /// The guest's network while kbox runs. Drop it before the kernel halts: that stops the
-/// device's interrupt thread and ends passt.
+/// device's receive thread and ends passt.
 pub struct Network {
     // Field order is drop order: the relay and the device's thread stop before passt ends.
     relay: Option<dns_relay::DnsRelay>,
@@ -94,6 +95,15 @@ pub fn attach(config: &Config) -> Result<Network, NetError> {
         });
     }
     let (ours, theirs) = UnixStream::pair().map_err(NetError::Socket)?;
+    // A unix stream's capacity is its sender's send buffer. passt drops frames it cannot
+    // write at once (TCP then waits for a retransmission), so give it room: the most
+    // the host allows, beyond that limit where kbox may.
+    for (end, size) in [(&theirs, SOCKET_BUFFER), (&ours, SOCKET_BUFFER)] {
+        use rustix::net::sockopt;
+        if sockopt::set_socket_send_buffer_size_force(end, size).is_err() {
+            let _ = sockopt::set_socket_send_buffer_size(end, size);
+        }
+    }
     let plan = passt::Plan {
         guest: GUEST,
         prefix: PREFIX,
@@ -102,14 +112,15 @@ pub fn attach(config: &Config) -> Result<Network, NetError> {
         publish: &config.publish,
         verbose: config.verbose,
     };
-    let mut passt = passt::Passt::start(&plan, theirs).map_err(NetError::Passt)?;
-    let config = kbox_lkl::NetConfig {
-        mac: GUEST_MAC,
-        mtu: MTU,
-    };
-    // A passt that cannot serve the device (one without --vhost-user) has said why.
-    let device = kbox_lkl::add_net(ours, config)
-        .map_err(|e| passt.exited().map_or(NetError::Device(e), NetError::Passt))?;
+    let passt = passt::Passt::start(&plan, theirs).map_err(NetError::Passt)?;
+    let device = kbox_lkl::add_net(
+        ours,
+        kbox_lkl::NetConfig {
+            mac: GUEST_MAC,
+            mtu: MTU,
+        },
+    )
+    .map_err(NetError::Device)?;
     Ok(Network {
         relay: None,
         device: Some(device),

@@ -80,8 +80,6 @@ fn arguments(plan: &Plan<'_>, pid_file: &Path) -> Vec<OsString> {
         "--quiet".into(),
         // The guest network is IPv4 (guest IPv6 reaches its own loopback only).
         "--ipv4-only".into(),
-        // passt serves the device's queues in the kernel library's memory (vhost_net.rs).
-        "--vhost-user".into(),
         "--fd".into(),
         "0".into(),
         "--pid".into(),
@@ -184,22 +182,6 @@ impl Passt {
         })
     }
 
-    /// Why passt ended, if it did (it gave up on its arguments or its socket).
-    pub fn exited(&mut self) -> Option<PasstError> {
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            return None;
-        }
-        Some(self.last_words())
-    }
-
-    /// What passt said last, once it has exited.
-    fn last_words(&self) -> PasstError {
-        // Let the log thread read passt's last line.
-        std::thread::sleep(Duration::from_millis(20));
-        let said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
-        PasstError::Exited(said.last().cloned().unwrap_or_default())
-    }
-
     /// Waits until passt has finished its set-up.
     pub fn wait_ready(&mut self) -> Result<(), PasstError> {
         let pid_file = self.pid_dir.join("pid");
@@ -209,7 +191,10 @@ impl Passt {
                 break Ok(());
             }
             if let Ok(Some(_)) = self.child.try_wait() {
-                break Err(self.last_words());
+                // Let the log thread read passt's last line.
+                std::thread::sleep(Duration::from_millis(20));
+                let said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
+                break Err(PasstError::Exited(said.last().cloned().unwrap_or_default()));
             }
             if started.elapsed() > READY_TIMEOUT {
                 break Err(PasstError::NotReady);

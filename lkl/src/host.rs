@@ -173,58 +173,19 @@ unsafe extern "C" fn mem_free(ptr: *mut c_void) {
     unsafe { libc::free(ptr) }
 }
 
-/// Whether the kernel's RAM goes in a memfd (set before boot): a vhost-user device's
-/// back-end, another process, then maps the same memory to fill and read the rings.
-static SHARE_RAM: AtomicBool = AtomicBool::new(false);
-/// The kernel's RAM when it is shared: the memfd, where it is mapped here, its size.
-static SHARED_RAM: std::sync::OnceLock<SharedRam> = std::sync::OnceLock::new();
-
-/// The kernel's RAM as a file another process can map.
-pub struct SharedRam {
-    pub fd: std::os::fd::OwnedFd,
-    pub start: usize,
-    pub size: usize,
-}
-
-/// Asks for the kernel's RAM in a memfd; call before boot.
-pub fn share_ram() {
-    SHARE_RAM.store(true, Ordering::Release);
-}
-
-/// The kernel's RAM, once booted with [`share_ram`].
-pub fn shared_ram() -> Option<&'static SharedRam> {
-    SHARED_RAM.get()
-}
-
-/// The kernel's RAM, `size` bytes: private memory, or with [`share_ram`] a memfd's.
 unsafe extern "C" fn page_alloc(size: c_ulong) -> *mut c_void {
     let Ok(size) = usize::try_from(size) else {
         return std::ptr::null_mut();
     };
-    use rustix::mm::{Advice, MapFlags, ProtFlags, madvise, mmap, mmap_anonymous};
-    let shared = if SHARE_RAM.load(Ordering::Acquire) && SHARED_RAM.get().is_none() {
-        let fd = rustix::fs::memfd_create(c"kbox-kernel-ram", rustix::fs::MemfdFlags::CLOEXEC)
-            .ok()
-            .filter(|fd| rustix::fs::ftruncate(fd, size as u64).is_ok());
-        let Some(fd) = fd else {
-            return std::ptr::null_mut();
-        };
-        Some(fd)
-    } else {
-        None
-    };
-    let prot = ProtFlags::READ | ProtFlags::WRITE;
-    // SAFETY: a fresh mapping (of a fresh memfd, or anonymous) aliases nothing of ours.
+    use rustix::mm::{Advice, MapFlags, ProtFlags, madvise, mmap_anonymous};
+    // SAFETY: a fresh private anonymous mapping aliases nothing.
     let mem = unsafe {
-        match &shared {
-            Some(fd) => mmap(std::ptr::null_mut(), size, prot, MapFlags::SHARED, fd, 0),
-            None => mmap_anonymous(
-                std::ptr::null_mut(),
-                size,
-                prot,
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            ),
-        }
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            size,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
     }
     .unwrap_or(std::ptr::null_mut());
     if !mem.is_null() {
@@ -233,13 +194,6 @@ unsafe extern "C" fn page_alloc(size: c_ulong) -> *mut c_void {
         // fork cost what kbox's own memory costs, and a stray use fault.
         // SAFETY: advice on the mapping just made.
         let _ = unsafe { madvise(mem, size, Advice::LinuxDontFork) };
-        if let Some(fd) = shared {
-            let _ = SHARED_RAM.set(SharedRam {
-                fd,
-                start: mem as usize,
-                size,
-            });
-        }
     }
     mem
 }

@@ -13,7 +13,7 @@ mod virtio_mmio;
 pub use block::{DiskError, DiskId, MountError, Overlaid, RootMode, add_disk};
 pub use errno::Errno;
 pub use kernel::{BootConfig, BootError, Kernel, PID_MAX, PidWish, Task, TaskKind, calls_made};
-pub use net::{Net, NetConfig, NetError, add_net};
+pub use net::{Net, NetConfig, NetCounters, NetError, add_net};
 
 /// Syscall numbers of the kernel library (the asm-generic table).
 pub mod sysno {

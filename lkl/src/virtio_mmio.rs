@@ -6,8 +6,8 @@
 //! described to the kernel with `virtio_mmio.device=` words. Queue notifications are
 //! served synchronously on the thread that wrote the register (it holds the kernel's
 //! CPU, so the completion interrupt simply stays pending until interrupts are enabled).
-//! A device whose queues a back-end in another process serves (vhost-user) is told of
-//! the kicks instead, and raises the interrupt with [`interrupt`] when the back-end says.
+//! A queue the device fills on its own (a network device's receive queue) is instead
+//! filled from the device's thread with [`fill`], which raises the interrupt itself.
 use crate::ffi;
 use core::ffi::{c_int, c_ulong, c_void};
 use std::sync::atomic::{Ordering, fence};
@@ -36,30 +36,16 @@ pub trait Device: Send {
     fn queue_count(&self) -> usize {
         1
     }
+    /// Whether the device takes `queue`'s buffers when it has something to put in them
+    /// (with [`fill`]), not when the driver notifies.
+    fn filled_by_device(&self, _queue: usize) -> bool {
+        false
+    }
+    /// The driver made buffers available on a queue the device fills itself.
+    fn buffers_added(&mut self, _queue: usize) {}
     /// Serve one descriptor chain of `queue`; returns the number of bytes written to the
     /// driver.
     fn serve(&mut self, queue: usize, chain: &mut Chain<'_>) -> u32;
-    /// The transport's own feature bits the device offers (a back-end in another process
-    /// may not walk indirect tables).
-    fn transport_features(&self) -> u64 {
-        F_VERSION_1 | F_INDIRECT_DESC
-    }
-    /// The driver kicked `queue`, whose rings a back-end of the device's serves (true), or
-    /// the transport serves it (false).
-    fn kick(&mut self, _queue: usize) -> bool {
-        false
-    }
-    /// The driver is ready: it accepted `features` and set up `rings`, one per queue.
-    fn driver_ok(&mut self, _features: u64, _rings: &[Ring]) {}
-}
-
-/// Where a queue's rings are, as the driver set them up (DMA addresses).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Ring {
-    pub num: u32,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
 }
 
 /// One descriptor chain, as host slices. Addresses come from the kernel's own memory.
@@ -205,7 +191,7 @@ impl Slot {
             }
             return u64::from_le_bytes(bytes);
         }
-        let features = self.dev.features() | self.dev.transport_features();
+        let features = self.dev.features() | F_VERSION_1 | F_INDIRECT_DESC;
         let queue = self.selected();
         u64::from(match reg {
             0x000 => MAGIC,
@@ -246,23 +232,10 @@ impl Slot {
             0x050 => self.notify(r as usize),
             0x064 => self.interrupt_status &= !r,
             0x070 => {
-                const DRIVER_OK: u32 = 4;
-                let was = self.status;
                 self.status = r;
                 if self.status == 0 {
                     self.queues = Default::default();
                     self.drv_features = 0;
-                } else if r & DRIVER_OK != 0 && was & DRIVER_OK == 0 {
-                    let rings: Vec<Ring> = self.queues[..self.dev.queue_count()]
-                        .iter()
-                        .map(|q| Ring {
-                            num: q.num,
-                            desc: q.desc,
-                            avail: q.avail,
-                            used: q.used,
-                        })
-                        .collect();
-                    self.dev.driver_ok(self.drv_features, &rings);
                 }
             }
             _ => {
@@ -290,9 +263,13 @@ impl Slot {
     }
 
     /// The driver kicked `queue`: serve every new chain in its available ring, then raise
-    /// the interrupt; or pass the kick to the device's back-end.
+    /// the interrupt; or tell a device that fills the queue itself.
     fn notify(&mut self, queue: usize) {
-        if queue >= self.dev.queue_count() || self.dev.kick(queue) {
+        if queue >= self.dev.queue_count() {
+            return;
+        }
+        if self.dev.filled_by_device(queue) {
+            self.dev.buffers_added(queue);
             return;
         }
         let q = &mut self.queues[queue];
@@ -370,25 +347,69 @@ impl Queue {
     }
 }
 
-/// A device's back-end used buffers of its queues: raises its interrupt.
-pub fn interrupt(device: usize) {
+/// What [`fill`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filled {
+    /// Chains handed back to the driver.
+    pub used: usize,
+    /// The producer still had something when the driver's buffers ran out.
+    pub starved: bool,
+}
+
+/// From a device's own thread: hands the driver's available buffers of `queue` to
+/// `produce` one chain at a time until it returns `None` (nothing more to put in them)
+/// or the buffers run out, then raises the interrupt. `produce` returns the bytes it
+/// wrote into the chain.
+pub fn fill(
+    device: usize,
+    queue: usize,
+    produce: &mut dyn FnMut(&mut Chain<'_>) -> Option<u32>,
+) -> Filled {
+    let mut filled = Filled {
+        used: 0,
+        starved: false,
+    };
     let irq = {
         let mut devices = DEVICES.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(slot) = devices.get_mut(device) else {
-            return;
+            return filled;
         };
-        slot.interrupt_status |= 1;
+        if queue >= slot.dev.queue_count() {
+            return filled;
+        }
+        loop {
+            let q = &mut slot.queues[queue];
+            match q.peek() {
+                Next::Empty => {
+                    filled.starved = true;
+                    break;
+                }
+                Next::Malformed => {
+                    slot.status |= STATUS_FAILED;
+                    break;
+                }
+                Next::Chain(head, mut chain) => {
+                    let Some(written) = produce(&mut chain) else {
+                        break;
+                    };
+                    q.last_avail = q.last_avail.wrapping_add(1);
+                    q.push_used(head, written);
+                    filled.used += 1;
+                }
+            }
+        }
+        if filled.used > 0 {
+            slot.interrupt_status |= 1;
+        }
         slot.irq
     };
-    fence(Ordering::SeqCst);
-    // SAFETY: raising an interrupt line we own, without holding the device lock (the
-    // handler reads the interrupt status through it).
-    unsafe { ffi::lkl_trigger_irq(irq) };
-}
-
-/// Where DMA address `dma` is in this process.
-pub fn host_address(dma: u64) -> usize {
-    host(dma) as usize
+    if filled.used > 0 {
+        fence(Ordering::SeqCst);
+        // SAFETY: raising an interrupt line we own, without holding the device lock (the
+        // handler reads the interrupt status through it).
+        unsafe { ffi::lkl_trigger_irq(irq) };
+    }
+    filled
 }
 
 fn host(dma: u64) -> *mut u8 {
