@@ -195,6 +195,31 @@ fn proc_comes_from_the_kernel_library() {
     assert!(maps >= 3, "{out}");
 }
 
+/// The kernel library's TCP may buffer as much for a socket as Linux does on a machine
+/// with enough memory (6 MiB); its own default for its 256 MiB would be a third of that,
+/// which slows downloads with --net=user. A user's `-k sysctl.` setting still wins.
+#[test]
+fn tcp_receive_buffers_are_linuxs_default_unless_the_user_sets_them() {
+    let img = Image::default("tcp-rmem");
+    let limit = |flags: &[&str]| {
+        let out = expect(
+            &img.run(flags, &["/bin/cat", "/proc/sys/net/ipv4/tcp_rmem"]),
+            0,
+        );
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .unwrap_or(out)
+    };
+    assert_eq!(limit(&["-S"]), "6291456");
+    let mine = [
+        "-k",
+        r#"sysctl.net.ipv4.tcp_rmem="4096 131072 1048576""#,
+        "-S",
+    ];
+    assert_eq!(limit(&mine), "1048576");
+}
+
 /// Guest programs that exit 0 when every check passed (each runs natively first):
 /// forkthread is a child forked by a second thread while the main thread closes an FD and
 /// changes directory before the child's first call; fdpass passes pipes and a file between
