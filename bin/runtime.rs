@@ -877,13 +877,13 @@ fn guest_env(config: &Config) -> Vec<OsString> {
     env
 }
 
-/// `-k` text without its `mem=`, and the memory it asked for (MiB).
 /// Linux sizes TCP's buffer limits by its memory: on the kernel library's 256 MiB a
 /// socket may receive into 2 MiB at most, where Linux on a machine of about 1 GiB or more
 /// allows 6 MiB. That smaller window slowed `--net=user` downloads by about a tenth
-/// (docs/network.md); the guest gets Linux's usual limits instead.
+/// (docs/network.md); the guest gets Linux's usual limit instead.
 const TCP_RECEIVE_BUFFERS: &str = r#"sysctl.net.ipv4.tcp_rmem="4096 131072 6291456""#;
 
+/// `-k` text without its `mem=`, and the memory it asked for (MiB).
 fn split_memory(cmdline: &str) -> (u32, String) {
     let mut mib = 256;
     let mut rest = Vec::new();
